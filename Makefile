@@ -1,0 +1,56 @@
+# labkeeper: `make dev` brings up a local lab, `make test` runs the whole suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEV_DIR ?= .dev
+PYTEST_ARGS ?=
+
+.PHONY: dev down test unit lint bench reliability deps venv bin crds clean help
+
+help:
+	@echo "make dev    - local control plane + operator + agent on a sandbox host root, examples applied"
+	@echo "make down   - stop what make dev started"
+	@echo "make test   - the full suite (unit, host, integration, reduced reliability)"
+	@echo "make lint   - ruff and the import-layer contracts"
+
+deps:
+	@bash hack/deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+bin:
+	@bash hack/k8s-bin.sh >/dev/null
+
+test: deps venv bin
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests bench hack
+	$(VENV)/bin/lint-imports
+
+crds: venv
+	$(PY) -m labkeeper.api.crds
+
+dev: deps venv bin
+	@bash hack/dev.sh up
+
+down:
+	@bash hack/dev.sh down
+
+bench: deps venv bin
+	$(PY) bench/run.py
+
+reliability: deps venv bin
+	LABKEEPER_RELIABILITY_FULL=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+
+clean: down
+	rm -rf $(DEV_DIR) $(VENV)
