@@ -1,0 +1,212 @@
+"""`labkeeper operator`: kopf watches, thin handlers, level-based reconcilers with a per-object requeue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import kopf
+
+from labkeeper.controller.credentials import ClusterEndpoint, Credentials
+from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
+from labkeeper.controller.uids import UidLedger, UidRange
+from labkeeper.controller.users import UserReconciler
+from labkeeper.controller.workspaces import WorkspaceReconciler
+from labkeeper.kube.client import Kube
+
+log = logging.getLogger("labkeeper.operator")
+
+GROUP, VERSION = "labkeeper.io", "v1alpha1"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Requeue:
+    """One pending re-check per object, like controller-runtime's RequeueAfter."""
+
+    def __init__(self) -> None:
+        self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def schedule(self, key: tuple[str, str], delay: float, callback: Callable[[], object]) -> None:
+        loop = asyncio.get_running_loop()
+        old = self._handles.pop(key, None)
+        if old:
+            old.cancel()
+        self._handles[key] = loop.call_later(delay, lambda: asyncio.ensure_future(callback()))
+
+    def cancel(self, key: tuple[str, str]) -> None:
+        handle = self._handles.pop(key, None)
+        if handle:
+            handle.cancel()
+
+
+class Operator:
+    def __init__(self, kube: Kube, system_namespace: str, endpoint: ClusterEndpoint, *,
+                 clock: Callable[[], dt.datetime] = utcnow, require_host: bool = True,
+                 data_root: str = "/data") -> None:
+        self.kube = kube
+        self.namespace = system_namespace
+        self.clock = clock
+        self.policy = PolicyStore(kube, system_namespace)
+        self.policy.refresh()
+        uid_range = UidRange(*self.policy.uid_range())
+        self.users = UserReconciler(
+            kube, self.policy, UidLedger(kube, system_namespace, uid_range),
+            Credentials(kube, system_namespace, endpoint, kube.whoami()), clock, require_host=require_host,
+        )
+        self.workspaces = WorkspaceReconciler(kube, self.policy, clock, data_root=data_root)
+        self.requeue = Requeue()
+
+    async def reconcile_user(self, name: str, body: dict | None = None) -> None:
+        key = ("GPUUser", name)
+        async with self.requeue.lock(key):
+            if body is None:
+                body = await asyncio.to_thread(self.kube.get, "GPUUser", name)
+                if body is None:
+                    self.users.forget(name)
+                    return
+            try:
+                outcome = await asyncio.to_thread(self.users.reconcile, body)
+            except Exception as err:  # a failed pass is retried; it must never kill the watch
+                log.exception("GPUUser %s: reconcile failed: %s", name, err)
+                self.requeue.schedule(key, 5.0, lambda: self.reconcile_user(name))
+                return
+        if outcome.requeue_after is not None:
+            self.requeue.schedule(key, outcome.requeue_after, lambda: self.reconcile_user(name))
+        else:
+            self.requeue.cancel(key)
+
+    async def reconcile_workspace(self, namespace: str, name: str, body: dict | None = None,
+                                  lost_pod: dict | None = None) -> None:
+        key = ("Workspace", f"{namespace}/{name}")
+        # one lock per user: the weighted-quota check and the pod creation are one step
+        async with self.requeue.lock(("user", namespace)):
+            if body is None:
+                body = await asyncio.to_thread(self.kube.get, "Workspace", name, namespace)
+                if body is None:
+                    self.requeue.cancel(key)
+                    return
+            try:
+                outcome = await asyncio.to_thread(self.workspaces.reconcile, body, lost_pod=lost_pod)
+            except Exception as err:  # a failed pass is retried; it must never kill the watch
+                log.exception("Workspace %s/%s: reconcile failed: %s", namespace, name, err)
+                self.requeue.schedule(key, 5.0, lambda: self.reconcile_workspace(namespace, name))
+                return
+        if outcome.requeue_after is not None:
+            self.requeue.schedule(key, outcome.requeue_after, lambda: self.reconcile_workspace(namespace, name))
+        else:
+            self.requeue.cancel(key)
+
+    async def user_workspaces_changed(self, namespace: str) -> None:
+        """A pod or quota change in one user's namespace can unblock any of her waiting workspaces."""
+        items = await asyncio.to_thread(self.kube.list, "Workspace", namespace)
+        for ws in items:
+            if (ws.get("status") or {}).get("phase") in ("Pending", "Preempted", None):
+                await self.reconcile_workspace(namespace, ws["metadata"]["name"], ws)
+
+    async def policy_changed(self, body: dict) -> None:
+        changed = await asyncio.to_thread(self.policy.load_configmap, body)
+        if changed:
+            await asyncio.to_thread(self.policy.apply_priority_classes)
+            users = await asyncio.to_thread(self.kube.list, "GPUUser")
+            for user in users:
+                await self.reconcile_user(user["metadata"]["name"])
+
+
+def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, **_):
+        settings.persistence.finalizer = "labkeeper.io/kopf"
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.posting.level = logging.WARNING
+        await asyncio.to_thread(operator.policy.apply_priority_classes)
+
+    @kopf.on.event(GROUP, VERSION, "gpuusers", registry=registry)
+    async def _user_event(event: dict, body: kopf.Body, name: str, **_):
+        if event.get("type") == "DELETED":
+            operator.users.forget(name)
+            return
+        await operator.reconcile_user(name, dict(body))
+        # suspension, a tier change or a new uid can change what each of her workspaces may do
+        items = await asyncio.to_thread(operator.kube.list, "Workspace", f"lab-{name}")
+        for ws in items:
+            await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"], ws)
+
+    @kopf.on.event(GROUP, VERSION, "workspaces", registry=registry)
+    async def _workspace_event(event: dict, body: kopf.Body, name: str, namespace: str, **_):
+        if event.get("type") == "DELETED":
+            operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
+            return
+        await operator.reconcile_workspace(namespace, name, dict(body))
+
+    @kopf.on.event("", "v1", "pods", registry=registry, labels={"app.kubernetes.io/managed-by": "labkeeper"})
+    async def _pod_event(event: dict, body: kopf.Body, labels: dict, namespace: str, **_):
+        workspace = labels.get("labkeeper.io/workspace")
+        if not workspace:
+            return
+        lost = dict(body) if event.get("type") == "DELETED" and labels.get("labkeeper.io/role") == "workspace" else None
+        await operator.reconcile_workspace(namespace, workspace, lost_pod=lost)
+        if event.get("type") == "DELETED":
+            # a freed device may let anyone's waiting workspace start
+            waiting = await asyncio.to_thread(operator.kube.list, "Workspace")
+            for ws in waiting:
+                if (ws.get("status") or {}).get("phase") in ("Pending", "Preempted") \
+                        and ws["metadata"]["name"] != workspace:
+                    await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"], ws)
+
+    @kopf.on.event("", "v1", "configmaps", registry=registry,
+                   when=lambda name, namespace, **_: name == POLICY_CONFIGMAP and namespace == operator.namespace)
+    async def _policy_event(event: dict, body: kopf.Body, **_):
+        if event.get("type") != "DELETED":
+            await operator.policy_changed(dict(body))
+
+
+def endpoint_from(kube: Kube) -> ClusterEndpoint:
+    """The API endpoint and CA that users' kubeconfigs should point at: this client's own."""
+    cfg = kube.api.configuration
+    server = os.environ.get("LABKEEPER_API_SERVER") or cfg.host
+    ca_pem = b""
+    if cfg.ssl_ca_cert and Path(cfg.ssl_ca_cert).exists():
+        ca_pem = Path(cfg.ssl_ca_cert).read_bytes()
+    return ClusterEndpoint(server, ca_pem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labkeeper operator")
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    parser.add_argument("--namespace", default=os.environ.get("LABKEEPER_NAMESPACE", "labkeeper-system"))
+    parser.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--no-require-host", action="store_true",
+                        help="a GPUUser is Ready without a node agent's report (clusters without agents)")
+    parser.add_argument("--data-root", default=os.environ.get("LABKEEPER_DATA_ROOT", "/data"),
+                        help="the data root on every node (homes, caches, model stores)")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kube = Kube.from_kubeconfig(args.kubeconfig, field_manager="labkeeper-operator")
+    operator = Operator(kube, args.namespace, endpoint_from(kube), require_host=not args.no_require_host,
+                        data_root=args.data_root)
+    registry = kopf.OperatorRegistry()
+    register(registry, operator)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    kopf.configure(verbose=args.verbose)
+    stop_flag = threading.Event()
+    kopf.run(registry=registry, standalone=True, clusterwide=True, liveness_endpoint=args.liveness,
+             stop_flag=stop_flag)
+    return 0
+

@@ -1,0 +1,169 @@
+"""GPUUser → a person who can use the cluster: uid, namespace, RBAC, quota, credentials.
+
+Level-based: every call computes the whole desired state from the object and the policy, applies
+what differs from what this process last applied, and writes status only when it changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from labkeeper.controller.credentials import Credentials
+from labkeeper.controller.policy import PolicyStore, UserEntitlement
+from labkeeper.controller.uids import LedgerFull, UidLedger
+from labkeeper.kube.client import Kube, condition, owner_reference
+from labkeeper.render import access as render
+
+FINALIZER = "labkeeper.io/operator"
+AGENT_FINALIZER_PREFIX = "labkeeper.io/agent"
+
+
+@dataclass
+class Outcome:
+    """What the caller should do next: nothing, or look again after `requeue_after` seconds."""
+
+    requeue_after: float | None = None
+
+
+class UserReconciler:
+    def __init__(self, kube: Kube, policy: PolicyStore, ledger: UidLedger, credentials: Credentials,
+                 clock: Callable[[], dt.datetime], *, require_host: bool = True) -> None:
+        self.kube = kube
+        self.policy = policy
+        self.ledger = ledger
+        self.credentials = credentials
+        self.clock = clock
+        self.require_host = require_host
+        self._applied: dict[str, str] = {}  # user → fingerprint of the children last applied by this process
+
+    def reconcile(self, user: dict) -> Outcome:
+        meta = user["metadata"]
+        name = meta["name"]
+        spec = user.get("spec") or {}
+        if meta.get("deletionTimestamp"):
+            return self._finalize(user)
+        if FINALIZER not in (meta.get("finalizers") or []):
+            user = self.kube.patch("GPUUser", name, {"metadata": {"finalizers": [*(meta.get("finalizers") or []), FINALIZER]}})
+        status = user.get("status") or {}
+        conditions = status.get("conditions") or []
+        now = self.clock()
+
+        try:
+            uid = status.get("uid") or self.ledger.allocate(name, spec.get("uid"))
+        except LedgerFull as err:
+            self._write_status(user, {"phase": "Failed", "conditions": [
+                condition("Ready", False, "UidUnavailable", str(err), conditions, now)]})
+            return Outcome()
+
+        entitlement = self.policy.entitlement(name, spec)
+        state = spec.get("state", "Active")
+        self._apply_children(user, entitlement, active=state == "Active")
+
+        access_ok, access_msg, requeue = True, "RoleBinding and kubeconfig in place", None
+        if state == "Active":
+            creds = self.credentials.ensure(user, now)
+            if not creds.ready:
+                access_ok, access_msg, requeue = False, creds.message, 1.0
+        else:
+            self.credentials.revoke(name)
+            access_ok, access_msg = False, f"user is {state}: access removed"
+
+        host_ok, host_msg = host_provisioned(status)
+        host_ready = host_ok or not self.require_host
+        if state == "Offboarded":
+            phase = "Offboarded"
+        elif state == "Suspended":
+            phase = "Suspended"
+        elif access_ok and host_ready:
+            phase = "Ready"
+        else:
+            phase = "Provisioning"
+        ready_reason = "Ready" if phase == "Ready" else ("Waiting" if phase == "Provisioning" else state)
+        ready_msg = "user can log in and use the cluster" if phase == "Ready" else (
+            access_msg if not access_ok else host_msg)
+        desired = {
+            "uid": uid,
+            "gid": uid,
+            "namespace": render.namespace_for(name),
+            "home": f"/home/{name}",
+            "phase": phase,
+            "kubeconfigSecret": f"{self.credentials.namespace}/kubeconfig-{name}" if state == "Active" else None,
+            "effectiveLimits": entitlement.status_view(),
+            "observedGeneration": meta.get("generation"),
+            "conditions": [
+                condition("Ready", phase == "Ready", ready_reason, ready_msg, conditions, now),
+                condition("HostProvisioned", host_ok, "AgentReported" if host_ok else "Waiting", host_msg,
+                          conditions, now),
+                condition("AccessGranted", access_ok, "Granted" if access_ok else "NotGranted", access_msg,
+                          conditions, now),
+                condition("QuotaApplied", True, "Applied",
+                          f"tier {entitlement.tier}: {entitlement.summary()}", conditions, now),
+            ],
+        }
+        self._write_status(user, desired)
+        return Outcome(requeue)
+
+    # ---- children ---------------------------------------------------------------------------
+    def _apply_children(self, user: dict, entitlement: UserEntitlement, *, active: bool) -> None:
+        name = user["metadata"]["name"]
+        owner = owner_reference(user, block=False)
+        grant = entitlement.access
+        children = [
+            render.namespace(name, owner),
+            render.user_role(name),
+            render.resource_quota(grant),
+            render.priority_quota(grant),
+            render.limit_range(grant),
+            *render.self_reader_role(name, owner),
+        ]
+        binding = render.user_role_binding(name)
+        fingerprint = hashlib.sha256(json.dumps([children, active], sort_keys=True).encode()).hexdigest()
+        if self._applied.get(name) == fingerprint:
+            return
+        for child in children:
+            if child["kind"] == "ClusterRoleBinding" and not active:
+                self.kube.delete("ClusterRoleBinding", child["metadata"]["name"])
+                continue
+            self.kube.apply(child)
+        if active:
+            self.kube.apply(binding)
+        else:
+            self.kube.delete("RoleBinding", binding["metadata"]["name"], binding["metadata"]["namespace"])
+        self._applied[name] = fingerprint
+
+    def forget(self, name: str) -> None:
+        self._applied.pop(name, None)
+
+    # ---- status -----------------------------------------------------------------------------
+    def _write_status(self, user: dict, desired: dict) -> None:
+        self.kube.patch_status("GPUUser", user, desired)
+
+    # ---- deletion ---------------------------------------------------------------------------
+    def _finalize(self, user: dict) -> Outcome:
+        meta = user["metadata"]
+        name = meta["name"]
+        finalizers = meta.get("finalizers") or []
+        self.kube.delete("Namespace", render.namespace_for(name))
+        self.kube.delete("ClusterRoleBinding", f"labkeeper-user:{name}")
+        self.kube.delete("ClusterRole", f"labkeeper-user:{name}")
+        self.credentials.revoke(name)
+        self.forget(name)
+        if FINALIZER in finalizers:
+            remaining = [f for f in finalizers if f != FINALIZER]
+            # the uid stays in the ledger: it is never handed out again
+            self.kube.patch("GPUUser", name, {"metadata": {"finalizers": remaining,
+                                                          "resourceVersion": meta["resourceVersion"]}})
+        return Outcome()
+
+
+def host_provisioned(status: dict) -> tuple[bool, str]:
+    nodes = status.get("nodes") or []
+    if not nodes:
+        return False, "no node agent has provisioned this user yet"
+    pending = [n for n in nodes if n.get("state") != "Provisioned"]
+    if pending:
+        return False, "; ".join(f"{n.get('node')}: {n.get('state')} {n.get('message', '')}".strip() for n in pending)
+    return True, f"provisioned on {', '.join(sorted(n.get('node', '?') for n in nodes))}"

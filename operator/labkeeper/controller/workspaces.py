@@ -1,0 +1,389 @@
+"""Workspace → pod, with entitlement, weighted GPU quota, holds after stop and a lifecycle.
+
+Level-based: each pass reads the Workspace, its user, its pod and its hold, decides the one next
+step, and writes status only when it changed. A per-user lock in the caller makes the weighted
+quota check and the pod creation one step, so concurrent applies never overshoot the cap."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubernetes.client.exceptions import ApiException
+
+from labkeeper.api import policy as api_policy
+from labkeeper.controller.policy import PolicyStore
+from labkeeper.kube.client import Kube, api_error_message, condition, is_conflict, owner_reference
+from labkeeper.render import pod as render_pod
+from labkeeper.render.access import HOLD_PRIORITY_CLASS, priority_class_for
+
+FAILED_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
+                          "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def fmt(t: dt.datetime | None) -> str | None:
+    return t.astimezone(dt.UTC).strftime(TIME_FORMAT) if t else None
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=dt.UTC)
+
+
+@dataclass
+class Outcome:
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    profile: str
+    count: int
+
+    def equivalents(self, weights: dict[str, float]) -> float:
+        if self.profile == "none":
+            return 0.0
+        return weights.get(self.profile, 1.0) * self.count
+
+
+def gpu_request(spec: dict) -> GpuRequest:
+    gpu = spec.get("gpu") or {}
+    return GpuRequest(gpu.get("profile") or "none", int(gpu.get("count") or 1))
+
+
+def username_for(namespace: str) -> str | None:
+    return namespace[4:] if namespace.startswith("lab-") else None
+
+
+class WorkspaceReconciler:
+    def __init__(self, kube: Kube, policy: PolicyStore, clock: Callable[[], dt.datetime], *,
+                 data_root: str = "/data", lab_users_gid: int | None = None) -> None:
+        self.kube = kube
+        self.policy = policy
+        self.clock = clock
+        self.data_root = data_root.rstrip("/")
+        self.lab_users_gid = lab_users_gid
+
+    # ---- entry ------------------------------------------------------------------------------
+    def reconcile(self, ws: dict, *, lost_pod: dict | None = None) -> Outcome:
+        meta, spec = ws["metadata"], ws.get("spec") or {}
+        status = ws.get("status") or {}
+        namespace, name = meta["namespace"], meta["name"]
+        now = self.clock()
+        username = username_for(namespace)
+        user = self.kube.get("GPUUser", username) if username else None
+        pod = self.kube.get("Pod", render_pod.pod_name(name), namespace)
+        hold = self.kube.get("Pod", render_pod.hold_name(name), namespace)
+        policy = self.policy.current
+        request = gpu_request(spec)
+        desired: dict = {"observedGeneration": meta.get("generation"), "podName": render_pod.pod_name(name),
+                         "gpuEquivalents": round(request.equivalents(policy.gpu_weights), 4)}
+        runtime = self._runtime(status, pod, now)
+        desired.update(runtime)
+
+        if meta.get("deletionTimestamp"):
+            return Outcome()
+        if user is None or not (user.get("status") or {}).get("uid"):
+            return self._set(ws, desired, "Pending", "UserNotReady",
+                             f"GPUUser {username!r} does not exist or has no uid yet", now, requeue=2.0)
+        user_state = (user.get("spec") or {}).get("state", "Active")
+        want_running = spec.get("state", "Running") == "Running" and user_state == "Active"
+
+        if not want_running:
+            return self._stop(ws, desired, pod, hold, request, now,
+                              reason="UserSuspended" if user_state != "Active" else "Stopped")
+
+        entitlement = self.policy.entitlement(username, user.get("spec") or {})
+        problem = self._entitlement_problem(spec, request, entitlement, policy)
+        if problem:
+            return self._set(ws, desired, "Pending", "NotEntitled", problem, now)
+
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            if pod is not None:
+                return self._set(ws, desired, "Stopping", "PodTerminating", "previous pod is terminating", now,
+                                 requeue=1.0)
+            if lost_pod is not None and _was_preempted(lost_pod):
+                self.kube.event(ws, "Preempted", "a higher-priority workspace took this workspace's GPU; "
+                                "it waits for a free device", type_="Warning")
+                return self._set(ws, desired, "Preempted", "PreemptedByScheduler",
+                                 "a higher-priority workspace took the GPU; waiting to start again", now,
+                                 requeue=0.5)
+            return self._start(ws, desired, user, entitlement, request, hold, now)
+        return self._observe_pod(ws, desired, pod, hold, now)
+
+    # ---- decisions --------------------------------------------------------------------------
+    def _entitlement_problem(self, spec: dict, request: GpuRequest, entitlement, policy) -> str | None:
+        allowed = entitlement.access.allowed_profiles
+        if request.profile != "none" and request.profile not in allowed:
+            return (f"spec.gpu.profile {request.profile!r} is not allowed for tier {entitlement.tier}; "
+                    f"allowed: {', '.join(allowed) or 'none'}")
+        tier = policy.tiers.get(entitlement.tier)
+        patterns = list(getattr(tier, "allowed_images", None) or [])
+        image = spec.get("image", "")
+        if patterns and not any(fnmatch.fnmatch(image, p) for p in patterns):
+            return f"spec.image {image!r} is not allowed for tier {entitlement.tier}; allowed: {', '.join(patterns)}"
+        for field, limit, parse in (("cpu", entitlement.access.cpu, api_policy.parse_cpu),
+                                    ("memory", entitlement.access.memory, api_policy.parse_memory)):
+            value = spec.get(field)
+            if value is not None and parse(str(value)) > parse(str(limit)):
+                return f"spec.{field} {value} exceeds the tier {entitlement.tier} limit of {limit}"
+        return None
+
+    def _start(self, ws: dict, desired: dict, user: dict, entitlement, request: GpuRequest, hold: dict | None,
+               now: dt.datetime) -> Outcome:
+        meta = ws["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        policy = self.policy.current
+        pods = self.kube.list("Pod", namespace, label_selector="app.kubernetes.io/managed-by=labkeeper")
+        others = [p for p in pods if p["metadata"].get("labels", {}).get(render_pod.LABEL_WORKSPACE) != name
+                  and not p["metadata"].get("deletionTimestamp")]
+        running = [p for p in others if p["metadata"]["labels"].get(render_pod.LABEL_ROLE) == "workspace"]
+        cap = entitlement.access.max_gpu_equivalents
+        in_use = sum(_pod_equivalents(p, policy.gpu_weights) for p in others)
+        asked = request.equivalents(policy.gpu_weights)
+        if asked > 0 and in_use + asked > cap + 1e-9:
+            message = (f"{in_use:.2f} GPU equivalents in use + {asked:.2f} requested > cap {cap:.2f} "
+                       f"for tier {entitlement.tier}")
+            if (ws.get("status") or {}).get("reason") != "QuotaExceeded":
+                self.kube.event(ws, "QuotaExceeded", message, type_="Warning")
+            return self._set(ws, desired, "Pending", "QuotaExceeded", message, now, within_quota=False)
+        if len(running) >= entitlement.access.max_workspaces:
+            message = (f"{len(running)} workspaces running, tier {entitlement.tier} allows "
+                       f"{entitlement.access.max_workspaces}")
+            return self._set(ws, desired, "Pending", "QuotaExceeded", message, now, within_quota=False)
+
+        inputs = self.pod_inputs(ws, user, entitlement)
+        body = render_pod.workspace_pod(inputs)
+        if hold is not None and not hold["metadata"].get("deletionTimestamp"):
+            # take the held device back: outrank anyone waiting, on the node that holds it
+            body["spec"]["priorityClassName"] = HOLD_PRIORITY_CLASS
+            body["spec"]["nodeSelector"] = {"kubernetes.io/hostname": hold["spec"].get("nodeName")
+                                            or hold["spec"]["nodeSelector"]["kubernetes.io/hostname"]}
+        try:
+            self.kube.create(body)
+        except ApiException as err:
+            if is_conflict(err):  # someone (an earlier pass) created it already
+                return Outcome(requeue_after=0.5)
+            message = api_error_message(err)
+            reason = "QuotaExceeded" if err.status == 403 and "quota" in message.lower() else "PodRejected"
+            return self._set(ws, desired, "Pending", reason, message, now, requeue=5.0)
+        if hold is not None:
+            self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
+        self.kube.event(ws, "Starting", f"pod {body['metadata']['name']} created"
+                        + (f" with {request.count} x {request.profile}" if request.profile != "none" else ""))
+        desired["holdPodName"] = None
+        desired["holdUntil"] = None
+        desired["stopReason"] = None
+        return self._set(ws, desired, "Starting", "PodCreated", "waiting for the scheduler", now)
+
+    def _observe_pod(self, ws: dict, desired: dict, pod: dict, hold: dict | None, now: dt.datetime) -> Outcome:
+        pod_status = pod.get("status") or {}
+        node = pod["spec"].get("nodeName")
+        desired["node"] = node
+        phase = pod_status.get("phase")
+        waiting = _waiting_reason(pod_status)
+        if waiting and waiting[0] in FAILED_WAITING_REASONS:
+            return self._set(ws, desired, "Failed", waiting[0], waiting[1] or waiting[0], now)
+        if phase in ("Failed", "Succeeded"):
+            return self._set(ws, desired, "Failed", pod_status.get("reason") or "ContainerExited",
+                             pod_status.get("message") or f"pod {phase.lower()}", now)
+        if phase == "Running":
+            desired["devices"] = _devices(pod)
+            return self._set(ws, desired, "Running", "PodRunning", f"running on {node}", now, ready=True)
+        if not node:
+            unschedulable = next((c for c in pod_status.get("conditions") or []
+                                  if c.get("type") == "PodScheduled" and c.get("status") == "False"), None)
+            message = (unschedulable or {}).get("message") or "waiting for a free device"
+            return self._set(ws, desired, "Pending", "Unschedulable" if unschedulable else "Scheduling", message, now)
+        return self._set(ws, desired, "Starting", "ContainerCreating", f"scheduled on {node}", now, scheduled=True)
+
+    def _stop(self, ws: dict, desired: dict, pod: dict | None, hold: dict | None, request: GpuRequest,
+              now: dt.datetime, *, reason: str) -> Outcome:
+        meta = ws["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        status = ws.get("status") or {}
+        policy = self.policy.current
+        stop_reason = status.get("stopReason") or reason
+        desired["stopReason"] = stop_reason
+        if pod is not None:
+            node = pod["spec"].get("nodeName")
+            if request.profile != "none" and node and hold is None and policy.gpu_hold_after_stop.total_seconds() > 0:
+                # the hold goes up before the pod goes down, so nobody slips in between
+                holder = render_pod.hold_pod(self._hold_inputs(ws, request), node)
+                try:
+                    self.kube.create(holder)
+                except ApiException as err:
+                    if not is_conflict(err):
+                        raise
+                desired["holdPodName"] = holder["metadata"]["name"]
+                desired["holdUntil"] = fmt(now + policy.gpu_hold_after_stop)
+            if not pod["metadata"].get("deletionTimestamp"):
+                self.kube.delete("Pod", pod["metadata"]["name"], namespace,
+                                 grace_seconds=int(policy.termination_grace.total_seconds()))
+                self.kube.event(ws, "Stopping", f"stopping: {stop_reason}")
+            return self._set(ws, desired, "Stopping", stop_reason, "pod is terminating", now, requeue=1.0)
+
+        requeue = None
+        hold_until = parse_time(status.get("holdUntil"))
+        if hold is not None:
+            if hold_until is None or now >= hold_until:
+                self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
+                self.kube.event(ws, "HoldReleased", "the GPU held after stop was released")
+                desired["holdPodName"] = None
+                desired["holdUntil"] = None
+            else:
+                requeue = (hold_until - now).total_seconds()
+        retention = policy.stopped_retention
+        stopped_at = parse_time(status.get("stoppedAt")) or now
+        desired["stoppedAt"] = fmt(stopped_at)
+        if retention and retention.total_seconds() > 0 and spec_state(ws) == "Stopped":
+            expires = stopped_at + retention
+            if now >= expires and hold is None:
+                self.kube.delete("Workspace", name, namespace)
+                return Outcome()
+            wait = (expires - now).total_seconds()
+            requeue = min(requeue, wait) if requeue is not None else wait
+        message = "stopped" + (f"; GPU held until {status.get('holdUntil')}" if hold is not None else "")
+        return self._set(ws, desired, "Stopped", stop_reason, message, now, requeue=requeue)
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def pod_inputs(self, ws: dict, user: dict, entitlement) -> render_pod.PodInputs:
+        meta, spec = ws["metadata"], ws.get("spec") or {}
+        username = user["metadata"]["name"]
+        ustatus = user.get("status") or {}
+        policy = self.policy.current
+        request = gpu_request(spec)
+        caches = self._mounts("SharedCache", spec.get("caches"), username, writable_default=True)
+        stores = self._mounts("ModelStore", spec.get("modelStores"), username, writable_default=False)
+        lab_gid = self.lab_users_gid if self.lab_users_gid is not None else policy.lab_users_gid
+        return render_pod.PodInputs(
+            workspace=meta["name"],
+            namespace=meta["namespace"],
+            owner=owner_reference(ws),
+            username=username,
+            uid=int(ustatus["uid"]),
+            gid=int(ustatus.get("gid") or ustatus["uid"]),
+            supplemental_gids=[lab_gid],
+            home_host_path=f"{self.data_root}/users/{username}",
+            image=spec["image"],
+            command=spec.get("command") or (),
+            args=spec.get("args") or (),
+            cpu=str(spec.get("cpu") or "1"),
+            memory=str(spec.get("memory") or "2Gi"),
+            gpu_profile=request.profile,
+            gpu_count=request.count,
+            priority_class=priority_class_for(entitlement.tier),
+            runtime_class=policy.runtime_class_name or None,
+            grace_seconds=int(policy.termination_grace.total_seconds()),
+            caches=caches,
+            model_stores=stores,
+        )
+
+    def _hold_inputs(self, ws: dict, request: GpuRequest) -> render_pod.PodInputs:
+        meta = ws["metadata"]
+        return render_pod.PodInputs(
+            workspace=meta["name"], namespace=meta["namespace"], owner=owner_reference(ws),
+            username=username_for(meta["namespace"]) or "", uid=0, gid=0, supplemental_gids=(),
+            home_host_path="", image="", gpu_profile=request.profile, gpu_count=request.count,
+            runtime_class=self.policy.current.runtime_class_name or None,
+        )
+
+    def _mounts(self, kind: str, wanted: list[str] | None, username: str, *, writable_default: bool):
+        mounts = []
+        for obj in sorted(self.kube.list(kind), key=lambda o: o["metadata"]["name"]):
+            name = obj["metadata"]["name"]
+            if wanted is not None and name not in wanted:
+                continue
+            spec = obj.get("spec") or {}
+            host_path = f"{self.data_root}/{spec['path'].strip('/')}"
+            env = [(e["name"], e.get("value", "").replace("$(PATH)", host_path)) for e in spec.get("env") or []]
+            writers = spec.get("writers") or {}
+            writable = writable_default if kind == "SharedCache" else username in (writers.get("users") or [])
+            mounts.append(render_pod.Mount(name, host_path, tuple(env), writable))
+        return mounts
+
+    # ---- status -----------------------------------------------------------------------------
+    def _runtime(self, status: dict, pod: dict | None, now: dt.datetime) -> dict:
+        """Cumulative runtime: closed segments in runtimeSeconds, the open one from runningSince."""
+        total = int(status.get("runtimeSeconds") or 0)
+        since = parse_time(status.get("runningSince"))
+        running = pod is not None and (pod.get("status") or {}).get("phase") == "Running" \
+            and not pod["metadata"].get("deletionTimestamp")
+        if running and since is None:
+            since = now
+        if not running and since is not None:
+            total += int((now - since).total_seconds())
+            since = None
+        return {"runtimeSeconds": total, "runningSince": fmt(since)}
+
+    def _set(self, ws: dict, desired: dict, phase: str, reason: str, message: str, now: dt.datetime, *,
+             requeue: float | None = None, ready: bool = False, scheduled: bool | None = None,
+             within_quota: bool = True) -> Outcome:
+        status = ws.get("status") or {}
+        previous = status.get("conditions") or []
+        scheduled = ready or bool(desired.get("node")) if scheduled is None else scheduled
+        desired.update({
+            "phase": phase,
+            "reason": reason,
+            "message": message,
+            "conditions": [
+                condition("Scheduled", scheduled, "Scheduled" if scheduled else reason,
+                          f"on {desired.get('node')}" if scheduled else message, previous, now),
+                condition("Ready", ready, "PodRunning" if ready else reason, message, previous, now),
+                condition("WithinQuota", within_quota, "WithinQuota" if within_quota else "QuotaExceeded",
+                          message if not within_quota else "within the user's GPU-equivalent cap", previous, now),
+            ],
+        })
+        if phase != status.get("phase") and phase in ("Running", "Stopped", "Failed"):
+            self.kube.event(ws, phase, message, type_="Warning" if phase == "Failed" else "Normal")
+        try:
+            self.kube.patch_status("Workspace", ws, desired)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+        return Outcome(requeue_after=requeue)
+
+
+def spec_state(ws: dict) -> str:
+    return (ws.get("spec") or {}).get("state", "Running")
+
+
+def _was_preempted(pod: dict) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("reason") == "PreemptionByScheduler":
+            return True
+    return False
+
+
+def _waiting_reason(pod_status: dict) -> tuple[str, str] | None:
+    for cs in pod_status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting:
+            return waiting.get("reason", ""), waiting.get("message", "")
+    return None
+
+
+def _pod_equivalents(pod: dict, weights: dict[str, float]) -> float:
+    total = 0.0
+    for container in pod["spec"].get("containers", []):
+        for resource, qty in ((container.get("resources") or {}).get("limits") or {}).items():
+            if resource == "nvidia.com/gpu":
+                total += weights.get("full", 1.0) * int(qty)
+            elif resource.startswith("nvidia.com/mig-"):
+                total += weights.get(resource.removeprefix("nvidia.com/mig-"), 1.0) * int(qty)
+    return total
+
+
+def _devices(pod: dict) -> list[str]:
+    devices = []
+    for container in pod["spec"].get("containers", []):
+        for resource, qty in ((container.get("resources") or {}).get("limits") or {}).items():
+            if resource.startswith("nvidia.com/"):
+                devices.append(f"{qty} x {resource}")
+    return devices
+
+

@@ -1,0 +1,246 @@
+"""Thin helpers over the Kubernetes REST API: server-side apply under one field manager,
+status patches that skip no-op writes, events, and a count of every write for the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "labkeeper"
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, name: str | None = None, namespace: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+KINDS: dict[str, Kind] = {
+    "Namespace": Kind("", "v1", "namespaces", False),
+    "Pod": Kind("", "v1", "pods", True),
+    "Secret": Kind("", "v1", "secrets", True),
+    "ConfigMap": Kind("", "v1", "configmaps", True),
+    "Event": Kind("", "v1", "events", True),
+    "ResourceQuota": Kind("", "v1", "resourcequotas", True),
+    "LimitRange": Kind("", "v1", "limitranges", True),
+    "Node": Kind("", "v1", "nodes", False),
+    "Role": Kind("rbac.authorization.k8s.io", "v1", "roles", True),
+    "RoleBinding": Kind("rbac.authorization.k8s.io", "v1", "rolebindings", True),
+    "ClusterRole": Kind("rbac.authorization.k8s.io", "v1", "clusterroles", False),
+    "ClusterRoleBinding": Kind("rbac.authorization.k8s.io", "v1", "clusterrolebindings", False),
+    "PriorityClass": Kind("scheduling.k8s.io", "v1", "priorityclasses", False),
+    "CertificateSigningRequest": Kind("certificates.k8s.io", "v1", "certificatesigningrequests", False),
+    "Lease": Kind("coordination.k8s.io", "v1", "leases", True),
+    "GPUUser": Kind("labkeeper.io", "v1alpha1", "gpuusers", False),
+    "SharedCache": Kind("labkeeper.io", "v1alpha1", "sharedcaches", False),
+    "ModelStore": Kind("labkeeper.io", "v1alpha1", "modelstores", False),
+    "Workspace": Kind("labkeeper.io", "v1alpha1", "workspaces", True),
+}
+
+
+def is_not_found(err: Exception) -> bool:
+    return isinstance(err, ApiException) and err.status == 404
+
+
+def is_conflict(err: Exception) -> bool:
+    return isinstance(err, ApiException) and err.status == 409
+
+
+def api_error_message(err: ApiException) -> str:
+    try:
+        return json.loads(err.body).get("message", str(err))
+    except (TypeError, ValueError):
+        return str(err)
+
+
+class Kube:
+    """One client for the whole process; counts writes by verb and kind."""
+
+    def __init__(self, api_client: k8s.ApiClient | None = None, field_manager: str = FIELD_MANAGER) -> None:
+        self.api = api_client or k8s.ApiClient()
+        self.field_manager = field_manager
+        self.writes: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None, **kwargs) -> Kube:
+        if kubeconfig:
+            api = k8s_config.new_client_from_config(config_file=kubeconfig)
+        else:
+            try:
+                k8s_config.load_incluster_config()
+            except k8s_config.ConfigException:
+                k8s_config.load_kube_config()
+            api = k8s.ApiClient()
+        return cls(api, **kwargs)
+
+    def _count(self, verb: str, kind: str) -> None:
+        with self._lock:
+            self.writes[f"{verb} {kind}"] += 1
+
+    def _call(self, method: str, path: str, body: Any = None, *, query: list | None = None,
+              content_type: str = "application/json") -> Any:
+        data, _status, _headers = self.api.call_api(
+            path, method, query_params=query or [], body=body,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30,
+        )
+        raw = data.data
+        return json.loads(raw) if raw else None
+
+    # ---- reads -------------------------------------------------------------------------------
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        try:
+            return self._call("GET", KINDS[kind].path(name, namespace))
+        except ApiException as err:
+            if is_not_found(err):
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict]:
+        query = []
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        return self._call("GET", KINDS[kind].path(namespace=namespace), query=query)["items"]
+
+    # ---- writes ------------------------------------------------------------------------------
+    def apply(self, obj: dict, *, force: bool = True) -> dict:
+        """Server-side apply under labkeeper's field manager; the API skips no-op applies."""
+        kind = KINDS[obj["kind"]]
+        meta = obj["metadata"]
+        self._count("apply", obj["kind"])
+        return self._call(
+            "PATCH", kind.path(meta["name"], meta.get("namespace")), obj,
+            query=[("fieldManager", self.field_manager), ("force", "true" if force else "false")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    def create(self, obj: dict) -> dict:
+        kind = KINDS[obj["kind"]]
+        self._count("create", obj["kind"])
+        return self._call("POST", kind.path(namespace=obj["metadata"].get("namespace")), obj)
+
+    def replace(self, obj: dict) -> dict:
+        kind = KINDS[obj["kind"]]
+        meta = obj["metadata"]
+        self._count("replace", obj["kind"])
+        return self._call("PUT", kind.path(meta["name"], meta.get("namespace")), obj)
+
+    def replace_subresource(self, kind: str, obj: dict, subresource: str) -> dict:
+        meta = obj["metadata"]
+        self._count("replace", f"{kind}/{subresource}")
+        return self._call("PUT", KINDS[kind].path(meta["name"], meta.get("namespace"), subresource), obj)
+
+    def whoami(self) -> str:
+        review = self._call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        return review["status"]["userInfo"]["username"]
+
+    def patch(self, kind: str, name: str, patch: dict, namespace: str | None = None,
+              subresource: str | None = None) -> dict:
+        self._count("patch", kind if not subresource else f"{kind}/{subresource}")
+        return self._call("PATCH", KINDS[kind].path(name, namespace, subresource), patch,
+                          content_type="application/merge-patch+json")
+
+    def delete(self, kind: str, name: str, namespace: str | None = None, *,
+               grace_seconds: int | None = None, propagation: str = "Background") -> bool:
+        body: dict = {"propagationPolicy": propagation}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        self._count("delete", kind)
+        try:
+            self._call("DELETE", KINDS[kind].path(name, namespace), body)
+            return True
+        except ApiException as err:
+            if is_not_found(err):
+                return False
+            raise
+
+    def patch_status(self, kind: str, obj: dict, desired: dict) -> bool:
+        """Merge `desired` into the object's status; writes nothing when every field already matches."""
+        current = obj.get("status") or {}
+        changed = {key: value for key, value in desired.items() if current.get(key) != value}
+        if not changed:
+            return False
+        meta = obj["metadata"]
+        self.patch(kind, meta["name"], {"status": changed}, meta.get("namespace"), subresource="status")
+        return True
+
+    def event(self, obj: dict, reason: str, message: str, *, type_: str = "Normal",
+              component: str = "labkeeper-operator") -> None:
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or "default"
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": component},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": component,
+        }
+        # an event is best effort; losing one must never fail a reconcile
+        with contextlib.suppress(ApiException):
+            self.create(event)
+
+
+def owner_reference(obj: dict, *, controller: bool = True, block: bool = True) -> dict:
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": block,
+    }
+
+
+def condition(type_: str, status: bool, reason: str, message: str, previous: list[dict] | None = None,
+              now: dt.datetime | None = None) -> dict:
+    """A standard condition; keeps lastTransitionTime when the status did not change."""
+    status_text = "True" if status else "False"
+    for old in previous or []:
+        if old.get("type") == type_ and old.get("status") == status_text:
+            stamp = old.get("lastTransitionTime")
+            break
+    else:
+        stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"type": type_, "status": status_text, "reason": reason, "message": message, "lastTransitionTime": stamp}

@@ -1,0 +1,192 @@
+"""The workspace pod and its GPU hold placeholder, built by pure functions from plain inputs
+(as kubespawner's make_pod): unit-tested by comparing the built object."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from labkeeper.render.access import HOLD_PRIORITY_CLASS, LABEL_MANAGED, LABEL_USER, MANAGED_BY, gpu_resource
+
+LABEL_WORKSPACE = "labkeeper.io/workspace"
+LABEL_ROLE = "labkeeper.io/role"
+HOLD_IMAGE = "rancher/mirrored-pause:3.6"
+
+
+def pod_name(workspace: str) -> str:
+    return f"ws-{workspace}"
+
+
+def hold_name(workspace: str) -> str:
+    return f"hold-{workspace}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A shared tree on the host, mounted at the same absolute path so env values match profile.d."""
+
+    name: str
+    host_path: str
+    env: Sequence[tuple[str, str]] = ()
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class PodInputs:
+    workspace: str
+    namespace: str
+    owner: dict
+    username: str
+    uid: int
+    gid: int
+    supplemental_gids: Sequence[int]
+    home_host_path: str
+    image: str
+    command: Sequence[str] = ()
+    args: Sequence[str] = ()
+    cpu: str = "1"
+    memory: str = "2Gi"
+    gpu_profile: str = "none"
+    gpu_count: int = 1
+    priority_class: str = ""
+    runtime_class: str | None = None
+    grace_seconds: int = 60
+    shm_size: str = "1Gi"
+    caches: Sequence[Mount] = ()
+    model_stores: Sequence[Mount] = ()
+    toolchains: Sequence[Mount] = ()
+    extra_env: Sequence[tuple[str, str]] = field(default_factory=tuple)
+    node_name: str | None = None
+
+
+def _labels(inputs: PodInputs, role: str) -> dict[str, str]:
+    return {LABEL_USER: inputs.username, LABEL_WORKSPACE: inputs.workspace, LABEL_ROLE: role,
+            LABEL_MANAGED: MANAGED_BY}
+
+
+def gpu_limits(profile: str, count: int) -> dict[str, str]:
+    if profile == "none":
+        return {}
+    return {gpu_resource(profile): str(count)}
+
+
+def _volume_name(prefix: str, name: str) -> str:
+    return f"{prefix}-{name}"[:63].rstrip("-")
+
+
+def workspace_pod(inputs: PodInputs) -> dict:
+    env: list[dict] = [
+        {"name": "HOME", "value": f"/home/{inputs.username}"},
+        {"name": "USER", "value": inputs.username},
+        {"name": "LABKEEPER_WORKSPACE", "value": inputs.workspace},
+    ]
+    if inputs.gpu_profile == "none":
+        # the nvidia runtime would otherwise expose every GPU to a pod that asked for none
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
+    volumes: list[dict] = [
+        {"name": "home", "hostPath": {"path": inputs.home_host_path, "type": "Directory"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": inputs.shm_size}},
+    ]
+    mounts: list[dict] = [
+        {"name": "home", "mountPath": f"/home/{inputs.username}"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    seen_env = {e["name"] for e in env}
+    for prefix, group in (("cache", inputs.caches), ("models", inputs.model_stores), ("tool", inputs.toolchains)):
+        for mount in group:
+            vol = _volume_name(prefix, mount.name)
+            volumes.append({"name": vol, "hostPath": {"path": mount.host_path, "type": "Directory"}})
+            mounts.append({"name": vol, "mountPath": mount.host_path, "readOnly": not mount.writable})
+            for key, value in mount.env:
+                if key not in seen_env:
+                    env.append({"name": key, "value": value})
+                    seen_env.add(key)
+    for key, value in inputs.extra_env:
+        if key not in seen_env:
+            env.append({"name": key, "value": value})
+            seen_env.add(key)
+
+    resources = {"cpu": inputs.cpu, "memory": inputs.memory, **gpu_limits(inputs.gpu_profile, inputs.gpu_count)}
+    container: dict = {
+        "name": "workspace",
+        "image": inputs.image,
+        "env": env,
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "volumeMounts": mounts,
+        "workingDir": f"/home/{inputs.username}",
+        "stdin": True,
+        "tty": True,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
+    }
+    if inputs.command:
+        container["command"] = list(inputs.command)
+    if inputs.args:
+        container["args"] = list(inputs.args)
+    spec: dict = {
+        "containers": [container],
+        "volumes": volumes,
+        "restartPolicy": "Always",
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": inputs.grace_seconds,
+        "securityContext": {
+            "runAsUser": inputs.uid,
+            "runAsGroup": inputs.gid,
+            "supplementalGroups": sorted(set(inputs.supplemental_gids)),
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if inputs.priority_class:
+        spec["priorityClassName"] = inputs.priority_class
+    if inputs.runtime_class:
+        spec["runtimeClassName"] = inputs.runtime_class
+    if inputs.node_name:
+        spec["nodeSelector"] = {"kubernetes.io/hostname": inputs.node_name}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(inputs.workspace),
+            "namespace": inputs.namespace,
+            "labels": _labels(inputs, "workspace"),
+            "ownerReferences": [inputs.owner],
+        },
+        "spec": spec,
+    }
+
+
+def hold_pod(inputs: PodInputs, node_name: str) -> dict:
+    """Keeps the stopped workspace's device request on its node, at the hold priority."""
+    resources = {"cpu": "1m", "memory": "1Mi", **gpu_limits(inputs.gpu_profile, inputs.gpu_count)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": hold_name(inputs.workspace),
+            "namespace": inputs.namespace,
+            "labels": _labels(inputs, "hold"),
+            "ownerReferences": [inputs.owner],
+        },
+        "spec": {
+            "containers": [{
+                "name": "hold",
+                "image": HOLD_IMAGE,
+                "resources": {"requests": dict(resources), "limits": dict(resources)},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                    "runAsNonRoot": True, "runAsUser": 65535},
+            }],
+            "priorityClassName": HOLD_PRIORITY_CLASS,
+            "nodeSelector": {"kubernetes.io/hostname": node_name},
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 0,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            **({"runtimeClassName": inputs.runtime_class} if inputs.runtime_class else {}),
+        },
+    }

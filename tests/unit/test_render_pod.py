@@ -1,0 +1,76 @@
+"""The workspace pod is built by a pure function; these tests compare the built object."""
+
+from labkeeper.render.pod import Mount, PodInputs, hold_pod, workspace_pod
+
+OWNER = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "Workspace", "name": "train", "uid": "u-1",
+         "controller": True, "blockOwnerDeletion": True}
+
+
+def alice(**overrides) -> PodInputs:
+    values = dict(
+        workspace="train", namespace="lab-alice", owner=OWNER, username="alice", uid=20001, gid=20001,
+        supplemental_gids=[2000], home_host_path="/data/users/alice", image="pytorch/pytorch:2.4.0",
+        cpu="4", memory="16Gi", gpu_profile="1g.10gb", gpu_count=1, priority_class="labkeeper-student",
+        runtime_class="nvidia", grace_seconds=60,
+        caches=(Mount("pip", "/data/cache/pip", (("PIP_CACHE_DIR", "/data/cache/pip"),), writable=True),),
+        model_stores=(Mount("huggingface", "/data/models/huggingface",
+                            (("HF_HUB_CACHE", "/data/models/huggingface/hub"),), writable=False),),
+    )
+    values.update(overrides)
+    return PodInputs(**values)
+
+
+def test_alices_1g_workspace_pod_snapshot():
+    pod = workspace_pod(alice())
+    assert pod["metadata"] == {
+        "name": "ws-train", "namespace": "lab-alice",
+        "labels": {"labkeeper.io/user": "alice", "labkeeper.io/workspace": "train",
+                   "labkeeper.io/role": "workspace", "app.kubernetes.io/managed-by": "labkeeper"},
+        "ownerReferences": [OWNER],
+    }
+    spec = pod["spec"]
+    assert spec["securityContext"] == {"runAsUser": 20001, "runAsGroup": 20001, "supplementalGroups": [2000],
+                                       "fsGroupChangePolicy": "OnRootMismatch",
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
+    assert spec["priorityClassName"] == "labkeeper-student"
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["automountServiceAccountToken"] is False
+    container = spec["containers"][0]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "privileged": False,
+                                            "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/mig-1g.10gb": "1"}
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/home/alice"] == {"name": "home", "mountPath": "/home/alice"}
+    assert mounts["/data/cache/pip"]["readOnly"] is False
+    assert mounts["/data/models/huggingface"]["readOnly"] is True
+    assert mounts["/dev/shm"]["name"] == "dshm"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["home"]["hostPath"] == {"path": "/data/users/alice", "type": "Directory"}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PIP_CACHE_DIR"] == "/data/cache/pip"
+    assert env["HF_HUB_CACHE"] == "/data/models/huggingface/hub"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env
+
+
+def test_a_pod_without_a_gpu_sees_no_gpu():
+    pod = workspace_pod(alice(gpu_profile="none"))
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert not any(r.startswith("nvidia.com/") for r in container["resources"]["limits"])
+
+
+def test_a_full_gpu_is_requested_as_nvidia_gpu():
+    limits = workspace_pod(alice(gpu_profile="full", gpu_count=2))["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "2"
+
+
+def test_the_hold_keeps_the_same_device_on_the_same_node_at_hold_priority():
+    hold = hold_pod(alice(gpu_profile="3g.40gb"), "gpu-node-1")
+    assert hold["metadata"]["name"] == "hold-train"
+    assert hold["metadata"]["labels"]["labkeeper.io/role"] == "hold"
+    assert hold["spec"]["priorityClassName"] == "labkeeper-hold"
+    assert hold["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "gpu-node-1"}
+    assert hold["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == "1"
