@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# A stand-in for python:3.12-slim when no container registry is reachable (this build machine):
+# Debian bookworm minbase + python3 + venv from the Debian mirror, imported into buildah's local store.
+# Prints the image name on its last line. Cached: a second run only checks the image exists.
+set -euo pipefail
+IMAGE="${LABKEEPER_BASE_IMAGE:-localhost/labkeeper-python-base:bookworm}"
+STORAGE=(--storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}")
+MIRROR="${DEBIAN_MIRROR:-http://mirror.example/debian}"
+if buildah "${STORAGE[@]}" inspect --type image "$IMAGE" >/dev/null 2>&1; then
+  echo "$IMAGE"; exit 0
+fi
+command -v debootstrap >/dev/null || { echo "image-base: debootstrap is required (apt-get install debootstrap)" >&2; exit 1; }
+ROOTFS="$(mktemp -d /tmp/labkeeper-base.XXXXXX)"
+trap 'rm -rf "$ROOTFS"' EXIT
+echo "image-base: debootstrap bookworm into $ROOTFS" >&2
+debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR" >&2
+rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
+ctr="$(buildah "${STORAGE[@]}" from scratch)"
+tar -C "$ROOTFS" -c . | buildah "${STORAGE[@]}" add "$ctr" - / >&2
+buildah "${STORAGE[@]}" config --env PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd python3 "$ctr"
+buildah "${STORAGE[@]}" commit --rm "$ctr" "$IMAGE" >&2
+echo "$IMAGE"
