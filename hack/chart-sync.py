@@ -129,11 +129,7 @@ def hand_written_schema() -> dict:
             "priorityClasses": {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {
-                    "create": _bool,
-                    "values": {"type": "object", "required": ["hold"],
-                               "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 1000000000}},
-                },
+                "properties": {"create": _bool},
             },
             "runtimeClass": {
                 "type": "object",
