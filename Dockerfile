@@ -8,7 +8,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/labkeeper
 COPY pyproject.toml README* /src/
 COPY operator /src/operator
-RUN /opt/labkeeper/bin/pip install /src \
+# an optional build secret `ca` (a CA bundle) for builds behind a TLS-inspecting proxy; not kept in the image
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && /opt/labkeeper/bin/pip install /src \
  && /opt/labkeeper/bin/python -m compileall -q /opt/labkeeper
 
 FROM ${PYTHON_IMAGE}
