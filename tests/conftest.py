@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from labkeeper.testing.cluster import LocalCluster, NodeSpec
+from labkeeper.testing.processes import SYSTEM_NAMESPACE, OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +65,19 @@ def host_root(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "host"
     root.mkdir()
     yield root
+
+
+@pytest.fixture(scope="session")
+def system_namespace(crds: LocalCluster) -> str:
+    crds.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
+    return SYSTEM_NAMESPACE
+
+
+@pytest.fixture(scope="session")
+def operator(crds: LocalCluster, system_namespace: str, tmp_path_factory) -> Iterator[OperatorProcess]:
+    """One operator for the session; tests that kill it restart it before they end."""
+    crds.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "policy.yaml"))
+    logdir = tmp_path_factory.mktemp("operator")
+    op = OperatorProcess(crds, logdir, "--no-require-host", "--data-root", "/data").start()
+    yield op
+    op.stop()
