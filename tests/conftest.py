@@ -78,6 +78,6 @@ def operator(crds: LocalCluster, system_namespace: str, tmp_path_factory) -> Ite
     """One operator for the session; tests that kill it restart it before they end."""
     crds.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "policy.yaml"))
     logdir = tmp_path_factory.mktemp("operator")
-    op = OperatorProcess(crds, logdir, "--no-require-host", "--data-root", "/data").start()
+    op = OperatorProcess(crds, logdir, "--no-require-host", "--data-root", "/data", "--lease-duration", "3").start()
     yield op
     op.stop()

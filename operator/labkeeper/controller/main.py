@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import kopf
 
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
+from labkeeper.controller.leader import LeaderLease
 from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
 from labkeeper.controller.uids import UidLedger, UidRange
 from labkeeper.controller.users import UserReconciler
@@ -193,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="a GPUUser is Ready without a node agent's report (clusters without agents)")
     parser.add_argument("--data-root", default=os.environ.get("LABKEEPER_DATA_ROOT", "/data"),
                         help="the data root on every node (homes, caches, model stores)")
+    parser.add_argument("--no-leader-elect", action="store_true", help="skip the Lease (a single replica only)")
+    parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a leader lease lasts")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kube = Kube.from_kubeconfig(args.kubeconfig, field_manager="labkeeper-operator")
+    if not args.no_leader_elect:
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        LeaderLease(kube, args.namespace, identity, args.lease_duration).acquire()
     operator = Operator(kube, args.namespace, endpoint_from(kube), require_host=not args.no_require_host,
                         data_root=args.data_root)
     registry = kopf.OperatorRegistry()

@@ -1,0 +1,88 @@
+"""Leader election on a coordination.k8s.io Lease, so more than one operator replica is safe:
+only the holder reconciles; a holder that cannot renew in time exits and its pod restarts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+
+from kubernetes.client.exceptions import ApiException
+
+from labkeeper.kube.client import Kube, is_conflict
+
+log = logging.getLogger("labkeeper.leader")
+LEASE_NAME = "labkeeper-operator"
+
+
+def _stamp(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class LeaderLease:
+    def __init__(self, kube: Kube, namespace: str, identity: str, duration: float = 15.0) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.identity = identity
+        self.duration = duration
+        self._stop = threading.Event()
+
+    def _try_acquire(self) -> bool:
+        now = dt.datetime.now(dt.UTC)
+        lease = self.kube.get("Lease", LEASE_NAME, self.namespace)
+        spec = {"holderIdentity": self.identity, "leaseDurationSeconds": max(1, int(self.duration)),
+                "acquireTime": _stamp(now), "renewTime": _stamp(now)}
+        try:
+            if lease is None:
+                self.kube.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                  "metadata": {"name": LEASE_NAME, "namespace": self.namespace}, "spec": spec})
+                return True
+            held = lease.get("spec") or {}
+            renewed = _parse(held.get("renewTime"))
+            expired = renewed is None or now > renewed + dt.timedelta(seconds=held.get("leaseDurationSeconds") or 0)
+            if held.get("holderIdentity") not in (None, "", self.identity) and not expired:
+                return False
+            if held.get("holderIdentity") == self.identity:
+                spec["acquireTime"] = held.get("acquireTime") or spec["acquireTime"]
+            lease["spec"] = {**held, **spec}
+            self.kube.replace(lease)  # carries resourceVersion: two candidates cannot both win
+            return True
+        except ApiException as err:
+            if is_conflict(err):
+                return False
+            raise
+
+    def acquire(self) -> None:
+        """Blocks until this process holds the lease, then renews it in the background."""
+        waited = False
+        while not self._try_acquire():
+            if not waited:
+                log.info("another operator holds the lease %s/%s; waiting", self.namespace, LEASE_NAME)
+                waited = True
+            time.sleep(max(0.5, self.duration / 5))
+        log.info("leader lease acquired by %s", self.identity)
+        threading.Thread(target=self._renew_loop, name="lease-renewal", daemon=True).start()
+
+    def _renew_loop(self) -> None:
+        last_ok = time.monotonic()
+        while not self._stop.wait(self.duration / 3):
+            try:
+                if self._try_acquire():
+                    last_ok = time.monotonic()
+                    continue
+            except Exception as err:  # a transient API error is retried until the lease would lapse
+                log.warning("lease renewal failed: %s", err)
+            if time.monotonic() - last_ok > self.duration * 0.8:
+                log.error("lost the leader lease; exiting so that only one operator acts")
+                os._exit(1)
+
+    def release(self) -> None:
+        self._stop.set()
