@@ -11,7 +11,7 @@ from labkeeper.render import access as user_access
 pytestmark = pytest.mark.unit
 
 EVERY_SWITCH = {
-    "operator": {"replicas": 2, "leaderElection": {"enabled": True}},
+    "operator": {"replicas": 2},
     "runtimeClass": {"create": True},
     "metrics": {"serviceMonitor": {"enabled": True}},
 }
@@ -78,22 +78,29 @@ def test_the_operator_runs_non_root_read_only_with_requests_and_kopf_health_prob
     assert pod["serviceAccountName"] == "labkeeper-operator"
 
 
-def test_one_operator_replica_never_overlaps_with_its_successor(render):
+def test_one_operator_replica_is_replaced_not_surged_because_the_new_pod_would_wait_on_its_lease(render):
     deploy = render().one("Deployment", "labkeeper-operator")
     assert deploy["spec"]["replicas"] == 1
     assert deploy["spec"]["strategy"]["type"] == "Recreate"
     assert render().all("PodDisruptionBudget") == []
 
 
-def test_two_operator_replicas_need_a_lease(render, render_error):
-    message = render_error({"operator": {"replicas": 2}})
+def test_several_operator_replicas_take_turns_on_the_lease(render, render_error):
+    message = render_error({"operator": {"replicas": 2, "leaderElection": {"enabled": False}}})
     assert "operator.leaderElection.enabled" in message
     out = render(EVERY_SWITCH)
     deploy = out.one("Deployment", "labkeeper-operator")
-    env = {e["name"]: e.get("value") for e in container(deploy, "operator")["env"]}
-    assert env["LABKEEPER_LEADER_LEASE"] == "labkeeper-operator-leader"
-    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "--no-leader-elect" not in container(deploy, "operator")["args"]
+    assert deploy["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     assert out.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    lease_rules = out.one("Role", "labkeeper-operator")["rules"]
+    assert rules_allow(lease_rules, "coordination.k8s.io", "leases", "update", "labkeeper-operator")
+    assert not rules_allow(lease_rules, "coordination.k8s.io", "leases", "update", "kube-scheduler")
+
+
+def test_a_single_operator_may_skip_the_lease(render):
+    deploy = render({"operator": {"leaderElection": {"enabled": False}}}).one("Deployment", "labkeeper-operator")
+    assert "--no-leader-elect" in container(deploy, "operator")["args"]
 
 
 def test_the_operator_is_told_its_namespace_and_where_users_reach_the_api(render):
@@ -104,6 +111,7 @@ def test_the_operator_is_told_its_namespace_and_where_users_reach_the_api(render
     assert env["LABKEEPER_API_SERVER"]["value"] == "https://10.0.0.5:6443"
     assert env["LABKEEPER_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert f"--namespace={NAMESPACE}" in op["args"] and "--no-require-host" in op["args"]
+    assert "--data-root=/data" in op["args"]
 
 
 # ---- agent ---------------------------------------------------------------------------------------
@@ -200,7 +208,6 @@ def test_the_operator_reads_secrets_only_in_the_system_namespace(render):
     role = out.one("Role", "labkeeper-operator")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert rules_allow(role["rules"], "", "secrets", "create")
-    assert rules_allow(role["rules"], "coordination.k8s.io", "leases", "update")
 
 
 def test_the_operator_may_approve_only_api_client_certificates(render):

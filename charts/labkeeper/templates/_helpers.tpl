@@ -59,10 +59,6 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The operator and agent read the policy under this fixed name. */}}
 {{- define "labkeeper.policyConfigMap" -}}labkeeper-policy{{- end -}}
 
-{{- define "labkeeper.leaseName" -}}
-{{- printf "%s-operator-leader" (include "labkeeper.fullname" .) | trunc 63 | trimSuffix "-" -}}
-{{- end -}}
-
 {{/* One image for operator and agent; a digest wins over a tag. */}}
 {{- define "labkeeper.image" -}}
 {{- $img := .Values.image -}}
