@@ -10,13 +10,15 @@ if buildah "${STORAGE[@]}" inspect --type image "$IMAGE" >/dev/null 2>&1; then
   echo "$IMAGE"; exit 0
 fi
 command -v debootstrap >/dev/null || { echo "image-base: debootstrap is required (apt-get install debootstrap)" >&2; exit 1; }
-ROOTFS="$(mktemp -d /tmp/labkeeper-base.XXXXXX)"
-trap 'rm -rf "$ROOTFS"' EXIT
+WORK="$(mktemp -d /tmp/labkeeper-base.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+ROOTFS="$WORK/rootfs"
 echo "image-base: debootstrap bookworm into $ROOTFS" >&2
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR" >&2
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
 ctr="$(buildah "${STORAGE[@]}" from scratch)"
-tar -C "$ROOTFS" -c . | buildah "${STORAGE[@]}" add "$ctr" - / >&2
+tar -C "$ROOTFS" -cf "$WORK/rootfs.tar" .
+buildah "${STORAGE[@]}" add "$ctr" "$WORK/rootfs.tar" / >&2
 buildah "${STORAGE[@]}" config --env PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd python3 "$ctr"
 buildah "${STORAGE[@]}" commit --rm "$ctr" "$IMAGE" >&2
 echo "$IMAGE"
