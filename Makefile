@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEV_DIR ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: dev down test unit lint bench reliability deps venv bin crds clean help
+.PHONY: dev down test unit lint bench reliability deps venv bin crds chart image clean help
 
 help:
 	@echo "make dev    - local control plane + operator + agent on a sandbox host root, examples applied"
@@ -39,6 +39,13 @@ lint: venv
 
 crds: venv
 	$(PY) -m labkeeper.api.crds
+	$(PY) hack/chart-sync.py
+
+chart: venv
+	$(PY) hack/chart-sync.py
+
+image:
+	@bash hack/image.sh
 
 dev: deps venv bin
 	@bash hack/dev.sh up
