@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
+import http.server
 import logging
 import os
 import socket
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,6 +179,32 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             await operator.policy_changed(dict(body))
 
 
+@contextlib.contextmanager
+def standby_health(liveness: str | None):
+    if not liveness:
+        yield
+        return
+    url = urllib.parse.urlsplit(liveness)
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == url.path else 404)
+            self.end_headers()
+            self.wfile.write(b"standby\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((url.hostname or "0.0.0.0", url.port or 8080), Healthy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def endpoint_from(kube: Kube) -> ClusterEndpoint:
     """The API endpoint and CA that users' kubeconfigs should point at: this client's own."""
     cfg = kube.api.configuration
@@ -204,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     kube = Kube.from_kubeconfig(args.kubeconfig, field_manager="labkeeper-operator")
     if not args.no_leader_elect:
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-        LeaderLease(kube, args.namespace, identity, args.lease_duration).acquire()
+        # a standby replica is alive while it waits, so its liveness probe must not restart it
+        with standby_health(args.liveness):
+            LeaderLease(kube, args.namespace, identity, args.lease_duration).acquire()
     operator = Operator(kube, args.namespace, endpoint_from(kube), require_host=not args.no_require_host,
                         data_root=args.data_root)
     registry = kopf.OperatorRegistry()
