@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api import policy as api_policy
+from labkeeper.controller.enforcement import enforcement_clock, status_message
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, api_error_message, condition, is_conflict, owner_reference
 from labkeeper.render import pod as render_pod
@@ -67,6 +68,8 @@ class WorkspaceReconciler:
         self.clock = clock
         self.data_root = data_root.rstrip("/")
         self.lab_users_gid = lab_users_gid
+        # idle clocks never start before this process did: no mass culling after a restart
+        self.started_at = clock()
 
     # ---- entry ------------------------------------------------------------------------------
     def reconcile(self, ws: dict, *, lost_pod: dict | None = None) -> Outcome:
@@ -112,6 +115,13 @@ class WorkspaceReconciler:
                 return self._set(ws, desired, "Preempted", "PreemptedByScheduler",
                                  "a higher-priority workspace took the GPU; waiting to start again", now,
                                  requeue=0.5)
+            max_runtime = _within(spec.get("maxRuntime"), entitlement.limits.get("maxRuntime", {}).get("value"))
+            if max_runtime is not None and desired["runtimeSeconds"] >= max_runtime.total_seconds():
+                # a restart must not reset the runtime clock
+                return self._set(ws, desired, "Stopped", "MaxRuntime",
+                                 f"total runtime {desired['runtimeSeconds']}s has reached the limit of "
+                                 f"{int(max_runtime.total_seconds())}s; an admin can raise the user's maxRuntime",
+                                 now)
             return self._start(ws, desired, user, entitlement, request, hold, now)
         return self._observe_pod(ws, desired, pod, hold, now)
 
@@ -193,13 +203,52 @@ class WorkspaceReconciler:
                              pod_status.get("message") or f"pod {phase.lower()}", now)
         if phase == "Running":
             desired["devices"] = _devices(pod)
-            return self._set(ws, desired, "Running", "PodRunning", f"running on {node}", now, ready=True)
+            return self._enforce(ws, desired, node, now)
         if not node:
             unschedulable = next((c for c in pod_status.get("conditions") or []
                                   if c.get("type") == "PodScheduled" and c.get("status") == "False"), None)
             message = (unschedulable or {}).get("message") or "waiting for a free device"
             return self._set(ws, desired, "Pending", "Unschedulable" if unschedulable else "Scheduling", message, now)
         return self._set(ws, desired, "Starting", "ContainerCreating", f"scheduled on {node}", now, scheduled=True)
+
+    def _enforce(self, ws: dict, desired: dict, node: str | None, now: dt.datetime) -> Outcome:
+        """Idle and runtime limits: warnings at the policy's fractions, a stop at the deadline."""
+        status, spec = ws.get("status") or {}, ws.get("spec") or {}
+        policy = self.policy.current
+        username = username_for(ws["metadata"]["namespace"]) or ""
+        user = self.kube.get("GPUUser", username) or {}
+        limits = self.policy.entitlement(username, user.get("spec") or {}).limits
+        idle_timeout = _within(spec.get("idleTimeout"), limits.get("idleTimeout", {}).get("value"))
+        max_runtime = _within(spec.get("maxRuntime"), limits.get("maxRuntime", {}).get("value"))
+        clock = enforcement_clock(status, desired, now, self.started_at, idle_timeout, max_runtime,
+                                  keep_alive_until=parse_time(spec.get("keepAliveUntil")),
+                                  keep_alive_cap=policy.keep_alive_max)
+        desired.update(clock.status())
+        warnings = list(status.get("warnings") or [])
+        for warning in clock.due_warnings(policy.warnings.idle, policy.warnings.runtime):
+            if warning.key not in {w.get("key") for w in warnings}:
+                warnings.append(warning.as_status(now))
+                self.kube.event(ws, warning.reason, warning.message, type_="Warning")
+        # warnings belong to the current idle stretch; activity clears the idle ones
+        warnings = [w for w in warnings if not (w["key"].startswith("idle-") and w.get("since") != fmt(clock.idle_since))]
+        desired["warnings"] = warnings
+        if clock.keep_alive_refused:
+            desired["message"] = clock.keep_alive_refused
+        stop = clock.stop_reason()
+        if stop:
+            message = clock.stop_message(stop)
+            self.kube.event(ws, "Culled" if stop == "Idle" else "MaxRuntime", message, type_="Warning")
+            desired["stopReason"] = stop
+            self.kube.patch_status("Workspace", ws, {"stopReason": stop, "message": message})
+            # the stop is recorded as desired state, so a restart of the operator cannot undo it
+            self.kube.patch("Workspace", ws["metadata"]["name"], {"spec": {"state": "Stopped"}},
+                            ws["metadata"]["namespace"])
+            return Outcome(requeue_after=0.2)
+        phase = "IdleWarning" if any(w["key"].startswith("idle-") for w in warnings) else "Running"
+        reason = "IdleWarning" if phase == "IdleWarning" else "PodRunning"
+        message = status_message(node, clock)
+        return self._set(ws, desired, phase, reason, message, now, ready=True,
+                         requeue=clock.next_check(now, policy.warnings.idle, policy.warnings.runtime))
 
     def _stop(self, ws: dict, desired: dict, pod: dict | None, hold: dict | None, request: GpuRequest,
               now: dt.datetime, *, reason: str) -> Outcome:
@@ -346,6 +395,15 @@ class WorkspaceReconciler:
             if err.status != 404:
                 raise
         return Outcome(requeue_after=requeue)
+
+
+def _within(requested, entitled) -> dt.timedelta | None:
+    """The workspace's own limit, never beyond the user's entitlement."""
+    cap = api_policy.parse_duration(str(entitled)) if entitled not in (None, "", "None") else None
+    mine = api_policy.parse_duration(str(requested)) if requested else None
+    if cap is None:
+        return mine
+    return min(mine, cap) if mine is not None else cap
 
 
 def spec_state(ws: dict) -> str:

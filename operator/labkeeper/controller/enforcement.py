@@ -1,0 +1,139 @@
+"""Idle and runtime deadlines of a running workspace: pure arithmetic over its status and the clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def _fmt(t: dt.datetime | None) -> str | None:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def _parse(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def _human(delta: dt.timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class Warning:
+    key: str
+    reason: str
+    message: str
+    since: dt.datetime | None
+
+    def as_status(self, now: dt.datetime) -> dict:
+        return {"key": self.key, "reason": self.reason, "message": self.message, "at": _fmt(now),
+                "since": _fmt(self.since)}
+
+
+@dataclass(frozen=True)
+class EnforcementClock:
+    now: dt.datetime
+    idle_since: dt.datetime
+    idle_timeout: dt.timedelta | None
+    idle_deadline: dt.datetime | None
+    runtime: dt.timedelta
+    max_runtime: dt.timedelta | None
+    runtime_deadline: dt.datetime | None
+    activity_reason: str | None
+    keep_alive_until: dt.datetime | None
+    keep_alive_refused: str | None
+
+    def status(self) -> dict:
+        return {"idleSince": _fmt(self.idle_since), "idleDeadline": _fmt(self.idle_deadline),
+                "runtimeDeadline": _fmt(self.runtime_deadline)}
+
+    def due_warnings(self, idle_fractions: Sequence[float], runtime_fractions: Sequence[float]) -> list[Warning]:
+        due = []
+        if self.idle_timeout and self.idle_deadline:
+            idle_for = self.now - self.idle_since
+            for fraction in idle_fractions:
+                at = self.idle_since + self.idle_timeout * fraction
+                if self.now >= at and (self.keep_alive_until is None or self.now >= self.keep_alive_until):
+                    due.append(Warning(
+                        f"idle-{round(fraction * 100)}", "IdleWarning",
+                        f"idle for {_human(idle_for)} ({self.activity_reason or 'no activity'}); "
+                        f"stops at {_fmt(self.idle_deadline)} unless used or kept alive", self.idle_since))
+        if self.max_runtime and self.runtime_deadline:
+            for fraction in runtime_fractions:
+                if self.runtime >= self.max_runtime * fraction:
+                    due.append(Warning(
+                        f"runtime-{round(fraction * 100)}", "RuntimeWarning",
+                        f"has run {_human(self.runtime)} of its {_human(self.max_runtime)} limit; "
+                        f"stops at {_fmt(self.runtime_deadline)}", None))
+        return due
+
+    def stop_reason(self) -> str | None:
+        if self.max_runtime is not None and self.runtime >= self.max_runtime:
+            return "MaxRuntime"
+        if self.idle_deadline is not None and self.now >= self.idle_deadline:
+            return "Idle"
+        return None
+
+    def stop_message(self, reason: str) -> str:
+        if reason == "MaxRuntime":
+            return f"stopped: total runtime {_human(self.runtime)} reached the {_human(self.max_runtime)} limit"
+        return (f"stopped: idle for {_human(self.now - self.idle_since)} "
+                f"(limit {_human(self.idle_timeout)}; {self.activity_reason or 'no activity seen'})")
+
+    def next_check(self, now: dt.datetime, idle_fractions: Sequence[float],
+                   runtime_fractions: Sequence[float], ceiling: float = 60.0) -> float:
+        moments: list[dt.datetime] = []
+        if self.idle_timeout and self.idle_deadline:
+            moments += [self.idle_since + self.idle_timeout * f for f in idle_fractions]
+            moments.append(self.idle_deadline)
+        if self.max_runtime and self.runtime_deadline:
+            start = self.runtime_deadline - self.max_runtime
+            moments += [start + self.max_runtime * f for f in runtime_fractions]
+            moments.append(self.runtime_deadline)
+        if self.keep_alive_until:
+            moments.append(self.keep_alive_until)
+        ahead = [(m - now).total_seconds() for m in moments if m > now]
+        return max(0.2, min([ceiling, *ahead]))
+
+
+def enforcement_clock(status: dict, desired: dict, now: dt.datetime, started_at: dt.datetime,
+                      idle_timeout: dt.timedelta | None, max_runtime: dt.timedelta | None, *,
+                      keep_alive_until: dt.datetime | None, keep_alive_cap: dt.timedelta) -> EnforcementClock:
+    running_since = _parse(desired.get("runningSince")) or now
+    last_activity = _parse(status.get("lastActivity"))
+    # idle time counts from the latest of: activity, this run's start, the operator's own start
+    idle_since = max(t for t in (last_activity, running_since, started_at) if t is not None)
+    refused = None
+    if keep_alive_until is not None and keep_alive_until > now + keep_alive_cap:
+        refused = (f"spec.keepAliveUntil {_fmt(keep_alive_until)} is beyond the policy cap of "
+                   f"{_human(keep_alive_cap)} from now; it is ignored")
+        keep_alive_until = None
+    if keep_alive_until is not None and keep_alive_until <= now:
+        keep_alive_until = None
+    idle_deadline = idle_since + idle_timeout if idle_timeout else None
+    if idle_deadline and keep_alive_until:
+        idle_deadline = max(idle_deadline, keep_alive_until)
+    runtime = dt.timedelta(seconds=int(desired.get("runtimeSeconds") or 0)) + (now - running_since)
+    runtime_deadline = running_since + (max_runtime - dt.timedelta(seconds=int(desired.get("runtimeSeconds") or 0))) \
+        if max_runtime else None
+    return EnforcementClock(now, idle_since, idle_timeout, idle_deadline, runtime, max_runtime, runtime_deadline,
+                            status.get("activityReason"), keep_alive_until, refused)
+
+
+def status_message(node: str | None, clock: EnforcementClock) -> str:
+    parts = [f"running on {node}"]
+    if clock.activity_reason:
+        parts.append(clock.activity_reason)
+    if clock.keep_alive_until:
+        parts.append(f"kept alive until {_fmt(clock.keep_alive_until)}")
+    if clock.keep_alive_refused:
+        parts.append(clock.keep_alive_refused)
+    return "; ".join(parts)
