@@ -1,0 +1,204 @@
+"""`labctl admin board`: every GPU and MIG slice with its user and workspace, holds, the queue, alerts.
+
+`board_model` and `render_lines` are pure (plain API objects in, lines out) and sized to the
+terminal: in 80x24 every section shows what fits and says how many more there are."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from labkeeper.cli import views
+from labkeeper.cli.doctor import gpu_resources
+from labkeeper.cli.session import Session
+
+LABEL_WORKSPACE = "labkeeper.io/workspace"
+LABEL_ROLE = "labkeeper.io/role"
+LABEL_USER = "labkeeper.io/user"
+QUEUED_PHASES = ("Pending", "Preempted")
+
+
+@dataclass
+class Slot:
+    node: str
+    device: str
+    user: str = ""
+    workspace: str = ""
+    state: str = "free"
+    style: str = "green"
+
+
+@dataclass
+class BoardData:
+    now: dt.datetime
+    users: int = 0
+    workspaces: int = 0
+    phases: dict[str, int] = field(default_factory=dict)
+    slots: list[Slot] = field(default_factory=list)
+    queue: list[str] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
+    cpu_only: int = 0
+
+
+def _short_resource(resource: str) -> str:
+    return "gpu" if resource == "nvidia.com/gpu" else resource.removeprefix("nvidia.com/mig-")
+
+
+def _pod_devices(pod: dict) -> list[tuple[str, int]]:
+    out = []
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for resource, qty in ((container.get("resources") or {}).get("limits") or {}).items():
+            if resource == "nvidia.com/gpu" or resource.startswith("nvidia.com/mig-"):
+                out.append((resource, int(qty)))
+    return out
+
+
+def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], users: list[dict],
+                now: dt.datetime) -> BoardData:
+    data = BoardData(now=now, users=len(users), workspaces=len(workspaces))
+    by_key = {(w["metadata"].get("namespace"), w["metadata"]["name"]): w for w in workspaces}
+    free: dict[tuple[str, str], list[Slot]] = {}
+    for node, resources in sorted(gpu_resources(nodes).items()):
+        for resource, count in sorted(resources.items()):
+            slots = [Slot(node, f"{_short_resource(resource)} #{i + 1}") for i in range(int(count))]
+            data.slots += slots
+            free[(node, resource)] = list(slots)
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        labels = pod["metadata"].get("labels") or {}
+        ws = by_key.get((pod["metadata"].get("namespace"), labels.get(LABEL_WORKSPACE)))
+        for resource, qty in _pod_devices(pod):
+            for _ in range(qty):
+                if not free.get((node, resource)):
+                    break
+                slot = free[(node, resource)].pop(0)
+                slot.user = labels.get(LABEL_USER) or pod["metadata"].get("namespace", "").removeprefix("lab-")
+                slot.workspace = labels.get(LABEL_WORKSPACE) or pod["metadata"]["name"]
+                slot.state, slot.style = _slot_state(labels.get(LABEL_ROLE), ws, now)
+    for ws in workspaces:
+        phase = views.phase_of(ws)
+        data.phases[phase] = data.phases.get(phase, 0) + 1
+        spec, status = ws.get("spec") or {}, ws.get("status") or {}
+        who = f"{ws['metadata'].get('namespace', '').removeprefix('lab-')}/{ws['metadata']['name']}"
+        gpu = views.gpu_label(spec)
+        if phase in QUEUED_PHASES and spec.get("state", "Running") == "Running":
+            data.queue.append(f"{who} {gpu if gpu != '-' else 'cpu'} {status.get('reason') or 'waiting'}: "
+                              f"{status.get('message') or ''}".rstrip(": "))
+        if phase == "Failed":
+            data.alerts.append(f"{who} failed: {status.get('reason') or ''} {status.get('message') or ''}".strip())
+        if phase == "IdleWarning":
+            data.alerts.append(f"{who} idle, stops in {views.until(status.get('idleDeadline'), now)}")
+        if phase in ("Running", "IdleWarning") and gpu == "-":
+            data.cpu_only += 1
+    for user in sorted(users, key=lambda u: u["metadata"]["name"]):
+        for cond in (user.get("status") or {}).get("conditions") or []:
+            if "Disk" in (cond.get("type") or "") and cond.get("status") == "True":
+                data.alerts.append(f"{user['metadata']['name']} disk: {cond.get('message') or cond.get('reason')}")
+    return data
+
+
+def _slot_state(role: str | None, ws: dict | None, now: dt.datetime) -> tuple[str, str]:
+    status = (ws or {}).get("status") or {}
+    if role == "hold":
+        return f"held until {_clock(status.get('holdUntil'))}", "yellow"
+    phase = views.phase_of(ws) if ws else "Running"
+    if phase in ("Running", "IdleWarning"):
+        idle = views.idle_text(ws, now) if ws else "active"
+        runtime = views.runtime_text(ws, now) if ws else "-"
+        return f"{idle}, up {runtime}", "red" if phase == "IdleWarning" or idle.startswith(("idle", "stop")) else ""
+    return phase.lower(), "cyan"
+
+
+def _clock(stamp: str | None) -> str:
+    t = views.parse_time(stamp)
+    return t.strftime("%H:%M") if t else "?"
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def _allocate(needs: list[int], available: int) -> list[int]:
+    """Lines per section: everything if it fits, else shrink the longest sections first."""
+    alloc = list(needs)
+    while sum(alloc) > available and any(a > 1 for a in alloc):
+        largest = max(range(len(alloc)), key=lambda i: alloc[i])
+        alloc[largest] -= 1
+    return alloc
+
+
+def _section(items: list[tuple[str, str]], room: int, width: int) -> list[tuple[str, str]]:
+    if len(items) <= room:
+        return [(_fit(t, width), s) for t, s in items]
+    shown = [(_fit(t, width), s) for t, s in items[: max(0, room - 1)]]
+    return [*shown, (f"  … and {len(items) - len(shown)} more", "dim")]
+
+
+def render_lines(data: BoardData, width: int = 80, height: int = 24) -> list[tuple[str, str]]:
+    """(text, style) lines, none longer than width - 1 and at most height lines."""
+    width = max(40, width) - 1
+    phases = data.phases
+    running = phases.get("Running", 0) + phases.get("IdleWarning", 0)
+    used = sum(1 for s in data.slots if s.user and not s.state.startswith("held"))
+    held = sum(1 for s in data.slots if s.state.startswith("held"))
+    header = (f"labkeeper board {data.now.strftime('%H:%M:%S')}  {data.users} users  {data.workspaces} workspaces: "
+              f"{running} running, {len(data.queue)} queued, {phases.get('Stopped', 0)} stopped")
+    node_w = min(12, max([4, *(len(s.node) for s in data.slots)]))
+    user_w, ws_w, dev_w = 10, 14, 11
+    fmt = f"{{:<{node_w}}} {{:<{dev_w}}} {{:<{user_w}}} {{:<{ws_w}}} {{}}"
+    slot_lines = [(fmt.format(_fit(s.node, node_w), _fit(s.device, dev_w), _fit(s.user or "-", user_w),
+                              _fit(s.workspace or "-", ws_w), s.state), s.style) for s in data.slots]
+    queue_lines = [(f"  {q}", "") for q in data.queue]
+    alert_lines = [(f"  ! {a}", "red") for a in data.alerts]
+    fixed = [
+        (_fit(header, width), "bold"),
+        (_fit(f"GPU SLICES {len(data.slots)}: {used} in use, {held} held, {len(data.slots) - used - held} free"
+              + (f"; {data.cpu_only} CPU-only workspaces running" if data.cpu_only else ""), width), "bold"),
+        (_fit(fmt.format("NODE", "SLICE", "USER", "WORKSPACE", "STATE"), width), "dim"),
+        (f"QUEUE {len(data.queue)}" + ("" if data.queue else ": nobody waits"), "bold"),
+        (f"ALERTS {len(data.alerts)}" + ("" if data.alerts else ": none"), "bold"),
+    ]
+    room = max(0, height - len(fixed))
+    slots_n, queue_n, alerts_n = _allocate([len(slot_lines), len(queue_lines), len(alert_lines)], room)
+    lines = fixed[:3] + _section(slot_lines, slots_n, width) + [fixed[3]] + _section(queue_lines, queue_n, width) \
+        + [fixed[4]] + _section(alert_lines, alerts_n, width)
+    if not data.slots:
+        lines[2] = ("  no node advertises GPUs or MIG slices (labctl admin doctor)", "yellow")
+    return lines[:height]
+
+
+def collect(s: Session, now: dt.datetime | None = None) -> BoardData:
+    kube = s.kube
+    pods = kube.list("Pod", label_selector="app.kubernetes.io/managed-by=labkeeper")
+    return board_model(kube.list("Node"), pods, kube.list("Workspace"), kube.list("GPUUser"),
+                       now or dt.datetime.now(dt.UTC))
+
+
+def frame(data: BoardData, width: int, height: int) -> Text:
+    text = Text(no_wrap=True, overflow="crop")
+    for i, (line, style) in enumerate(render_lines(data, width, height)):
+        if i:
+            text.append("\n")
+        text.append(line, style=style or None)
+    return text
+
+
+def run(s: Session, *, once: bool = False, interval: float = 2.0) -> None:
+    out = Console(highlight=False)
+    if once or not sys.stdout.isatty():
+        width = out.size.width if out.is_terminal else 80
+        height = out.size.height if out.is_terminal else 24
+        out.print(frame(collect(s), width, height))
+        return
+    with Live(console=out, screen=True, auto_refresh=False, transient=False) as live:
+        while True:
+            live.update(frame(collect(s), out.size.width, out.size.height), refresh=True)
+            time.sleep(interval)

@@ -1,0 +1,267 @@
+"""What a lab member runs every day: up, ls, status, stop, start, down, keepalive, disk, cache clean."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable
+
+import typer
+
+from labkeeper.cli import views
+from labkeeper.cli.app import OutputOption, app, cache_app, session
+from labkeeper.cli.errors import EXIT_USAGE, LabctlError
+from labkeeper.cli.output import Format, as_list, console, emit, table
+from labkeeper.cli.session import Session
+
+DEFAULT_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+CLEAN_ANNOTATION = "labkeeper.io/clean-requested"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def usage_error(message: str) -> LabctlError:
+    return LabctlError(message, exit_code=EXIT_USAGE)
+
+
+def get_workspace(s: Session, name: str) -> dict:
+    ws = s.kube.get("Workspace", name, s.namespace)
+    if ws is None:
+        raise LabctlError(f"workspace {name} not found in {s.namespace}", "`labctl ls` lists your workspaces")
+    return ws
+
+
+def wait_for(s: Session, name: str, want: str, timeout: float, *, clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep) -> views.Verdict:
+    """Poll the Workspace until it reaches `want` or fails; a live line on a terminal, one line per change otherwise."""
+    deadline = clock() + timeout
+    last_line = ""
+    live = sys.stdout.isatty()
+    out = console()
+    status_ctx = out.status("", spinner="dots") if live else None
+    try:
+        if status_ctx:
+            status_ctx.__enter__()
+        while True:
+            verdict = views.wait_verdict(s.kube.get("Workspace", name, s.namespace), want)
+            if verdict.line != last_line:
+                if status_ctx:
+                    status_ctx.update(verdict.line)
+                elif not verdict.done:
+                    out.print(verdict.line)
+                last_line = verdict.line
+            if verdict.done:
+                return verdict
+            if clock() >= deadline:
+                return views.Verdict(True, False, f"timed out after {timeout:.0f}s waiting for {name} to be {want}; "
+                                     f"last seen: {verdict.line.split(': ', 1)[-1]}")
+            sleep(0.5)
+    finally:
+        if status_ctx:
+            status_ctx.__exit__(None, None, None)
+
+
+def finish_wait(verdict: views.Verdict, name: str, want: str) -> None:
+    if not verdict.ok:
+        hint = None
+        if "timed out" in verdict.line:
+            hint = "is the operator running? `labctl admin doctor` checks (or `kubectl get ws " + name + " -o yaml`)"
+        elif "QuotaExceeded" in verdict.line:
+            hint = f"it stays queued and starts when you free GPUs; `labctl down {name}` withdraws it"
+        raise LabctlError(verdict.line, hint)
+    console().print(verdict.line)
+    if want == "Running":
+        console().print(views.enter_hint(name))
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="workspace name (lowercase letters, digits, '-')"),
+    gpu: str = typer.Option(None, "--gpu", help="MIG profile (1g.10gb, 2g.20gb, 3g.40gb, 7g.80gb ...), full or none"),
+    gpu_count: int = typer.Option(None, "--gpu-count", min=1, help="how many of that profile"),
+    image: str = typer.Option(None, "--image", help=f"container image (new workspaces: {DEFAULT_IMAGE})"),
+    cpu: str = typer.Option(None, "--cpu", help="CPU cores, e.g. 4"),
+    memory: str = typer.Option(None, "--memory", help="memory, e.g. 16Gi"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until it runs"),
+    timeout: float = typer.Option(300, "--timeout", help="seconds to wait"),
+) -> None:
+    """Create a workspace, or start it if it exists; wait until it runs and say how to enter it."""
+    s = session(ctx)
+    existing = s.kube.get("Workspace", name, s.namespace)
+    if existing is None:
+        try:
+            body = views.workspace_manifest(name, s.namespace, image=image or DEFAULT_IMAGE, gpu=gpu or "none",
+                                            gpu_count=gpu_count or 1, cpu=cpu, memory=memory)
+        except ValueError as err:
+            raise usage_error(str(err)) from err
+        s.kube.create(body)
+        console().print(f"workspace {name} created in {s.namespace}"
+                        f" ({views.gpu_label(body['spec']) if gpu not in (None, 'none') else 'no GPU'})")
+    else:
+        changes: dict = {"state": "Running"}
+        if gpu:
+            if gpu not in views.GPU_PROFILES:
+                raise usage_error(f"--gpu {gpu!r} is not a GPU profile; valid: {', '.join(views.GPU_PROFILES)}")
+            changes["gpu"] = {"profile": gpu, "count": gpu_count or 1}
+        for key, value in (("image", image), ("cpu", cpu), ("memory", memory)):
+            if value:
+                changes[key] = value
+        s.kube.patch("Workspace", name, {"spec": changes}, s.namespace)
+        console().print(f"workspace {name} exists; starting it")
+    if wait:
+        finish_wait(wait_for(s, name, "Running", timeout), name, "Running")
+
+
+@app.command("ls")
+def list_workspaces(
+    ctx: typer.Context,
+    all_users: bool = typer.Option(False, "--all", "-A", help="every user's workspaces (admins)"),
+    output: Format = OutputOption,
+) -> None:
+    """List your workspaces: phase, GPU, node, runtime, idle countdown."""
+    s = session(ctx)
+    items = s.kube.list("Workspace", None if all_users else s.namespace)
+    headers, rows = views.workspace_rows(items, now(), with_user=all_users)
+    emit(as_list(items), output, headers, rows,
+         empty="no workspaces yet; create one with: labctl up NAME --gpu 1g.10gb")
+
+
+@app.command()
+def status(ctx: typer.Context, output: Format = OutputOption) -> None:
+    """Your limits and what you use of them; idle and runtime countdowns; warnings."""
+    s = session(ctx)
+    user = s.kube.get("GPUUser", s.username)
+    if user is None:
+        raise LabctlError(f"there is no GPUUser {s.username}", "ask the lab admin to add you (labctl admin user add)")
+    workspaces = s.kube.list("Workspace", s.namespace)
+    quota = next((q for q in s.kube.list("ResourceQuota", s.namespace) if q["metadata"]["name"] == "labkeeper-limits"),
+                 None)
+    summary = views.usage_summary(user, workspaces, quota)
+    t = now()
+    headers, rows = views.countdown_rows(workspaces, t)
+    if output != Format.table:
+        data = {**{k: v for k, v in summary.items() if k != "lines"},
+                "usage": [{"what": w, "used": u, "limit": lim} for w, u, lim in summary["lines"]],
+                "workspaces": [dict(zip([h.lower() for h in headers], r, strict=True)) for r in rows]}
+        emit(data, output)
+        return
+    out = console()
+    out.print(f"{summary['user']}: tier {summary['tier']}, {summary['state']}, {summary['phase'] or 'Pending'}"
+              f"  (idle timeout {summary['idleTimeout'] or '-'}, max runtime {summary['maxRuntime'] or '-'})")
+    out.print(table(["", "USED", "LIMIT"], [list(line) for line in summary["lines"]]))
+    if rows:
+        out.print()
+        out.print(table(headers, rows))
+    else:
+        out.print("\nno workspaces; create one with: labctl up NAME --gpu 1g.10gb")
+
+
+def _set_state(ctx: typer.Context, name: str, state: str, wait: bool, timeout: float) -> None:
+    s = session(ctx)
+    get_workspace(s, name)
+    s.kube.patch("Workspace", name, {"spec": {"state": state}}, s.namespace)
+    console().print(f"workspace {name}: {'stopping' if state == 'Stopped' else 'starting'}")
+    if wait:
+        finish_wait(wait_for(s, name, state, timeout), name, state)
+
+
+@app.command()
+def stop(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="workspace name"),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    timeout: float = typer.Option(180, "--timeout", help="seconds to wait"),
+) -> None:
+    """Stop a workspace (its home stays; its GPU is held for a quick restart for a while)."""
+    _set_state(ctx, name, "Stopped", wait, timeout)
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="workspace name"),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    timeout: float = typer.Option(300, "--timeout", help="seconds to wait"),
+) -> None:
+    """Start a stopped workspace again."""
+    _set_state(ctx, name, "Running", wait, timeout)
+
+
+@app.command()
+def down(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="workspace name"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask"),
+) -> None:
+    """Delete a workspace (your home directory is kept)."""
+    s = session(ctx)
+    get_workspace(s, name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise usage_error(f"deleting {name} needs confirmation: pass --yes")
+        typer.confirm(f"delete workspace {name}? (your home directory stays)", abort=True)
+    s.kube.delete("Workspace", name, s.namespace)
+    console().print(f"workspace {name} deleted")
+
+
+@app.command()
+def keepalive(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="workspace name"),
+    duration: str = typer.Argument(..., help="how long to keep it from being stopped as idle, e.g. 2h, 90m, 1d"),
+) -> None:
+    """Keep a workspace from being stopped as idle for a while (capped by the lab policy)."""
+    s = session(ctx)
+    try:
+        delta = views.parse_duration(duration)
+    except ValueError as err:
+        raise usage_error(str(err)) from err
+    get_workspace(s, name)
+    until = views.rfc3339(now() + delta)
+    s.kube.patch("Workspace", name, {"spec": {"keepAliveUntil": until}}, s.namespace)
+    console().print(f"workspace {name} is kept alive until {until} ({views.human_duration(delta)}); "
+                    "the lab policy may cap this")
+
+
+@app.command()
+def disk(ctx: typer.Context, output: Format = OutputOption) -> None:
+    """Your home's size on each node, and the shared caches and model stores you can see."""
+    s = session(ctx)
+    user = s.kube.get("GPUUser", s.username)
+    if user is None:
+        raise LabctlError(f"there is no GPUUser {s.username}")
+    status = user.get("status") or {}
+    rows = [[f"home {status.get('home') or '/home/' + s.username}", n.get("node", "-"), views.human_bytes(n.get("homeBytes"))]
+            for n in status.get("nodes") or [] if n.get("homeBytes") is not None]
+    if not rows and (status.get("usage") or {}).get("diskBytes") is not None:
+        rows.append([f"home {status.get('home') or '-'}", "-", views.human_bytes(status["usage"]["diskBytes"])])
+    shared: list[dict] = []
+    for kind in ("SharedCache", "ModelStore"):
+        try:
+            items = s.kube.list(kind)
+        except Exception:  # members may not be allowed to list shared trees; home usage is still worth showing
+            continue
+        shared += items
+        rows += [[f"{kind} {o['metadata']['name']}", (o.get("spec") or {}).get("path", "-"),
+                  views.human_bytes((o.get("status") or {}).get("sizeBytes"))] for o in items]
+    data = {"user": s.username, "home": status.get("home"), "nodes": status.get("nodes") or [],
+            "usage": status.get("usage") or {}, "shared": [{"kind": o.get("kind"), "name": o["metadata"]["name"],
+                                                              "sizeBytes": (o.get("status") or {}).get("sizeBytes")}
+                                                             for o in shared]}
+    emit(data, output, ["WHAT", "WHERE", "SIZE"], rows, empty="no disk usage reported yet (the node agent measures it)")
+
+
+@cache_app.command("clean")
+def cache_clean(ctx: typer.Context, name: str = typer.Argument(..., help="SharedCache name, e.g. pip")) -> None:
+    """Ask the node agent to clean a shared cache now (it follows the cache's cleanup policy)."""
+    s = session(ctx)
+    if s.kube.get("SharedCache", name) is None:
+        raise LabctlError(f"SharedCache {name} not found", "`kubectl get sharedcaches` lists the lab's caches")
+    stamp = views.rfc3339(now())
+    s.kube.patch("SharedCache", name, {"metadata": {"annotations": {CLEAN_ANNOTATION: stamp}}})
+    console().print(f"cleanup of cache {name} requested at {stamp}; the node agent reports what it freed "
+                    f"in `kubectl get sharedcache {name} -o yaml` (status.lastCleanup)")

@@ -1,0 +1,297 @@
+"""Pure functions from plain API objects to what labctl shows: rows, summaries, manifests, verdicts.
+
+Nothing here talks to a cluster or a terminal, so each view is unit-tested on dicts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+API_VERSION = "labkeeper.io/v1alpha1"
+GPU_PROFILES = ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full", "none")
+# Linux username rules that also make a valid namespace name (lab-<u>): no underscores, no capitals
+USERNAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+WORKSPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+WAIT_FAILURE_REASONS = {"QuotaExceeded", "NotEntitled", "PodRejected"}
+
+
+# ---- time and sizes ------------------------------------------------------------------------------
+def parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """'90m', '2h', '1h30m', '1d' → timedelta; ValueError names what is valid."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION_RE.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 30m, 2h, 1h30m or 1d")
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return dt.timedelta(seconds=seconds)
+
+
+def human_duration(delta: dt.timedelta | float | None) -> str:
+    if delta is None:
+        return "-"
+    seconds = int(delta.total_seconds() if isinstance(delta, dt.timedelta) else delta)
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{sign}{days}d{hours:02d}h"
+    if hours:
+        return f"{sign}{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{sign}{minutes}m"
+    return f"{sign}{secs}s"
+
+
+def human_bytes(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def until(deadline: str | None, now: dt.datetime) -> str:
+    when = parse_time(deadline)
+    return "-" if when is None else human_duration(when - now)
+
+
+# ---- workspaces ----------------------------------------------------------------------------------
+def gpu_label(spec: dict) -> str:
+    gpu = spec.get("gpu") or {}
+    profile = gpu.get("profile") or "none"
+    if profile == "none":
+        return "-"
+    count = int(gpu.get("count") or 1)
+    return profile if count == 1 else f"{count} x {profile}"
+
+
+def status_is_current(ws: dict) -> bool:
+    """Whether status describes the spec as it is now, not as it was before the last change."""
+    status = ws.get("status") or {}
+    observed = status.get("observedGeneration")
+    generation = (ws.get("metadata") or {}).get("generation")
+    return observed is not None and (generation is None or observed >= generation)
+
+
+def phase_of(ws: dict) -> str:
+    status = ws.get("status") or {}
+    if not status.get("phase"):
+        return "Pending"
+    return status["phase"]
+
+
+def idle_text(ws: dict, now: dt.datetime) -> str:
+    status = ws.get("status") or {}
+    if phase_of(ws) not in ("Running", "IdleWarning"):
+        return "-"
+    keep = parse_time((ws.get("spec") or {}).get("keepAliveUntil"))
+    if keep and keep > now:
+        return f"kept {human_duration(keep - now)}"
+    if status.get("idleDeadline"):
+        return f"stop in {until(status['idleDeadline'], now)}"
+    if status.get("idleSince"):
+        since = parse_time(status["idleSince"])
+        return f"idle {human_duration(now - since)}" if since else "-"
+    return "active"
+
+
+def runtime_text(ws: dict, now: dt.datetime) -> str:
+    status = ws.get("status") or {}
+    total = float(status.get("runtimeSeconds") or 0)
+    since = parse_time(status.get("runningSince"))
+    if since:
+        total += max(0.0, (now - since).total_seconds())
+    return human_duration(total) if total else "-"
+
+
+def workspace_rows(workspaces: Iterable[dict], now: dt.datetime, *, with_user: bool = False) -> tuple[list[str], list[list[str]]]:
+    headers = (["USER"] if with_user else []) + ["NAME", "PHASE", "GPU", "NODE", "RUNTIME", "IDLE", "MESSAGE"]
+    rows = []
+    for ws in sorted(workspaces, key=lambda w: (w["metadata"].get("namespace", ""), w["metadata"]["name"])):
+        meta, spec, status = ws["metadata"], ws.get("spec") or {}, ws.get("status") or {}
+        row = [meta.get("namespace", "").removeprefix("lab-")] if with_user else []
+        message = status.get("message") or ""
+        if status.get("reason") and status.get("phase") not in ("Running",):
+            message = f"{status['reason']}: {message}" if message else status["reason"]
+        row += [meta["name"], phase_of(ws), gpu_label(spec), status.get("node") or "-",
+                runtime_text(ws, now), idle_text(ws, now), message]
+        rows.append(row)
+    return headers, rows
+
+
+def workspace_manifest(name: str, namespace: str, *, image: str, gpu: str = "none", gpu_count: int = 1,
+                       cpu: str | None = None, memory: str | None = None, command: list[str] | None = None,
+                       state: str = "Running") -> dict:
+    if not WORKSPACE_RE.match(name):
+        raise ValueError(f"workspace name {name!r} must be lowercase letters, digits and '-', at most 42 characters")
+    if gpu not in GPU_PROFILES:
+        raise ValueError(f"--gpu {gpu!r} is not a GPU profile; valid: {', '.join(GPU_PROFILES)}")
+    spec: dict = {"image": image, "gpu": {"profile": gpu, "count": gpu_count}, "state": state}
+    if cpu:
+        spec["cpu"] = cpu
+    if memory:
+        spec["memory"] = memory
+    if command:
+        spec["command"] = command
+    return {"apiVersion": API_VERSION, "kind": "Workspace",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    done: bool
+    ok: bool
+    line: str
+
+
+def wait_verdict(ws: dict | None, want: str) -> Verdict:
+    """Where a workspace stands while `up`/`start`/`stop` wait for it to reach `want` (Running|Stopped)."""
+    if ws is None:
+        return Verdict(True, False, "the workspace was deleted while waiting")
+    name = ws["metadata"]["name"]
+    status = ws.get("status") or {}
+    phase, reason, message = phase_of(ws), status.get("reason") or "", status.get("message") or ""
+    detail = f"{phase}" + (f" ({reason})" if reason else "") + (f": {message}" if message else "")
+    if not status_is_current(ws):
+        return Verdict(False, False, f"{name}: waiting for the operator to pick up the change")
+    if phase == want or (want == "Running" and phase == "IdleWarning"):
+        return Verdict(True, True, f"{name}: {detail}")
+    if want == "Running" and phase == "Failed":
+        return Verdict(True, False, f"workspace {name} failed: {reason or 'Failed'}: {message}")
+    if want == "Running" and phase == "Pending" and reason in WAIT_FAILURE_REASONS:
+        return Verdict(True, False, f"workspace {name} cannot start: {reason}: {message}")
+    return Verdict(False, False, f"{name}: {detail}")
+
+
+def enter_hint(name: str) -> str:
+    return f"enter it with: labctl shell {name}    (logs: labctl logs {name} -f, stop: labctl stop {name})"
+
+
+# ---- users ---------------------------------------------------------------------------------------
+def gpuuser_manifest(name: str, *, tier: str, display_name: str | None = None, groups: Iterable[str] = (),
+                     ssh_keys: Iterable[str] = (), shell: str | None = None) -> dict:
+    if not USERNAME_RE.match(name):
+        raise ValueError(f"username {name!r} must start with a lowercase letter and use only a-z, 0-9 and '-' "
+                         f"(at most 31 characters), so that lab-{name} is a valid namespace")
+    spec: dict = {"displayName": display_name or name, "tier": tier, "state": "Active"}
+    if groups:
+        spec["groups"] = list(groups)
+    keys = [k.strip() for k in ssh_keys if k.strip()]
+    if keys:
+        spec["sshKeys"] = keys
+    if shell:
+        spec["shell"] = shell
+    return {"apiVersion": API_VERSION, "kind": "GPUUser", "metadata": {"name": name}, "spec": spec}
+
+
+def ssh_keys_from_text(text: str, source: str) -> list[str]:
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for key in keys:
+        if not re.match(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) ", key):
+            raise ValueError(f"{source}: {key[:40]!r}... is not an OpenSSH public key (expected e.g. 'ssh-ed25519 AAAA...')")
+    if not keys:
+        raise ValueError(f"{source} holds no public key")
+    return keys
+
+
+def condition_of(obj: dict, type_: str) -> dict | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_), None)
+
+
+def limit_value(user: dict, field: str) -> str | None:
+    entry = ((user.get("status") or {}).get("effectiveLimits") or {}).get(field)
+    return None if entry is None else str(entry.get("value"))
+
+
+def user_rows(users: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
+    headers = ["NAME", "TIER", "STATE", "PHASE", "UID", "GPU EQ", "WORKSPACES", "DISK"]
+    rows = []
+    for user in sorted(users, key=lambda u: u["metadata"]["name"]):
+        spec, status = user.get("spec") or {}, user.get("status") or {}
+        usage = status.get("usage") or {}
+        cap = limit_value(user, "maxGpuEquivalents")
+        max_ws = limit_value(user, "maxWorkspaces")
+        rows.append([
+            user["metadata"]["name"], spec.get("tier") or "-", spec.get("state") or "Active",
+            status.get("phase") or "Pending", str(status.get("uid") or "-"),
+            f"{float(usage.get('gpuEquivalents') or 0):g}/{cap}" if cap else "-",
+            f"{usage.get('workspaces') or 0}/{max_ws}" if max_ws else str(usage.get("workspaces") or 0),
+            human_bytes(usage.get("diskBytes")) if usage.get("diskBytes") is not None else "-",
+        ])
+    return headers, rows
+
+
+LIMIT_FIELDS = ("maxGpuEquivalents", "cpu", "memory", "maxWorkspaces", "idleTimeout", "maxRuntime")
+
+
+def limits_rows(user: dict) -> tuple[list[str], list[list[str]]]:
+    limits = (user.get("status") or {}).get("effectiveLimits") or {}
+    ordered = [f for f in LIMIT_FIELDS if f in limits] + sorted(f for f in limits if f not in LIMIT_FIELDS)
+    return ["LIMIT", "VALUE", "FROM"], [[f, str(limits[f].get("value")), str(limits[f].get("source") or "-")]
+                                        for f in ordered]
+
+
+def usage_summary(user: dict, workspaces: list[dict], quota: dict | None) -> dict:
+    """What `labctl status` shows: each limit beside what the user is using of it."""
+    status = user.get("status") or {}
+    usage = status.get("usage") or {}
+    running = [w for w in workspaces if phase_of(w) in ("Running", "IdleWarning", "Starting")]
+    gpu_used = usage.get("gpuEquivalents")
+    if gpu_used is None:
+        gpu_used = sum(float((w.get("status") or {}).get("gpuEquivalents") or 0) for w in running)
+    used = (quota or {}).get("status", {}).get("used") or {}
+    return {
+        "user": user["metadata"]["name"],
+        "tier": (user.get("spec") or {}).get("tier"),
+        "state": (user.get("spec") or {}).get("state") or "Active",
+        "phase": status.get("phase"),
+        "lines": [
+            ("GPU equivalents", f"{float(gpu_used):g}", limit_value(user, "maxGpuEquivalents") or "-"),
+            ("CPU", used.get("requests.cpu", "-"), limit_value(user, "cpu") or "-"),
+            ("memory", used.get("requests.memory", "-"), limit_value(user, "memory") or "-"),
+            ("running workspaces", str(len(running)), limit_value(user, "maxWorkspaces") or "-"),
+            ("disk (home)", human_bytes(usage.get("diskBytes")) if usage.get("diskBytes") is not None else "-", "-"),
+        ],
+        "idleTimeout": limit_value(user, "idleTimeout"),
+        "maxRuntime": limit_value(user, "maxRuntime"),
+    }
+
+
+def countdown_rows(workspaces: list[dict], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
+    headers = ["WORKSPACE", "PHASE", "IDLE", "RUNTIME LEFT", "KEEP-ALIVE", "WARNINGS"]
+    rows = []
+    for ws in sorted(workspaces, key=lambda w: w["metadata"]["name"]):
+        status = ws.get("status") or {}
+        keep = parse_time((ws.get("spec") or {}).get("keepAliveUntil"))
+        warnings = status.get("warnings") or []
+        warning_text = "; ".join(w if isinstance(w, str) else str(w.get("message") or w.get("type") or w)
+                                 for w in warnings[-2:])
+        rows.append([ws["metadata"]["name"], phase_of(ws), idle_text(ws, now),
+                     until(status.get("runtimeDeadline"), now) if phase_of(ws) in ("Running", "IdleWarning") else "-",
+                     f"until {rfc3339(keep)}" if keep and keep > now else "-", warning_text or "-"])
+    return headers, rows
