@@ -149,10 +149,10 @@ def render_lines(data: BoardData, width: int = 80, height: int = 24) -> list[tup
     running = phases.get("Running", 0) + phases.get("IdleWarning", 0)
     used = sum(1 for s in data.slots if s.user and not s.state.startswith("held"))
     held = sum(1 for s in data.slots if s.state.startswith("held"))
-    header = (f"labkeeper board {data.now.strftime('%H:%M:%S')}  {data.users} users  {data.workspaces} workspaces: "
+    header = (f"labkeeper {data.now.strftime('%H:%M:%S')}  {data.users} users  {data.workspaces} workspaces: "
               f"{running} running, {len(data.queue)} queued, {phases.get('Stopped', 0)} stopped")
     node_w = min(12, max([4, *(len(s.node) for s in data.slots)]))
-    user_w, ws_w, dev_w = 10, 14, 11
+    user_w, ws_w, dev_w = 10, 16, 10
     fmt = f"{{:<{node_w}}} {{:<{dev_w}}} {{:<{user_w}}} {{:<{ws_w}}} {{}}"
     slot_lines = [(fmt.format(_fit(s.node, node_w), _fit(s.device, dev_w), _fit(s.user or "-", user_w),
                               _fit(s.workspace or "-", ws_w), s.state), s.style) for s in data.slots]

@@ -1,0 +1,86 @@
+"""The admin board, computed from plain objects: who holds which slice, who waits, what is wrong,
+all inside an 80x24 terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from labkeeper.cli import board
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def node(name: str, **resources: str) -> dict:
+    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": "64", **resources}}}
+
+
+def pod(user: str, workspace: str, node_name: str, resource: str, role: str = "workspace") -> dict:
+    return {"metadata": {"name": f"{'hold' if role == 'hold' else 'ws'}-{workspace}", "namespace": f"lab-{user}",
+                         "labels": {"labkeeper.io/user": user, "labkeeper.io/workspace": workspace,
+                                    "labkeeper.io/role": role}},
+            "spec": {"nodeName": node_name, "containers": [{"resources": {"limits": {resource: "1"}}}]},
+            "status": {"phase": "Running"}}
+
+
+def workspace(user: str, name: str, phase: str, profile: str = "1g.10gb", **status) -> dict:
+    return {"metadata": {"name": name, "namespace": f"lab-{user}", "generation": 1},
+            "spec": {"gpu": {"profile": profile, "count": 1}, "state": "Running"},
+            "status": {"phase": phase, "observedGeneration": 1, **status}}
+
+
+NODES = [node("gpu-node-1", **{"nvidia.com/mig-1g.10gb": "2", "nvidia.com/mig-2g.20gb": "1",
+                              "nvidia.com/mig-3g.40gb": "1"}),
+         node("gpu-node-2", **{"nvidia.com/gpu": "2"}), node("cpu-node")]
+
+
+def test_each_slice_shows_its_user_workspace_and_what_it_is_doing():
+    pods = [pod("alice", "train", "gpu-node-1", "nvidia.com/mig-1g.10gb"),
+            pod("bob", "big", "gpu-node-2", "nvidia.com/gpu"),
+            pod("carol", "old", "gpu-node-1", "nvidia.com/mig-3g.40gb", role="hold")]
+    workspaces = [workspace("alice", "train", "Running", runningSince="2026-03-01T11:00:00Z",
+                            idleDeadline="2026-03-01T12:20:00Z"),
+                  workspace("bob", "big", "IdleWarning", "full", idleDeadline="2026-03-01T12:04:00Z"),
+                  workspace("carol", "old", "Stopped", "3g.40gb", holdUntil="2026-03-01T12:15:00Z")]
+    data = board.board_model(NODES, pods, workspaces, [], NOW)
+    slots = {(s.node, s.device): s for s in data.slots}
+    assert len(data.slots) == 6  # 2 + 1 + 1 MIG slices and 2 whole GPUs; the CPU node has none
+    assert (slots["gpu-node-1", "1g.10gb #1"].user, slots["gpu-node-1", "1g.10gb #1"].workspace) == ("alice", "train")
+    assert slots["gpu-node-1", "1g.10gb #1"].state == "stop in 20m, up 1h00m"
+    assert slots["gpu-node-1", "1g.10gb #2"].state == "free"
+    assert slots["gpu-node-1", "3g.40gb #1"].state == "held until 12:15"
+    assert slots["gpu-node-2", "gpu #1"].user == "bob"
+    assert data.alerts == ["bob/big idle, stops in 4m"]
+
+
+def test_ten_users_and_twenty_workspaces_fit_80x24_with_counts_of_what_is_cut():
+    users = [{"metadata": {"name": f"user{i}"}, "status": {}} for i in range(10)]
+    users[3]["status"]["conditions"] = [{"type": "DiskAlert", "status": "True", "message": "home at 91% of 50Gi"}]
+    pods, workspaces = [], []
+    placements = [("gpu-node-1", "nvidia.com/mig-1g.10gb")] * 2 + [("gpu-node-1", "nvidia.com/mig-2g.20gb"),
+                                                                   ("gpu-node-1", "nvidia.com/mig-3g.40gb")] \
+        + [("gpu-node-2", "nvidia.com/gpu")] * 2
+    for i in range(20):
+        user, name = f"user{i % 10}", f"ws-{i:02d}-experiment"
+        if i < len(placements):
+            node_name, resource = placements[i]
+            pods.append(pod(user, name, node_name, resource))
+            workspaces.append(workspace(user, name, "Running", runningSince="2026-03-01T11:30:00Z"))
+        else:
+            workspaces.append(workspace(user, name, "Pending", reason="Unschedulable",
+                                        message="0/3 nodes are available: 3 Insufficient nvidia.com/mig-1g.10gb"))
+    lines = board.render_lines(board.board_model(NODES, pods, workspaces, users, NOW), 80, 24)
+    texts = [text for text, _ in lines]
+    assert len(texts) <= 24
+    assert all(len(t) <= 79 for t in texts), [t for t in texts if len(t) > 79]
+    assert texts[0] == "labkeeper 12:00:00  10 users  20 workspaces: 6 running, 14 queued, 0 stopped"
+    assert "GPU SLICES 6: 6 in use, 0 held, 0 free" in texts[1]
+    assert ["gpu-node-1", "1g.10gb", "#1", "user0", "ws-00-experiment", "active,", "up", "30m"] in [t.split() for t in texts]
+    assert "QUEUE 14" in texts
+    queue_more = [t for t in texts if "more" in t]
+    assert queue_more and queue_more[0].strip().startswith("… and ")
+    assert any("user3 disk: home at 91% of 50Gi" in t for t in texts)
+
+
+def test_a_cluster_without_gpus_says_so_on_the_board():
+    lines = board.render_lines(board.board_model([node("cpu-node")], [], [], [], NOW), 80, 24)
+    assert any("no node advertises GPUs" in text for text, _ in lines)

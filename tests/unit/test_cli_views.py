@@ -1,0 +1,134 @@
+"""What labctl shows, computed from plain API objects: tables, countdowns, manifests, wait verdicts."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from labkeeper.cli import views
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def ws(name: str, phase: str | None = None, *, generation: int = 1, observed: int | None = 1, user: str = "alice",
+       spec: dict | None = None, **status) -> dict:
+    body = {"metadata": {"name": name, "namespace": f"lab-{user}", "generation": generation},
+            "spec": {"image": "busybox", "gpu": {"profile": "1g.10gb", "count": 1}, **(spec or {})}, "status": {}}
+    if phase:
+        body["status"] = {"phase": phase, "observedGeneration": observed, **status}
+    return body
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1d", 86400),
+                                                ("90s", 90), ("1.5h", 5400)])
+def test_durations_people_type_are_understood(text, seconds):
+    assert views.parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "3parsecs", "2 hours", "0m", "h"])
+def test_a_bad_duration_says_what_would_be_valid(text):
+    with pytest.raises(ValueError, match=r"30m, 2h|longer than zero"):
+        views.parse_duration(text)
+
+
+def test_countdowns_read_in_the_largest_sensible_unit():
+    assert views.human_duration(dt.timedelta(minutes=4, seconds=5)) == "4m"
+    assert views.human_duration(dt.timedelta(hours=2, minutes=5)) == "2h05m"
+    assert views.human_duration(dt.timedelta(days=1, hours=3)) == "1d03h"
+    assert views.human_duration(-90) == "-1m"
+    assert views.human_bytes(3 * 1024**3) == "3.0 GiB"
+
+
+def test_ls_shows_idle_countdown_keepalive_and_the_reason_a_workspace_waits():
+    items = [
+        ws("train", "Running", node="gpu-node-1", runningSince="2026-03-01T10:00:00Z", runtimeSeconds=600,
+           idleDeadline="2026-03-01T12:25:00Z", message="running on gpu-node-1"),
+        ws("eval", "Pending", reason="QuotaExceeded",
+           message="2.00 GPU equivalents in use + 1.00 requested > cap 2.00 for tier student"),
+        ws("notebook", "Running", spec={"keepAliveUntil": "2026-03-01T15:00:00Z"}, idleDeadline="2026-03-01T15:00:00Z"),
+    ]
+    headers, rows = views.workspace_rows(items, NOW)
+    table = {row[0]: dict(zip(headers, row, strict=True)) for row in rows}
+    assert table["train"]["IDLE"] == "stop in 25m"
+    assert table["train"]["RUNTIME"] == "2h10m"  # 10 closed minutes + 2 open hours
+    assert table["train"]["GPU"] == "1g.10gb"
+    assert table["eval"]["PHASE"] == "Pending"
+    assert table["eval"]["MESSAGE"].startswith("QuotaExceeded: 2.00 GPU equivalents in use")
+    assert table["notebook"]["IDLE"] == "kept 3h00m"
+
+
+def test_ls_across_users_names_each_workspace_owner():
+    headers, rows = views.workspace_rows([ws("a", "Running", user="bob"), ws("b", "Running")], NOW, with_user=True)
+    assert headers[0] == "USER"
+    assert [r[:2] for r in rows] == [["alice", "b"], ["bob", "a"]]
+
+
+def test_waiting_ignores_a_status_written_for_the_previous_spec():
+    stale = ws("train", "Stopped", generation=3, observed=2)
+    verdict = views.wait_verdict(stale, "Running")
+    assert not verdict.done and "operator" in verdict.line
+
+
+def test_waiting_ends_well_when_running_and_badly_on_quota_with_the_numbers():
+    assert views.wait_verdict(ws("t", "Running", message="running on gpu-node-1"), "Running") == views.Verdict(
+        True, True, "t: Running: running on gpu-node-1")
+    quota = views.wait_verdict(ws("t", "Pending", reason="QuotaExceeded",
+                                  message="2.00 GPU equivalents in use + 1.00 requested > cap 2.00"), "Running")
+    assert quota.done and not quota.ok
+    assert "QuotaExceeded: 2.00 GPU equivalents in use + 1.00 requested > cap 2.00" in quota.line
+    failed = views.wait_verdict(ws("t", "Failed", reason="ErrImagePull", message="no such image"), "Running")
+    assert failed.done and not failed.ok and "ErrImagePull: no such image" in failed.line
+
+
+def test_waiting_goes_on_while_unschedulable_and_idle_warning_counts_as_running():
+    assert not views.wait_verdict(ws("t", "Pending", reason="Unschedulable", message="0/2 nodes"), "Running").done
+    assert views.wait_verdict(ws("t", "IdleWarning"), "Running").ok
+    assert views.wait_verdict(ws("t", "Stopped"), "Stopped").ok
+    assert not views.wait_verdict(None, "Running").ok
+
+
+def test_workspace_manifest_is_what_kubectl_apply_would_take():
+    body = views.workspace_manifest("train", "lab-alice", image="pytorch", gpu="2g.20gb", cpu="4", memory="16Gi")
+    assert body == {"apiVersion": "labkeeper.io/v1alpha1", "kind": "Workspace",
+                    "metadata": {"name": "train", "namespace": "lab-alice"},
+                    "spec": {"image": "pytorch", "gpu": {"profile": "2g.20gb", "count": 1}, "state": "Running",
+                             "cpu": "4", "memory": "16Gi"}}
+    with pytest.raises(ValueError, match="valid: 1g.10gb"):
+        views.workspace_manifest("train", "lab-alice", image="x", gpu="8g.99gb")
+    with pytest.raises(ValueError, match="lowercase"):
+        views.workspace_manifest("Train_1", "lab-alice", image="x")
+
+
+def test_gpuuser_manifest_refuses_names_that_cannot_be_a_namespace():
+    body = views.gpuuser_manifest("carol", tier="researcher", groups=["vision"], ssh_keys=["ssh-ed25519 AAAA c@x"])
+    assert body["spec"] == {"displayName": "carol", "tier": "researcher", "state": "Active", "groups": ["vision"],
+                            "sshKeys": ["ssh-ed25519 AAAA c@x"]}
+    for bad in ("Carol", "carol_b", "1carol", "c" * 40):
+        with pytest.raises(ValueError, match="lab-"):
+            views.gpuuser_manifest(bad, tier="student")
+
+
+def test_ssh_key_files_keep_keys_and_skip_comments_but_refuse_private_keys():
+    text = "# laptop\nssh-ed25519 AAAAC3 carol@laptop\n\necdsa-sha2-nistp256 AAAAE2 carol@desk\n"
+    assert views.ssh_keys_from_text(text, "keys.pub") == ["ssh-ed25519 AAAAC3 carol@laptop",
+                                                           "ecdsa-sha2-nistp256 AAAAE2 carol@desk"]
+    with pytest.raises(ValueError, match="not an OpenSSH public key"):
+        views.ssh_keys_from_text("-----BEGIN OPENSSH PRIVATE KEY-----\n", "id_ed25519")
+
+
+def test_status_puts_each_limit_beside_its_use():
+    user = {"metadata": {"name": "alice"}, "spec": {"tier": "student"},
+            "status": {"phase": "Ready", "usage": {"gpuEquivalents": 1.5, "diskBytes": 2 * 1024**3},
+                       "effectiveLimits": {"maxGpuEquivalents": {"value": "2", "source": "tier"},
+                                           "cpu": {"value": "32", "source": "tier"},
+                                           "maxWorkspaces": {"value": "3", "source": "override"}}}}
+    quota = {"status": {"used": {"requests.cpu": "4", "requests.memory": "8Gi"}}}
+    summary = views.usage_summary(user, [ws("a", "Running"), ws("b", "Stopped")], quota)
+    lines = {what: (used, limit) for what, used, limit in summary["lines"]}
+    assert lines["GPU equivalents"] == ("1.5", "2")
+    assert lines["CPU"] == ("4", "32")
+    assert lines["running workspaces"] == ("1", "3")
+    assert lines["disk (home)"][0] == "2.0 GiB"
+    headers, rows = views.limits_rows(user)
+    assert rows[-1] == ["maxWorkspaces", "3", "override"]
