@@ -106,13 +106,17 @@ class Kube:
 
     def _call(self, method: str, path: str, body: Any = None, *, query: list | None = None,
               content_type: str = "application/json") -> Any:
-        data, _status, _headers = self.api.call_api(
-            path, method, query_params=query or [], body=body,
+        # kubernetes-client >= 35: serialize (auth, host, query), then send
+        method, url, headers, payload, post = self.api.param_serialize(
+            method, path, query_params=query or [], body=body, auth_settings=["BearerToken"],
             header_params={"Content-Type": content_type, "Accept": "application/json"},
-            auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30,
         )
-        raw = data.data
-        return json.loads(raw) if raw else None
+        response = self.api.call_api(method, url, header_params=headers, body=payload, post_params=post,
+                                     _request_timeout=30)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
 
     # ---- reads -------------------------------------------------------------------------------
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
