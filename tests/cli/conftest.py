@@ -26,3 +26,8 @@ def labctl():
     """`labctl(*args, kubeconfig=...)` runs the installed console script and returns the finished process."""
     assert LABCTL.exists(), f"{LABCTL} is missing: pip install -e . installs the labctl console script"
     return run_labctl
+
+
+@pytest.fixture(scope="session")
+def labctl_bin() -> Path:
+    return LABCTL

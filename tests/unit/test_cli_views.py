@@ -94,7 +94,7 @@ def test_workspace_manifest_is_what_kubectl_apply_would_take():
                     "metadata": {"name": "train", "namespace": "lab-alice"},
                     "spec": {"image": "pytorch", "gpu": {"profile": "2g.20gb", "count": 1}, "state": "Running",
                              "cpu": "4", "memory": "16Gi"}}
-    with pytest.raises(ValueError, match="valid: 1g.10gb"):
+    with pytest.raises(ValueError, match=r"valid: 1g\.10gb"):
         views.workspace_manifest("train", "lab-alice", image="x", gpu="8g.99gb")
     with pytest.raises(ValueError, match="lowercase"):
         views.workspace_manifest("Train_1", "lab-alice", image="x")
@@ -130,5 +130,5 @@ def test_status_puts_each_limit_beside_its_use():
     assert lines["CPU"] == ("4", "32")
     assert lines["running workspaces"] == ("1", "3")
     assert lines["disk (home)"][0] == "2.0 GiB"
-    headers, rows = views.limits_rows(user)
+    _, rows = views.limits_rows(user)
     assert rows[-1] == ["maxWorkspaces", "3", "override"]
