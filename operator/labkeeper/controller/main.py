@@ -205,6 +205,30 @@ def standby_health(liveness: str | None):
         server.server_close()
 
 
+class WritesCollector:
+    """Exposes every API write this operator made, by verb and kind, as a Prometheus counter."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("labkeeper_operator_api_writes", "API writes made by the operator",
+                                     labels=["verb", "kind"])
+        for key, value in sorted(self.kube.writes.items()):
+            verb, kind = key.split(" ", 1)
+            family.add_metric([verb, kind], value)
+        yield family
+
+
+def serve_metrics(kube: Kube, port: int) -> None:
+    from prometheus_client import REGISTRY, start_http_server
+
+    REGISTRY.register(WritesCollector(kube))
+    start_http_server(port, addr="0.0.0.0")
+
+
 def endpoint_from(kube: Kube) -> ClusterEndpoint:
     """The API endpoint and CA that users' kubeconfigs should point at: this client's own."""
     cfg = kube.api.configuration
@@ -226,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the data root on every node (homes, caches, model stores)")
     parser.add_argument("--no-leader-elect", action="store_true", help="skip the Lease (a single replica only)")
     parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a leader lease lasts")
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("LABKEEPER_METRICS_PORT", "0")),
+                        help="serve Prometheus metrics on this port (0: off)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kube = Kube.from_kubeconfig(args.kubeconfig, field_manager="labkeeper-operator")
+    if args.metrics_port:
+        serve_metrics(kube, args.metrics_port)
     if not args.no_leader_elect:
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         # a standby replica is alive while it waits, so its liveness probe must not restart it
