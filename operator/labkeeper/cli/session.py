@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -11,33 +9,12 @@ from pathlib import Path
 
 import yaml
 from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 
 from labkeeper.cli.errors import LabctlError
 from labkeeper.kube.client import Kube
 
 NAMESPACE_PREFIX = "lab-"
 SYSTEM_NAMESPACE = "labkeeper-system"
-
-
-class _Kube(Kube):
-    """Kube, speaking kubernetes-client >= 35's call_api (param_serialize, then call_api(method, url)).
-
-    A shim until labkeeper.kube.client does this itself; it defers to Kube on older clients."""
-
-    def _call(self, method: str, path: str, body=None, *, query: list | None = None,
-              content_type: str = "application/json"):
-        if "query_params" in inspect.signature(self.api.call_api).parameters:
-            return super()._call(method, path, body, query=query, content_type=content_type)
-        method, url, headers, body, post = self.api.param_serialize(
-            method, path, query_params=query or [], body=body, auth_settings=["BearerToken"],
-            header_params={"Content-Type": content_type, "Accept": "application/json"})
-        response = self.api.call_api(method, url, header_params=headers, body=body, post_params=post,
-                                     _request_timeout=30)
-        response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response)
-        return json.loads(response.data) if response.data else None
 
 
 def namespace_for(username: str) -> str:
@@ -95,7 +72,7 @@ class Session:
     def kube(self) -> Kube:
         if self._kube is None:
             try:
-                self._kube = _Kube.from_kubeconfig(str(self.kubeconfig_file), field_manager="labctl")
+                self._kube = Kube.from_kubeconfig(str(self.kubeconfig_file), field_manager="labctl")
             except (k8s_config.ConfigException, ValueError, KeyError, TypeError) as err:
                 raise LabctlError(f"kubeconfig {self.kubeconfig_file} cannot be used: {err}",
                                   "ask the lab admin for a fresh one") from err
