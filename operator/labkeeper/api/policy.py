@@ -1,0 +1,270 @@
+"""The lab policy: defaults, tiers and per-user overrides merged field by field, GPU weights,
+durations, warning points and activity thresholds. Lives in the ConfigMap `labkeeper-policy`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from labkeeper.api.names import GPU_PROFILES, validate_username
+from labkeeper.api.resources import KEEP_ALIVE_CEILING, Limits
+from labkeeper.api.units import (
+    DURATION_PATTERN,
+    format_duration,
+    parse_cpu,
+    parse_duration,
+    parse_memory,
+    parse_quantity,
+)
+
+__all__ = [
+    "LIMIT_FIELDS", "Activity", "LabPolicy", "LimitValue", "Tier", "gpu_equivalents", "parse_cpu",
+    "parse_duration", "parse_memory", "parse_quantity",
+]
+
+LIMIT_FIELDS = tuple(Limits.model_fields)
+
+
+class _Policy(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def _duration(value: Any) -> dt.timedelta:
+    if isinstance(value, dt.timedelta):
+        return value
+    return parse_duration(str(value))
+
+
+# a timedelta in Python, a string such as 15m in YAML and in the JSON schema
+Duration = Annotated[
+    dt.timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "description": "a duration such as 30s, 15m, 24h"}),
+]
+
+
+class FullLimits(Limits):
+    """The defaults: every limit has a value, so a merge always ends complete."""
+
+    max_gpu_equivalents: float = Field(default=2, ge=0, le=64)
+    cpu: str = "32"
+    memory: str = "32Gi"
+    max_workspaces: int = Field(default=3, ge=0, le=50)
+    idle_timeout: str = "30m"
+    max_runtime: str = "24h"
+    allowed_profiles: list[Literal["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full"]] = Field(
+        default_factory=lambda: list(GPU_PROFILES))
+    allowed_images: list[str] = Field(default_factory=list)
+
+
+class Tier(Limits):
+    """A tier: the limits it changes from the defaults, its PriorityClass value and whether it may preempt.
+
+    Limits may be written flat on the tier or under `limits:`; both read the same."""
+
+    priority: int = Field(default=10000, ge=0, le=1000000000)
+    preempt: bool = False
+    priority_class_name: str | None = Field(default=None, max_length=253,
+                                            description="default: labkeeper-<tier>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nested_limits(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "limits" not in data:
+            return data
+        data = dict(data)
+        nested = data.pop("limits") or {}
+        if not isinstance(nested, dict):
+            raise ValueError(f"limits must be a mapping of limit fields, not {nested!r}")
+        both = sorted(set(nested) & set(data))
+        if both:
+            raise ValueError(f"{', '.join(both)} set both on the tier and under its limits; keep one")
+        return {**data, **nested}
+
+    @property
+    def limits(self) -> Limits:
+        return Limits.model_validate(self.model_dump(include=set(LIMIT_FIELDS)))
+
+
+class Warnings(_Policy):
+    idle: list[float] = Field(default_factory=lambda: [0.8, 0.95], max_length=8)
+    runtime: list[float] = Field(default_factory=lambda: [0.75, 0.9], max_length=8)
+
+    @field_validator("idle", "runtime")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        for fraction in value:
+            if not 0 < fraction < 1:
+                raise ValueError(f"warning point {fraction} must be a fraction between 0 and 1 (e.g. 0.8)")
+        return sorted(value)
+
+
+class Activity(_Policy):
+    """What counts as activity in one sample interval."""
+
+    gpu_util_percent: float = Field(default=5, ge=0, le=100)
+    cpu_cores: float = Field(default=0.1, ge=0)
+    network_bytes_per_interval: int = Field(default=1_000_000, ge=0)
+    count_gpu_memory_as_active: bool = False
+    sample_interval: Duration = dt.timedelta(seconds=30)
+    report_interval: Duration = dt.timedelta(seconds=60)
+    check_interval: Duration = dt.timedelta(seconds=30)
+
+
+class UidRange(_Policy):
+    start: int = Field(default=20000, ge=1000)
+    end: int = Field(default=59999, le=2147483647)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UidRange:
+        if self.end < self.start:
+            raise ValueError(f"uidRange.end {self.end} is below uidRange.start {self.start}")
+        return self
+
+
+def _fraction(value: Any) -> Any:
+    """gpuWeights may be written as fractions of a GPU: "1/7" is exact where 0.143 is not."""
+    if isinstance(value, str) and "/" in value:
+        numerator, _, denominator = value.partition("/")
+        try:
+            return float(numerator) / float(denominator)
+        except (ValueError, ZeroDivisionError) as err:
+            raise ValueError(f"{value!r} is not a fraction such as 1/7") from err
+    return value
+
+
+Weight = Annotated[float, BeforeValidator(_fraction),
+                   WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 8},
+                                             {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?/[0-9]+(\.[0-9]+)?$"}],
+                                   "description": "GPU equivalents of one device: a number or a fraction such as 1/7"})]
+
+
+class LimitValue(NamedTuple):
+    value: Any
+    source: Literal["default", "tier", "override"]
+
+
+DEFAULT_TIERS = {
+    "student": Tier(priority=10000, preempt=False),
+    "researcher": Tier(max_gpu_equivalents=4, cpu="48", memory="64Gi", max_workspaces=5, idle_timeout="1h",
+                       max_runtime="48h", priority=20000, preempt=False),
+    "faculty": Tier(max_gpu_equivalents=4, cpu="64", memory="128Gi", max_workspaces=5, idle_timeout="2h",
+                    max_runtime="72h", priority=30000, preempt=True),
+}
+DEFAULT_WEIGHTS = {"1g.10gb": 1 / 7, "1g.20gb": 1 / 7, "2g.20gb": 2 / 7, "3g.40gb": 3 / 7, "4g.40gb": 4 / 7,
+                   "7g.80gb": 1.0, "full": 1.0}
+
+
+class LabPolicy(_Policy):
+    defaults: FullLimits = Field(default_factory=FullLimits)
+    tiers: dict[str, Tier] = Field(default_factory=lambda: {k: v.model_copy() for k, v in DEFAULT_TIERS.items()})
+    users: dict[str, Limits] = Field(default_factory=dict, description="per-user overrides, merged field by field")
+    default_tier: str = "student"
+    gpu_weights: dict[str, Weight] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    hold_priority: int = Field(default=100000, ge=0, le=1000000000,
+                               description="PriorityClass value of a GPU held after stop; above every tier")
+    gpu_hold_after_stop: Duration = dt.timedelta(minutes=15)
+    stopped_retention: Duration = dt.timedelta(minutes=30)
+    keep_alive_max: Duration = dt.timedelta(hours=24)
+    termination_grace_period: Duration = dt.timedelta(seconds=60)
+    warnings: Warnings = Field(default_factory=Warnings)
+    activity: Activity = Field(default_factory=Activity)
+    runtime_class_name: str = Field(default="nvidia", max_length=63)
+    uid_range: UidRange = Field(default_factory=UidRange)
+    lab_users_gid: int = Field(default=2000, ge=100, le=2147483647)
+
+    @field_validator("gpu_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for profile, weight in value.items():
+            if profile not in GPU_PROFILES:
+                raise ValueError(f"gpuWeights has unknown profile {profile!r}; valid: {', '.join(GPU_PROFILES)}")
+            if not 0 < weight <= 8:
+                raise ValueError(f"gpuWeights.{profile} = {weight} must be above 0 and at most 8")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LabPolicy:
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"defaultTier {self.default_tier!r} is not one of the tiers: {', '.join(self.tiers)}")
+        for name, tier in self.tiers.items():
+            if self.hold_priority <= tier.priority:
+                raise ValueError(f"holdPriority {self.hold_priority} must be above tier {name!r}'s priority "
+                                 f"{tier.priority}, so a held GPU is never preempted")
+        if self.uid_range.start <= self.lab_users_gid <= self.uid_range.end:
+            raise ValueError(f"labUsersGid {self.lab_users_gid} lies inside uidRange {self.uid_range.start}-"
+                             f"{self.uid_range.end}, where users' private groups are allocated; move one of them")
+        if self.keep_alive_max > parse_duration(KEEP_ALIVE_CEILING):
+            raise ValueError(f"keepAliveMax {format_duration(self.keep_alive_max)} is above the Workspace CRD's "
+                             f"ceiling of {KEEP_ALIVE_CEILING}")
+        for name in self.users:
+            validate_username(name)
+        self._check_limits("defaults", self.defaults)
+        for name, tier in self.tiers.items():
+            self._check_limits(f"tiers.{name}", tier)
+        for name, override in self.users.items():
+            self._check_limits(f"users.{name}", override)
+        return self
+
+    @staticmethod
+    def _check_limits(where: str, limits: Limits) -> None:
+        for field, parse in (("cpu", parse_cpu), ("memory", parse_memory),
+                             ("idle_timeout", parse_duration), ("max_runtime", parse_duration)):
+            value = getattr(limits, field)
+            if value is not None:
+                try:
+                    parse(value)
+                except ValueError as err:
+                    raise ValueError(f"{where}.{to_camel(field)}: {err}") from err
+
+    # ---- queries -------------------------------------------------------------------------------
+    @property
+    def termination_grace(self) -> dt.timedelta:
+        return self.termination_grace_period
+
+    def effective_limits(self, username: str, tier: str | None = None,
+                         user_overrides: Limits | dict | None = None) -> dict[str, LimitValue]:
+        """Each limit with where it came from: the user's own overrides (GPUUser spec.limits, then the
+        policy's users section), the tier, or the defaults — merged field by field, never replaced whole."""
+        tier_name = tier or self.default_tier
+        tier_limits = self.tiers.get(tier_name)
+        overrides = [self.users.get(username)]
+        if isinstance(user_overrides, dict):
+            user_overrides = Limits.model_validate(user_overrides)
+        overrides.insert(0, user_overrides)
+        result: dict[str, LimitValue] = {}
+        for field in LIMIT_FIELDS:
+            camel = to_camel(field)
+            chosen = None
+            for override in overrides:
+                if override is not None and getattr(override, field) is not None:
+                    chosen = LimitValue(getattr(override, field), "override")
+                    break
+            if chosen is None and tier_limits is not None and getattr(tier_limits, field) is not None:
+                chosen = LimitValue(getattr(tier_limits, field), "tier")
+            if chosen is None:
+                chosen = LimitValue(getattr(self.defaults, field), "default")
+            result[camel] = chosen
+        return result
+
+    def to_yaml_dict(self) -> dict:
+        return self.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def gpu_equivalents(profile: str, count: int, policy: LabPolicy) -> float:
+    if profile == "none":
+        return 0.0
+    return policy.gpu_weights.get(profile, 1.0) * count

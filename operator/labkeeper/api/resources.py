@@ -1,0 +1,334 @@
+"""The four custom resources, defined once: the CRDs in crds/ are generated from these models."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from labkeeper.api.names import (
+    DNS_LABEL_PATTERN,
+    ENV_NAME_PATTERN,
+    RELATIVE_PATH_PATTERN,
+    RESERVED_USERNAMES,
+    USERNAME_PATTERN,
+)
+from labkeeper.api.units import DURATION_PATTERN, QUANTITY_PATTERN
+
+
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict:
+    entry: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def validations(*rules: dict) -> dict:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class Model(BaseModel):
+    """camelCase on the wire, unknown fields refused, both names accepted in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Status(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32,
+                                description="a duration such as 90s, 30m, 1h30m, 24h, 2d")]
+# Workspace durations are Go-style (h, m, s) so that CEL's duration() can hold them to a ceiling at apply
+GO_DURATION_PATTERN = r"^([0-9]{1,6}(h|m|s))+$"
+IDLE_TIMEOUT_CEILING = "168h"
+MAX_RUNTIME_CEILING = "720h"
+KEEP_ALIVE_CEILING = "168h"
+
+
+def go_duration(ceiling: str, floor: str = "1m", what: str = "") -> Any:
+    return Annotated[str, Field(
+        pattern=GO_DURATION_PATTERN, max_length=24,
+        description=f"{what}a duration in h, m and s such as 30m, 1h30m or 24h; from {floor} to {ceiling}",
+        json_schema_extra=validations(
+            cel(f"duration(self) >= duration('{floor}') && duration(self) <= duration('{ceiling}')",
+                f"must be between {floor} and {ceiling} (no tier allows more)"))),
+    ]
+
+
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32,
+                                description="a Kubernetes quantity such as 500m, 4, 16Gi")]
+Username = Annotated[str, Field(pattern=USERNAME_PATTERN, max_length=32)]
+DnsName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
+GroupName = Annotated[str, Field(pattern=USERNAME_PATTERN, max_length=32)]
+GpuProfile = Literal["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full", "none"]
+AllowedProfile = Literal["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full"]
+SshKey = Annotated[str, Field(
+    pattern=r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
+            r" [A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$",
+    max_length=8192, description="an OpenSSH public key line: type, base64 key, optional comment")]
+
+POSITIVE_QUANTITY = cel("quantity(self).isGreaterThan(quantity('0'))", "must be greater than zero")
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(max_length=64)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=128)
+    message: str = Field(default="", max_length=4096)
+    lastTransitionTime: dt.datetime | None = None
+    observedGeneration: int | None = None
+
+
+# ---- shared pieces -------------------------------------------------------------------------------
+
+class Limits(Model):
+    """What a tier or a user may use; every field optional so overrides name only what they change."""
+
+    max_gpu_equivalents: float | None = Field(default=None, ge=0, le=64,
+                                              description="weighted GPU equivalents in use at once")
+    cpu: Annotated[Quantity | None, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = None
+    memory: Annotated[Quantity | None, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = None
+    max_workspaces: int | None = Field(default=None, ge=0, le=50, description="running workspaces at once")
+    idle_timeout: Duration | None = None
+    max_runtime: Duration | None = None
+    allowed_profiles: list[AllowedProfile] | None = Field(default=None, max_length=8)
+    allowed_images: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None, max_length=32, description="glob patterns of images this tier may run; empty: any")
+
+
+class EnvVar(Model):
+    name: str = Field(pattern=ENV_NAME_PATTERN, max_length=128)
+    value: str = Field(default="", max_length=4096,
+                       description="may use $(PATH) for the tree's absolute path on the host")
+
+
+EnvList = Annotated[list[EnvVar], Field(
+    max_length=32, json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})]
+PathField = Annotated[str, Field(
+    pattern=RELATIVE_PATH_PATTERN, max_length=255,
+    description="path relative to the data root, e.g. cache/pip; no leading '/', no '..'",
+    json_schema_extra=validations(
+        cel("!self.split('/').exists(p, p == '..' || p == '.')", "must not contain '.' or '..' segments"),
+        cel("self == oldSelf", "is immutable; create a new object to move a tree"),
+    ))]
+
+
+class Members(Model):
+    users: list[Username] = Field(default_factory=list, max_length=256,
+                                  json_schema_extra={"x-kubernetes-list-type": "set"})
+    groups: list[GroupName] = Field(default_factory=list, max_length=64,
+                                    json_schema_extra={"x-kubernetes-list-type": "set"})
+
+
+class SizeAlerts(Model):
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel("self.warnPercent < self.criticalPercent", "warnPercent must be below criticalPercent")))
+    warn_percent: int = Field(default=80, ge=1, le=100)
+    critical_percent: int = Field(default=95, ge=1, le=100)
+    size_limit: Quantity | None = Field(default=None, description="alerts are fractions of this size")
+
+
+class NodeState(Status):
+    node: str
+    state: str = ""
+    message: str = ""
+    last_sync: dt.datetime | None = None
+
+
+# ---- GPUUser --------------------------------------------------------------------------------------
+
+class GPUUserSpec(Model):
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel("!has(oldSelf.uid) || (has(self.uid) && self.uid == oldSelf.uid)",
+            "spec.uid is immutable once set", field_path=".uid")))
+    display_name: str = Field(default="", max_length=128)
+    tier: str = Field(default="student", pattern=DNS_LABEL_PATTERN, max_length=32)
+    groups: list[GroupName] = Field(default_factory=list, max_length=32,
+                                    json_schema_extra={"x-kubernetes-list-type": "set"},
+                                    description="extra Linux groups")
+    ssh_keys: list[SshKey] = Field(default_factory=list, max_length=32)
+    shell: str = Field(default="/bin/bash", pattern=r"^/[A-Za-z0-9_/.+-]*$", max_length=64,
+                       json_schema_extra=validations(cel("!self.contains('..')", "must not contain '..'")))
+    limits: Limits = Field(default_factory=Limits, description="overrides of the tier's limits, field by field")
+    state: Literal["Active", "Suspended", "Offboarded"] = "Active"
+    data_policy: Literal["Keep", "Archive", "Delete"] = Field(default="Keep", description="what offboarding does")
+    uid: int | None = Field(default=None, ge=1000, le=2147483647, description="pin a uid (existing accounts)")
+
+
+class LimitSource(Status):
+    value: str
+    source: Literal["default", "tier", "override"]
+
+
+class Usage(Status):
+    gpu_equivalents: float = 0
+    workspaces: int = 0
+    disk_bytes: int = 0
+
+
+class GPUUserStatus(Status):
+    uid: int | None = None
+    gid: int | None = None
+    namespace: str | None = None
+    home: str | None = None
+    phase: str | None = None
+    kubeconfig_secret: str | None = None
+    effective_limits: dict[str, LimitSource] = Field(default_factory=dict)
+    usage: Usage | None = None
+    nodes: list[NodeState] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+RESERVED_RULE = "[" + ", ".join(f"'{n}'" for n in sorted(RESERVED_USERNAMES)) + "]"
+
+
+class GPUUser(Model):
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel(f"self.metadata.name.matches('{USERNAME_PATTERN}')",
+            "metadata.name is the Linux username: a lowercase letter first, then lowercase letters, digits or '-', "
+            "at most 32 characters", reason="FieldValueInvalid"),
+        cel(f"!(self.metadata.name in {RESERVED_RULE})",
+            "metadata.name is a reserved system account name; choose another",
+            reason="FieldValueForbidden"),
+    ))
+    spec: GPUUserSpec = Field(default_factory=GPUUserSpec)
+    status: GPUUserStatus | None = None
+
+
+# ---- SharedCache / ModelStore -----------------------------------------------------------------------
+
+class Cleanup(Model):
+    max_age: Duration | None = Field(default=None, description="remove files not accessed for this long")
+    max_size: Quantity | None = Field(default=None, description="remove least recently used files above this")
+    schedule: Duration | None = Field(default=None, description="how often to clean, e.g. 24h")
+
+
+class SharedCacheSpec(Model):
+    type: Literal["pip", "conda", "uv", "npm", "yarn", "custom"]
+    path: PathField
+    env: EnvList = Field(default_factory=list)
+    writers: Members = Field(default_factory=Members, description="who may write; default: every lab member")
+    cleanup: Cleanup | None = None
+    alerts: SizeAlerts = Field(default_factory=SizeAlerts)
+
+
+class LastCleanup(Status):
+    time: dt.datetime | None = None
+    freed_bytes: int = 0
+    removed_files: int = 0
+    reason: str = ""
+
+
+class TreeStatus(Status):
+    phase: str | None = None
+    size_bytes: int | None = None
+    size: str | None = None
+    last_cleanup: LastCleanup | None = None
+    nodes: list[NodeState] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+class SharedCache(Model):
+    spec: SharedCacheSpec
+    status: TreeStatus | None = None
+
+
+class ModelStoreSpec(Model):
+    type: Literal["huggingface", "torch", "comfyui", "flux", "generic"]
+    path: PathField
+    env: EnvList = Field(default_factory=list)
+    writers: Members = Field(default_factory=Members, description="users and groups with rwx")
+    readers: Members = Field(default_factory=Members, description="users and groups with r-x; default: every member")
+    size_alert: Quantity | None = None
+
+
+class ModelStore(Model):
+    spec: ModelStoreSpec
+    status: TreeStatus | None = None
+
+
+# ---- Workspace --------------------------------------------------------------------------------------
+
+class GpuRequest(Model):
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel("self.profile != 'none' || self.count == 1", "count must be 1 when profile is none",
+            field_path=".count")))
+    profile: GpuProfile = "none"
+    count: int = Field(default=1, ge=1, le=8)
+
+
+class WorkspaceSpec(Model):
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel("!has(self.idleTimeout) || !has(self.maxRuntime) || duration(self.idleTimeout) <= duration(self.maxRuntime)",
+            "spec.idleTimeout must not be longer than spec.maxRuntime", field_path=".idleTimeout")))
+    image: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    command: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
+    gpu: GpuRequest = Field(default_factory=GpuRequest)
+    cpu: Annotated[Quantity, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = "1"
+    memory: Annotated[Quantity, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = "2Gi"
+    state: Literal["Running", "Stopped"] = "Running"
+    caches: list[DnsName] | None = Field(default=None, max_length=32, json_schema_extra={"x-kubernetes-list-type": "set"},
+                                         description="SharedCaches to mount; absent: all")
+    model_stores: list[DnsName] | None = Field(default=None, max_length=32,
+                                               json_schema_extra={"x-kubernetes-list-type": "set"},
+                                               description="ModelStores to mount; absent: all")
+    toolchains: list[DnsName] = Field(default_factory=list, max_length=16,
+                                      json_schema_extra={"x-kubernetes-list-type": "set"})
+    idle_timeout: go_duration(IDLE_TIMEOUT_CEILING, what="stop after idling this long, within the user's "
+                              "entitlement; ") | None = None
+    max_runtime: go_duration(MAX_RUNTIME_CEILING, what="stop after running this long in total, within the "
+                             "user's entitlement; ") | None = None
+    keep_alive: go_duration(KEEP_ALIVE_CEILING, what="self-service: count the workspace as active for this long "
+                            "after its last activity, capped by the policy's keepAliveMax; ") | None = None
+    keep_alive_until: dt.datetime | None = Field(
+        default=None, description="postpone idle culling until this time; the operator caps it at keepAliveMax")
+
+
+class WorkspaceWarning(Status):
+    key: str
+    reason: str = ""
+    message: str = ""
+    at: dt.datetime | None = None
+    since: dt.datetime | None = None
+
+
+class WorkspaceStatus(Status):
+    phase: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    pod_name: str | None = None
+    node: str | None = None
+    devices: list[str] = Field(default_factory=list)
+    gpu_equivalents: float | None = None
+    runtime_seconds: int | None = None
+    running_since: dt.datetime | None = None
+    last_activity: dt.datetime | None = None
+    activity_reason: str | None = None
+    idle_since: dt.datetime | None = None
+    idle_deadline: dt.datetime | None = None
+    runtime_deadline: dt.datetime | None = None
+    stop_reason: str | None = None
+    stopped_at: dt.datetime | None = None
+    warnings: list[WorkspaceWarning] = Field(default_factory=list)
+    hold_pod_name: str | None = None
+    hold_until: dt.datetime | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+class Workspace(Model):
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel("self.metadata.name.size() <= 60", "metadata.name must be at most 60 characters (the pod adds 'ws-')",
+            ),
+    ))
+    spec: WorkspaceSpec
+    status: WorkspaceStatus | None = None
