@@ -1,0 +1,47 @@
+"""When a verdict is worth an API write: on a change, and at most once per report interval while active."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from labkeeper.agent.activity.model import Verdict, WorkspaceKey
+
+
+def _fmt(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class PublishThrottle:
+    """Turns verdicts into Workspace status patches (`lastActivity`, `activityReason`), or None.
+
+    A verdict counts as changed when it flips between active and idle; a new wording of the same
+    idle verdict ("gpu idle 27m" becoming "gpu idle 28m") is not a change. The first publication
+    for a workspace after the agent starts sets lastActivity to that moment, so an agent restart
+    restarts the idle clocks (DESIGN, Lifecycle) instead of culling on stale readings.
+    """
+
+    def __init__(self, report_interval: dt.timedelta) -> None:
+        self.report_interval = report_interval
+        self._published: dict[WorkspaceKey, tuple[bool, dt.datetime]] = {}
+        self._last_active: dict[WorkspaceKey, dt.datetime] = {}
+
+    def decide(self, key: WorkspaceKey, verdict: Verdict, now: dt.datetime) -> dict | None:
+        if verdict.active:
+            self._last_active[key] = now
+        previous = self._published.get(key)
+        if previous is not None:
+            was_active, at = previous
+            if was_active == verdict.active and not (verdict.active and now - at >= self.report_interval):
+                return None
+        self._published[key] = (verdict.active, now)
+        last_active = self._last_active.get(key, now if previous is None else None)
+        patch = {"activityReason": verdict.reason}
+        if last_active is not None:
+            patch["lastActivity"] = _fmt(last_active)
+        return patch
+
+    def retain(self, keys: set[WorkspaceKey]) -> None:
+        """Forget workspaces no longer watched, so a restarted one publishes afresh."""
+        for memory in (self._published, self._last_active):
+            for key in set(memory) - keys:
+                del memory[key]
