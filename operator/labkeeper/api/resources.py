@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from labkeeper.api.names import (
@@ -60,8 +60,18 @@ def go_duration(ceiling: str, floor: str = "1m", what: str = "") -> Any:
     ]
 
 
-Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32,
-                                description="a Kubernetes quantity such as 500m, 4, 16Gi")]
+def _quantity_text(value: Any) -> Any:
+    # YAML reads `cpu: 4` as a number; Kubernetes quantities are int-or-string
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity; e.g. 500m, 4, 16Gi")
+    return str(value) if isinstance(value, int | float) else value
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity_text), Field(pattern=QUANTITY_PATTERN, max_length=32),
+                     WithJsonSchema({"x-kubernetes-int-or-string": True,
+                                     "anyOf": [{"type": "integer"}, {"type": "string"}],
+                                     "pattern": QUANTITY_PATTERN, "maxLength": 32, "minimum": 0,
+                                     "description": "a Kubernetes quantity such as 500m, 4, 16Gi"})]
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN, max_length=32)]
 DnsName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
 GroupName = Annotated[str, Field(pattern=USERNAME_PATTERN, max_length=32)]
@@ -72,7 +82,8 @@ SshKey = Annotated[str, Field(
             r" [A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$",
     max_length=8192, description="an OpenSSH public key line: type, base64 key, optional comment")]
 
-POSITIVE_QUANTITY = cel("quantity(self).isGreaterThan(quantity('0'))", "must be greater than zero")
+POSITIVE_QUANTITY = cel("type(self) == int ? self > 0 : quantity(self).isGreaterThan(quantity('0'))",
+                        "must be greater than zero")
 
 
 class Condition(BaseModel):
@@ -210,13 +221,17 @@ class Cleanup(Model):
     schedule: Duration | None = Field(default=None, description="how often to clean, e.g. 24h")
 
 
+# the API server checks a default against the CEL rules before nested defaults apply, so it is spelled out
+DEFAULT_ALERTS = {"warnPercent": 80, "criticalPercent": 95}
+
+
 class SharedCacheSpec(Model):
     type: Literal["pip", "conda", "uv", "npm", "yarn", "custom"]
     path: PathField
     env: EnvList = Field(default_factory=list)
     writers: Members = Field(default_factory=Members, description="who may write; default: every lab member")
     cleanup: Cleanup | None = None
-    alerts: SizeAlerts = Field(default_factory=SizeAlerts)
+    alerts: SizeAlerts = Field(default_factory=SizeAlerts, json_schema_extra={"default": DEFAULT_ALERTS})
 
 
 class LastCleanup(Status):
@@ -272,7 +287,7 @@ class WorkspaceSpec(Model):
     image: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")
     command: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
     args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
-    gpu: GpuRequest = Field(default_factory=GpuRequest)
+    gpu: GpuRequest = Field(default_factory=GpuRequest, json_schema_extra={"default": {"profile": "none", "count": 1}})
     cpu: Annotated[Quantity, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = "1"
     memory: Annotated[Quantity, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = "2Gi"
     state: Literal["Running", "Stopped"] = "Running"
