@@ -6,6 +6,7 @@ never falls back to a file silently. The file format is described in docs/activi
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +67,10 @@ class FileSampler:
             raise SamplerUnavailable(f"--sampler file:{path}: no such file")
 
     def sample(self) -> GpuSnapshot:
-        return parse_activity_file(yaml.safe_load(self.path.read_text()) or {}, str(self.path))
+        text = self.path.read_text()
+        # JSON is YAML too, but the json module reads it far faster: this runs every sample
+        doc = json.loads(text) if self.path.suffix == ".json" else yaml.safe_load(text)
+        return parse_activity_file(doc or {}, str(self.path))
 
 
 def parse_activity_file(doc: dict, source: str) -> GpuSnapshot:
