@@ -6,12 +6,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal, NamedTuple
 
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -30,11 +32,14 @@ from labkeeper.api.units import (
 )
 
 __all__ = [
-    "LIMIT_FIELDS", "Activity", "LabPolicy", "LimitValue", "Tier", "gpu_equivalents", "parse_cpu",
-    "parse_duration", "parse_memory", "parse_quantity",
+    "LIMIT_FIELDS", "POLICY_CONFIGMAP", "POLICY_KEY", "Activity", "LabPolicy", "LimitValue", "PolicyError", "Tier",
+    "effective_limits", "gpu_equivalents", "load_policy", "parse_cpu", "parse_duration", "parse_memory",
+    "parse_quantity", "policy_configmap",
 ]
 
 LIMIT_FIELDS = tuple(Limits.model_fields)
+POLICY_CONFIGMAP = "labkeeper-policy"
+POLICY_KEY = "policy.yaml"
 
 
 class _Policy(BaseModel):
@@ -268,3 +273,44 @@ def gpu_equivalents(profile: str, count: int, policy: LabPolicy) -> float:
     if profile == "none":
         return 0.0
     return policy.gpu_weights.get(profile, 1.0) * count
+
+
+def effective_limits(policy: LabPolicy, username: str, tier: str | None = None,
+                     user_overrides: Limits | dict | None = None) -> dict[str, LimitValue]:
+    """Module-level spelling of `LabPolicy.effective_limits`."""
+    return policy.effective_limits(username, tier, user_overrides)
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used; the message names the source, each field, its value and what is valid."""
+
+
+def describe_errors(err: ValidationError, limit: int = 10) -> list[str]:
+    lines = []
+    for problem in err.errors()[:limit]:
+        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        value = problem.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{message}{shown}" if where == "(top level)" else f"{where}: {message}{shown}")
+    return lines
+
+
+def load_policy(text: str, source: str = f"ConfigMap labkeeper-system/{POLICY_CONFIGMAP} key {POLICY_KEY}") -> LabPolicy:
+    """The policy in a ConfigMap's `policy.yaml`; an empty text is the built-in DS01 defaults."""
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{source} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source} must be a mapping of policy fields, not {type(data).__name__}")
+    try:
+        return LabPolicy.model_validate(data)
+    except ValidationError as err:
+        raise PolicyError(f"{source} is invalid: " + "; ".join(describe_errors(err))) from err
+
+
+def policy_configmap(policy: LabPolicy, namespace: str = "labkeeper-system") -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": POLICY_CONFIGMAP, "namespace": namespace},
+            "data": {POLICY_KEY: yaml.safe_dump(policy.to_yaml_dict(), sort_keys=False)}}

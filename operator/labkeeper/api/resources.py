@@ -5,17 +5,28 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
+from labkeeper.api.kinds import API_VERSION
 from labkeeper.api.names import (
     DNS_LABEL_PATTERN,
     ENV_NAME_PATTERN,
     RELATIVE_PATH_PATTERN,
     RESERVED_USERNAMES,
     USERNAME_PATTERN,
+    validate_username,
 )
-from labkeeper.api.units import DURATION_PATTERN, QUANTITY_PATTERN
+from labkeeper.api.units import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
 
 
 def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict:
@@ -36,6 +47,24 @@ class Model(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
+    @model_validator(mode="after")
+    def _unique_entries(self) -> Model:
+        # the API server enforces x-kubernetes-list-type set/map; this says the same offline
+        for name, field in type(self).model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            list_type = extra.get("x-kubernetes-list-type")
+            values = getattr(self, name)
+            if not values or list_type not in ("set", "map"):
+                continue
+            keys = [getattr(v, k) for v in values for k in extra["x-kubernetes-list-map-keys"]] \
+                if list_type == "map" else list(values)
+            seen: set = set()
+            for index, key in enumerate(keys):
+                if key in seen:
+                    raise ValueError(f"{to_camel(name)}[{index}]: duplicate entry {key!r}")
+                seen.add(key)
+        return self
+
 
 class Status(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
@@ -50,6 +79,20 @@ MAX_RUNTIME_CEILING = "720h"
 KEEP_ALIVE_CEILING = "168h"
 
 
+def _within(floor: str, ceiling: str):
+    def check(value: str) -> str:
+        if not parse_duration(floor) <= parse_duration(value) <= parse_duration(ceiling):
+            raise ValueError(f"{value!r} must be between {floor} and {ceiling} (no tier allows more)")
+        return value
+    return check
+
+
+def _positive(value: str | None) -> str | None:
+    if value is not None and parse_quantity(value) <= 0:
+        raise ValueError(f"{value!r} must be greater than zero")
+    return value
+
+
 def go_duration(ceiling: str, floor: str = "1m", what: str = "") -> Any:
     return Annotated[str, Field(
         pattern=GO_DURATION_PATTERN, max_length=24,
@@ -57,6 +100,7 @@ def go_duration(ceiling: str, floor: str = "1m", what: str = "") -> Any:
         json_schema_extra=validations(
             cel(f"duration(self) >= duration('{floor}') && duration(self) <= duration('{ceiling}')",
                 f"must be between {floor} and {ceiling} (no tier allows more)"))),
+        AfterValidator(_within(floor, ceiling)),
     ]
 
 
@@ -82,6 +126,7 @@ SshKey = Annotated[str, Field(
             r" [A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$",
     max_length=8192, description="an OpenSSH public key line: type, base64 key, optional comment")]
 
+PositiveQuantity = Annotated[str, AfterValidator(_positive)]
 POSITIVE_QUANTITY = cel("type(self) == int ? self > 0 : quantity(self).isGreaterThan(quantity('0'))",
                         "must be greater than zero")
 
@@ -103,8 +148,10 @@ class Limits(Model):
 
     max_gpu_equivalents: float | None = Field(default=None, ge=0, le=64,
                                               description="weighted GPU equivalents in use at once")
-    cpu: Annotated[Quantity | None, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = None
-    memory: Annotated[Quantity | None, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = None
+    cpu: Annotated[Quantity | None, AfterValidator(_positive),
+                   Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = None
+    memory: Annotated[Quantity | None, AfterValidator(_positive),
+                      Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = None
     max_workspaces: int | None = Field(default=None, ge=0, le=50, description="running workspaces at once")
     idle_timeout: Duration | None = None
     max_runtime: Duration | None = None
@@ -143,6 +190,12 @@ class SizeAlerts(Model):
     warn_percent: int = Field(default=80, ge=1, le=100)
     critical_percent: int = Field(default=95, ge=1, le=100)
     size_limit: Quantity | None = Field(default=None, description="alerts are fractions of this size")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SizeAlerts:
+        if self.warn_percent >= self.critical_percent:
+            raise ValueError(f"warnPercent {self.warn_percent} must be below criticalPercent {self.critical_percent}")
+        return self
 
 
 class NodeState(Status):
@@ -197,10 +250,36 @@ class GPUUserStatus(Status):
     observed_generation: int | None = None
 
 
+class Resource(Model):
+    """A whole object as `kubectl apply` sends it: apiVersion, kind, metadata, spec, status."""
+
+    api_version: Literal["labkeeper.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            kind = data.get("kind", cls.__name__)
+            if kind != cls.__name__:
+                raise ValueError(f"kind {kind!r} is not {cls.__name__}")
+            data = {**data, "kind": cls.__name__}
+        return data
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    def manifest(self) -> dict:
+        """The object as YAML/JSON for kubectl or server-side apply: camelCase, no status, no unset fields."""
+        return self.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"status"})
+
+
 RESERVED_RULE = "[" + ", ".join(f"'{n}'" for n in sorted(RESERVED_USERNAMES)) + "]"
 
 
-class GPUUser(Model):
+class GPUUser(Resource):
     model_config = ConfigDict(json_schema_extra=validations(
         cel(f"self.metadata.name.matches('{USERNAME_PATTERN}')",
             "metadata.name is the Linux username: a lowercase letter first, then lowercase letters, digits or '-', "
@@ -211,6 +290,12 @@ class GPUUser(Model):
     ))
     spec: GPUUserSpec = Field(default_factory=GPUUserSpec)
     status: GPUUserStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _username(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        validate_username(metadata.get("name", ""))
+        return metadata
 
 
 # ---- SharedCache / ModelStore -----------------------------------------------------------------------
@@ -251,7 +336,7 @@ class TreeStatus(Status):
     observed_generation: int | None = None
 
 
-class SharedCache(Model):
+class SharedCache(Resource):
     spec: SharedCacheSpec
     status: TreeStatus | None = None
 
@@ -265,7 +350,7 @@ class ModelStoreSpec(Model):
     size_alert: Quantity | None = None
 
 
-class ModelStore(Model):
+class ModelStore(Resource):
     spec: ModelStoreSpec
     status: TreeStatus | None = None
 
@@ -279,6 +364,12 @@ class GpuRequest(Model):
     profile: GpuProfile = "none"
     count: int = Field(default=1, ge=1, le=8)
 
+    @model_validator(mode="after")
+    def _count_needs_a_profile(self) -> GpuRequest:
+        if self.profile == "none" and self.count != 1:
+            raise ValueError(f"count {self.count} needs a GPU profile; with profile none, count must be 1")
+        return self
+
 
 class WorkspaceSpec(Model):
     model_config = ConfigDict(json_schema_extra=validations(
@@ -288,8 +379,9 @@ class WorkspaceSpec(Model):
     command: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
     args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
     gpu: GpuRequest = Field(default_factory=GpuRequest, json_schema_extra={"default": {"profile": "none", "count": 1}})
-    cpu: Annotated[Quantity, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = "1"
-    memory: Annotated[Quantity, Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = "2Gi"
+    cpu: Annotated[Quantity, AfterValidator(_positive), Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = "1"
+    memory: Annotated[Quantity, AfterValidator(_positive),
+                      Field(json_schema_extra=validations(POSITIVE_QUANTITY))] = "2Gi"
     state: Literal["Running", "Stopped"] = "Running"
     caches: list[DnsName] | None = Field(default=None, max_length=32, json_schema_extra={"x-kubernetes-list-type": "set"},
                                          description="SharedCaches to mount; absent: all")
@@ -306,6 +398,13 @@ class WorkspaceSpec(Model):
                             "after its last activity, capped by the policy's keepAliveMax; ") | None = None
     keep_alive_until: dt.datetime | None = Field(
         default=None, description="postpone idle culling until this time; the operator caps it at keepAliveMax")
+
+    @model_validator(mode="after")
+    def _idle_within_runtime(self) -> WorkspaceSpec:
+        if self.idle_timeout and self.max_runtime and \
+                parse_duration(self.idle_timeout) > parse_duration(self.max_runtime):
+            raise ValueError(f"idleTimeout {self.idle_timeout} must not be longer than maxRuntime {self.max_runtime}")
+        return self
 
 
 class WorkspaceWarning(Status):
@@ -340,10 +439,17 @@ class WorkspaceStatus(Status):
     observed_generation: int | None = None
 
 
-class Workspace(Model):
+class Workspace(Resource):
     model_config = ConfigDict(json_schema_extra=validations(
         cel("self.metadata.name.size() <= 60", "metadata.name must be at most 60 characters (the pod adds 'ws-')",
             ),
     ))
     spec: WorkspaceSpec
     status: WorkspaceStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _short_name(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if len(str(metadata.get("name", ""))) > 60:
+            raise ValueError("metadata.name must be at most 60 characters (the pod adds 'ws-')")
+        return metadata
