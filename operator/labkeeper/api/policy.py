@@ -104,6 +104,12 @@ class Tier(Limits):
         return Limits.model_validate(self.model_dump(include=set(LIMIT_FIELDS)))
 
 
+class UserOverride(Limits):
+    """One person's limits in the policy's users section; `reason` records why (DS01 kept one too)."""
+
+    reason: str | None = Field(default=None, max_length=512)
+
+
 class Warnings(_Policy):
     idle: list[float] = Field(default_factory=lambda: [0.8, 0.95], max_length=8)
     runtime: list[float] = Field(default_factory=lambda: [0.75, 0.9], max_length=8)
@@ -176,7 +182,7 @@ DEFAULT_WEIGHTS = {"1g.10gb": 1 / 7, "1g.20gb": 1 / 7, "2g.20gb": 2 / 7, "3g.40g
 class LabPolicy(_Policy):
     defaults: FullLimits = Field(default_factory=FullLimits)
     tiers: dict[str, Tier] = Field(default_factory=lambda: {k: v.model_copy() for k, v in DEFAULT_TIERS.items()})
-    users: dict[str, Limits] = Field(default_factory=dict, description="per-user overrides, merged field by field")
+    users: dict[str, UserOverride] = Field(default_factory=dict, description="per-user overrides, merged field by field")
     default_tier: str = "student"
     gpu_weights: dict[str, Weight] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     hold_priority: int = Field(default=100000, ge=0, le=1000000000,

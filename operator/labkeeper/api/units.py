@@ -31,9 +31,8 @@ def parse_duration(text: str) -> dt.timedelta:
 
 
 def format_duration(delta: dt.timedelta) -> str:
+    """The shortest Go-style spelling (h, m or s), which CEL's duration() also reads: 72h, 30m, 90s."""
     seconds = int(delta.total_seconds())
-    if seconds and seconds % 86400 == 0:
-        return f"{seconds // 86400}d"
     if seconds and seconds % 3600 == 0:
         return f"{seconds // 3600}h"
     if seconds and seconds % 60 == 0:
