@@ -78,6 +78,10 @@ MATRIX = [
     ("watch", "pods", "own", True),
     ("get", "pods/log", "own", True),
     ("create", "pods/exec", "own", True),
+    ("create", "pods/portforward", "own", True),
+    ("create", "pods/eviction", "own", False),
+    ("patch", "workspaces.labkeeper.io/status", "own", False),
+    ("update", "pods/status", "own", False),
     ("list", "events", "own", True),
     ("create", "pods", "own", False),
     ("delete", "pods", "own", False),
@@ -109,7 +113,8 @@ MATRIX = [
                          ids=[f"{v}-{r}-{w or 'cluster'}" for v, r, w, _ in MATRIX])
 def test_alices_rights_are_exactly_her_own_workspaces(crds, alice_and_bob, verb, resource, where, allowed):
     namespace = {"own": "lab-alice", "bob": "lab-bob"}.get(where, where)
-    args = ["auth", "can-i", verb, resource]
+    resource, _, subresource = resource.partition("/")
+    args = ["auth", "can-i", verb, resource] + ([f"--subresource={subresource}"] if subresource else [])
     args += ["-n", namespace] if namespace else ["--all-namespaces"]
     result = crds.kubectl(*args, kubeconfig=alice_and_bob["alice"], check=False)
     assert result.stdout.strip() == ("yes" if allowed else "no"), (args, result.stdout, result.stderr)

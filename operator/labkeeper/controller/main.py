@@ -131,6 +131,11 @@ class Operator:
 
 
 def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs):
+        # a fresh registry has no login handlers; use the same kubeconfig/in-cluster config as our client
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def _startup(settings: kopf.OperatorSettings, **_):
         settings.persistence.finalizer = "labkeeper.io/kopf"
@@ -270,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     register(registry, operator)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        # one line per handled watch event is noise at lab scale
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     stop_flag = threading.Event()
     kopf.run(registry=registry, standalone=True, clusterwide=True, liveness_endpoint=args.liveness,
              stop_flag=stop_flag)

@@ -26,6 +26,7 @@ class UserEntitlement:
     tier: str
     access: render.Access
     limits: dict  # field → {"value", "source"}
+    allowed_images: tuple[str, ...] = ()
 
     def status_view(self) -> dict:
         return self.limits
@@ -100,9 +101,8 @@ class PolicyStore:
             allowed_profiles=tuple(values.get("allowedProfiles") or policy.gpu_weights.keys()),
             gpu_weights=dict(policy.gpu_weights),
         )
-        view = {name: {"value": str(item.value) if not isinstance(item.value, list) else ",".join(item.value),
-                       "source": item.source} for name, item in limits.items()}
-        return UserEntitlement(tier, grant, view)
+        view = {name: {"value": _text(item.value), "source": item.source} for name, item in limits.items()}
+        return UserEntitlement(tier, grant, view, tuple(values.get("allowedImages") or ()))
 
     def priority_classes(self) -> list[dict]:
         policy = self.current
@@ -125,3 +125,11 @@ class PolicyStore:
                 existing = None
             if existing is None or any(existing.get(k) != pc[k] for k in ("description",)):
                 self.kube.apply(pc)
+
+
+def _text(value) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

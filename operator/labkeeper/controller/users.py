@@ -71,19 +71,22 @@ class UserReconciler:
             self.credentials.revoke(name)
             access_ok, access_msg = False, f"user is {state}: access removed"
 
+        quota_ok, quota_msg = self._quota_enforced(name, entitlement)
+        if not quota_ok:
+            requeue = 1.0
         host_ok, host_msg = host_provisioned(status)
         host_ready = host_ok or not self.require_host
         if state == "Offboarded":
             phase = "Offboarded"
         elif state == "Suspended":
             phase = "Suspended"
-        elif access_ok and host_ready:
+        elif access_ok and host_ready and quota_ok:
             phase = "Ready"
         else:
             phase = "Provisioning"
         ready_reason = "Ready" if phase == "Ready" else ("Waiting" if phase == "Provisioning" else state)
         ready_msg = "user can log in and use the cluster" if phase == "Ready" else (
-            access_msg if not access_ok else host_msg)
+            access_msg if not access_ok else (quota_msg if not quota_ok else host_msg))
         desired = {
             "uid": uid,
             "gid": uid,
@@ -99,8 +102,9 @@ class UserReconciler:
                           conditions, now),
                 condition("AccessGranted", access_ok, "Granted" if access_ok else "NotGranted", access_msg,
                           conditions, now),
-                condition("QuotaApplied", True, "Applied",
-                          f"tier {entitlement.tier}: {entitlement.summary()}", conditions, now),
+                condition("QuotaApplied", quota_ok, "Applied" if quota_ok else "Waiting",
+                          f"tier {entitlement.tier}: {entitlement.summary()}" if quota_ok else quota_msg,
+                          conditions, now),
             ],
         }
         self._write_status(user, desired)
@@ -133,6 +137,17 @@ class UserReconciler:
         else:
             self.kube.delete("RoleBinding", binding["metadata"]["name"], binding["metadata"]["namespace"])
         self._applied[name] = fingerprint
+
+    def _quota_enforced(self, name: str, entitlement: UserEntitlement) -> tuple[bool, str]:
+        """The API refuses every create in the namespace until the quota controller has counted it."""
+        quota = self.kube.get("ResourceQuota", render.QUOTA_NAME, render.namespace_for(name))
+        want = render.resource_quota(entitlement.access)["spec"]["hard"]
+        qstatus = (quota or {}).get("status") or {}
+        counted = {k for k in (qstatus.get("hard") or {}) if k in (qstatus.get("used") or {})}
+        missing = sorted(k for k in want if k not in counted)
+        if missing:
+            return False, f"waiting for the quota controller to count {', '.join(missing[:3])}"
+        return True, ""
 
     def forget(self, name: str) -> None:
         self._applied.pop(name, None)

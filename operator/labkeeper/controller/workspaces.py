@@ -131,8 +131,7 @@ class WorkspaceReconciler:
         if request.profile != "none" and request.profile not in allowed:
             return (f"spec.gpu.profile {request.profile!r} is not allowed for tier {entitlement.tier}; "
                     f"allowed: {', '.join(allowed) or 'none'}")
-        tier = policy.tiers.get(entitlement.tier)
-        patterns = list(getattr(tier, "allowed_images", None) or [])
+        patterns = list(entitlement.allowed_images)
         image = spec.get("image", "")
         if patterns and not any(fnmatch.fnmatch(image, p) for p in patterns):
             return f"spec.image {image!r} is not allowed for tier {entitlement.tier}; allowed: {', '.join(patterns)}"

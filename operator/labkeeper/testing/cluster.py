@@ -52,6 +52,11 @@ class ClusterStartError(RuntimeError):
     pass
 
 
+class KubectlError(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        return f"{' '.join(self.cmd[2:])} failed (exit {self.returncode}): {self.stderr.strip()}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -286,7 +291,7 @@ class LocalCluster:
                 "--use-service-account-credentials=true", "--leader-elect=false",
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,"
                 "-attachdetach,-persistentvolume-expander,-ephemeral-volume,-pv-protection,-pvc-protection",
-                f"--service-cluster-ip-range={SERVICE_CIDR}", "--concurrent-gc-syncs=10",
+                f"--service-cluster-ip-range={SERVICE_CIDR}", "--concurrent-gc-syncs=10", "--resource-quota-sync-period=10s",
                 "--node-monitor-grace-period=40s", "--v=1",
             ],
         )
@@ -368,7 +373,7 @@ class LocalCluster:
         cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(result.returncode, cmd, result.stdout, result.stderr)
+            raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
         return result
 
     def user_kubeconfig(self, name: str, groups: Sequence[str] = ("labkeeper:users",)) -> Path:
