@@ -1,0 +1,285 @@
+"""`labkeeper agent --node NAME --host-root PATH --data-root PATH [--kubeconfig FILE]`.
+
+Plain watch streams, not kopf: every pass reconciles the whole host at once (profile.d, ACLs and the
+skeleton depend on all users, caches and stores together, and 100 users take ~0.1 s), so each watch
+only refreshes a cache and marks the host dirty; one worker coalesces the events into passes."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import Gauge, start_http_server
+
+from labkeeper.agent import cleanup, desired, disk
+from labkeeper.agent.recovery import Host, HostResult, reconcile_host
+from labkeeper.api.policy import LabPolicy
+from labkeeper.api.units import parse_duration, parse_quantity
+from labkeeper.kube.client import Kube, api_error_message, condition, is_conflict
+
+log = logging.getLogger("labkeeper.agent")
+DISK_RATIO = Gauge("labkeeper_disk_used_ratio", "used fraction of the data filesystem or of a tree's limit",
+                   ["node", "scope", "name"])
+GROUP, VERSION = "labkeeper.io", "v1alpha1"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Watched:
+    """One resource's objects by name, kept current by a list+watch loop in a daemon thread."""
+
+    def __init__(self, list_call: Callable, args: tuple, dirty: threading.Event, selector: str | None = None) -> None:
+        self.list_call, self.args, self.dirty = list_call, args, dirty
+        self.kwargs = {"label_selector": selector} if selector else {}
+        self.objects: dict[str, dict] = {}
+        self.synced = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                listing = self.list_call(*self.args, _preload_content=False, **self.kwargs)
+
+                body = json.loads(listing.data)
+                with self.lock:
+                    self.objects = {o["metadata"]["name"]: o for o in body.get("items", [])}
+                self.synced.set()
+                self.dirty.set()
+                stream = watch.Watch()
+                for event in stream.stream(self.list_call, *self.args, **self.kwargs,
+                                           resource_version=body["metadata"]["resourceVersion"], timeout_seconds=300):
+                    obj = event["raw_object"]
+                    with self.lock:
+                        if event["type"] == "DELETED":
+                            self.objects.pop(obj["metadata"]["name"], None)
+                        elif event["type"] in ("ADDED", "MODIFIED"):
+                            self.objects[obj["metadata"]["name"]] = obj
+                    self.dirty.set()
+                    if stop.is_set():
+                        return
+            except Exception as err:  # a broken stream is relisted, never fatal
+                log.warning("watch %s: %s; relisting", self.args, err)
+                time.sleep(1)
+
+    def items(self) -> list[dict]:
+        with self.lock:
+            return list(self.objects.values())
+
+
+class Agent:
+    def __init__(self, kube: Kube, host: Host, node: str, system_namespace: str, *,
+                 selector: str | None = None, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.kube, self.host, self.node, self.ns, self.clock = kube, host, node, system_namespace, clock
+        self.finalizer = desired.finalizer(node)
+        self.dirty = threading.Event()
+        self.stop = threading.Event()
+        self.scanner = disk.DiskScanner(host.data_fd)
+        custom = k8s.CustomObjectsApi(kube.api)
+        core = k8s.CoreV1Api(kube.api)
+        self.users = Watched(custom.list_cluster_custom_object, (GROUP, VERSION, "gpuusers"), self.dirty,
+                             selector)
+        self.caches = Watched(custom.list_cluster_custom_object, (GROUP, VERSION, "sharedcaches"), self.dirty,
+                             selector)
+        self.stores = Watched(custom.list_cluster_custom_object, (GROUP, VERSION, "modelstores"), self.dirty,
+                             selector)
+        self.secrets = Watched(core.list_namespaced_secret, (system_namespace,), self.dirty)
+        self.configmaps = Watched(core.list_namespaced_config_map, (system_namespace,), self.dirty)
+        self.last_events: dict[tuple[str, str], str] = {}
+        self.last_result: HostResult | None = None
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def lab_gid(self) -> int:
+        body = self.configmaps.objects.get("labkeeper-policy") or {}
+        try:
+            return LabPolicy.model_validate(yaml.safe_load((body.get("data") or {}).get("policy.yaml", "")) or {}).lab_users_gid
+        except Exception:
+            return LabPolicy().lab_users_gid
+
+    def kubeconfigs(self) -> dict[str, bytes]:
+        out = {}
+        for name, secret in list(self.secrets.objects.items()):
+            if name.startswith("kubeconfig-"):
+                config = desired.kubeconfig_from_secret(secret)
+                if config:
+                    out[name.removeprefix("kubeconfig-")] = config
+        return out
+
+    # ---- one pass -----------------------------------------------------------------------------
+    def reconcile(self) -> HostResult:
+        users, caches, stores = self.users.items(), self.caches.items(), self.stores.items()
+        want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid())
+        started = time.monotonic()
+        result = reconcile_host(self.host, want.lab, want.departures, self.clock().date())
+        self.last_result = result
+        if result.report.done or result.report.failed:
+            log.info("pass in %.3fs: did %s; failed %s", time.monotonic() - started, result.report.done,
+                     result.report.failed)
+        self.scanner.set_targets([f"users/{u.name}" for u in want.lab.users] + [t.path for t in want.lab.trees])
+        for user in users:
+            self._user_status(user, want, result)
+        fs = disk.filesystem_usage(self.host.data_fd)
+        DISK_RATIO.labels(self.node, "filesystem", "data").set(fs.ratio)
+        for kind, objs in (("SharedCache", caches), ("ModelStore", stores)):
+            for obj in objs:
+                self._tree_status(kind, obj, want, result, fs)
+        return result
+
+    def _user_status(self, user: dict, want: desired.Desired, result: HostResult) -> None:
+        meta, spec = user["metadata"], user.get("spec") or {}
+        name = meta["name"]
+        finalizers = meta.get("finalizers") or []
+        if meta.get("deletionTimestamp"):
+            if self.finalizer in finalizers and name not in result.report.problems:
+                self._event(user, "Offboarded", f"{self.node}: account removed, data policy {spec.get('dataPolicy', 'Keep')} applied")
+                self._patch(user, {"metadata": {"finalizers": [f for f in finalizers if f != self.finalizer],
+                                                "resourceVersion": meta["resourceVersion"]}})
+            return
+        if self.finalizer not in finalizers:
+            self._patch(user, {"metadata": {"finalizers": [*finalizers, self.finalizer],
+                                            "resourceVersion": meta["resourceVersion"]}})
+        state, message = desired.user_node_state(name, want, result, spec.get("state", "Active"))
+        if spec.get("state") == "Offboarded":
+            state, message = "Offboarded", f"account removed; data policy {spec.get('dataPolicy', 'Keep')}"
+        entry = {"node": self.node, "state": state, "message": message[:1000]}
+        size = self.scanner.get(f"users/{name}")
+        if size is not None:
+            entry["homeBytes"] = size
+        self._event(user, f"Host{state}", f"{self.node}: {message}", warning=state == "Failed")
+        nodes = desired.merged_nodes((user.get("status") or {}).get("nodes") or [], self.node, entry, self.clock())
+        if nodes is not None:
+            self._patch(user, {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": {"nodes": nodes}},
+                        status=True)
+
+    def _tree_status(self, kind: str, obj: dict, want: desired.Desired, result: HostResult,
+                     fs: disk.FilesystemUsage) -> None:
+        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+        subject = f"{'cache' if kind == 'SharedCache' else 'models'}/{meta['name']}"
+        problems = [want.invalid.get(f"{kind}/{meta['name']}"), *result.report.problems.get(subject, [])]
+        problems = [p for p in problems if p]
+        acl_ok = not any("no ACL support" in p for p in problems)
+        size = self.scanner.get(spec.get("path", ""))
+        alerts = spec.get("alerts") or {}
+        limit_text = alerts.get("sizeLimit") if kind == "SharedCache" else spec.get("sizeAlert")
+        limit = int(parse_quantity(limit_text)) if limit_text else None
+        warn, crit = alerts.get("warnPercent", 80) / 100, alerts.get("criticalPercent", 95) / 100
+        level = disk.alert_level(size or 0, limit, warn, crit)
+        fs_level = disk.alert_level(fs.used, fs.total)
+        if limit and size is not None:
+            DISK_RATIO.labels(self.node, kind, meta["name"]).set(size / limit)
+        desired_status: dict = {"phase": "Failed" if problems and acl_ok else "Ready",
+                                "observedGeneration": meta.get("generation")}
+        if size is not None:
+            desired_status["sizeBytes"] = size
+        old = status.get("conditions") or []
+        now = self.clock()
+        desired_status["conditions"] = [
+            condition("Ready", not problems or not acl_ok, "Provisioned" if not problems else "Problem",
+                      "; ".join(problems) or f"{result.tree_paths.get(subject, '')} in place on {self.node}", old, now),
+            condition("AclSupported", acl_ok, "Acl" if acl_ok else "SetgidFallback",
+                      "access and default ACLs set" if acl_ok else "no ACL support: setgid 2775 and umask 002 only",
+                      old, now),
+            condition("DiskAlert", level != "OK" or fs_level != "OK", level if level != "OK" else fs_level,
+                      f"{size or 0} of {limit} bytes; data filesystem {fs.ratio:.0%} full", old, now),
+        ]
+        if level != "OK" or fs_level != "OK":
+            self._event(obj, "DiskAlert", f"{kind} {meta['name']}: {level} of its limit, data filesystem "
+                                          f"{fs.ratio:.0%} full", warning=True)
+        if kind == "SharedCache":
+            cleaned = self._maybe_clean(obj, spec, status, now)
+            if cleaned is not None:
+                desired_status["lastCleanup"] = cleaned
+        self.kube.patch_status(kind, obj, desired_status)
+
+    def _maybe_clean(self, obj: dict, spec: dict, status: dict, now: dt.datetime) -> dict | None:
+        policy = spec.get("cleanup") or {}
+        last = status.get("lastCleanup") or {}
+        request = (obj["metadata"].get("annotations") or {}).get(desired.CLEAN_ANNOTATION)
+        due = False
+        if request and request != last.get("request"):
+            due = True
+        elif policy.get("schedule") and (policy.get("maxAge") or policy.get("maxSize")):
+            last_time = dt.datetime.fromisoformat(last["time"].replace("Z", "+00:00")) if last.get("time") else None
+            due = last_time is None or now - last_time >= parse_duration(policy["schedule"])
+        if not due:
+            return None
+        max_age = parse_duration(policy["maxAge"]) if policy.get("maxAge") else None
+        max_size = int(parse_quantity(policy["maxSize"])) if policy.get("maxSize") else None
+        try:
+            freed = cleanup.clean(self.host.data_fd, spec["path"], now, max_age, max_size)
+        except OSError as err:
+            return {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "freedBytes": 0, "removedFiles": 0,
+                    "reason": f"failed: {err}", "request": request or last.get("request")}
+        self._event(obj, "CacheCleaned", f"freed {freed.bytes} bytes in {freed.files} files: {freed.reason}")
+        return {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "freedBytes": freed.bytes, "removedFiles": freed.files,
+                "reason": freed.reason, "request": request or last.get("request")}
+
+    # ---- writes -------------------------------------------------------------------------------
+    def _patch(self, obj: dict, body: dict, *, status: bool = False) -> None:
+        try:
+            self.kube.patch(obj["kind"], obj["metadata"]["name"], body, subresource="status" if status else None)
+        except ApiException as err:
+            if is_conflict(err):
+                self.dirty.set()  # someone wrote first; the next pass sees their version
+            elif err.status != 404:
+                log.warning("patch %s %s: %s", obj["kind"], obj["metadata"]["name"], api_error_message(err))
+
+    def _event(self, obj: dict, reason: str, message: str, *, warning: bool = False) -> None:
+        key = (f"{obj['kind']}/{obj['metadata']['name']}", reason.split("/")[0])
+        if self.last_events.get(key) == message:
+            return
+        self.last_events[key] = message
+        self.kube.event(obj, reason, message, type_="Warning" if warning else "Normal", component="labkeeper-agent")
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def run(self, resync: float = 60.0) -> None:
+        for watched in (self.users, self.caches, self.stores, self.secrets, self.configmaps):
+            threading.Thread(target=watched.run, args=(self.stop,), daemon=True).start()
+        for watched in (self.users, self.caches, self.stores, self.secrets, self.configmaps):
+            watched.synced.wait()  # recovery: nothing is done before the whole API has been read once
+        self.scanner.start()
+        while not self.stop.is_set():
+            self.dirty.wait(resync)
+            self.dirty.clear()
+            time.sleep(0.05)  # coalesce a burst of events into one pass
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("pass failed; retrying")
+                self.dirty.wait(2)
+                self.dirty.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labkeeper agent", description=__doc__)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--host-root", type=Path, default=Path("/"))
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--host-data-root", help="the data root's path as users see it (default: derived)")
+    parser.add_argument("--kubeconfig")
+    parser.add_argument("--system-namespace", default="labkeeper-system")
+    parser.add_argument("--resync", type=float, default=60.0)
+    parser.add_argument("--metrics-port", type=int, default=0)
+    parser.add_argument("--selector", help="label selector: only GPUUsers, caches and stores that match (tests, staged rollouts)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    kube = Kube.from_kubeconfig(args.kubeconfig)
+    host = Host(args.host_root, args.data_root, args.host_data_root)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    agent = Agent(kube, host, args.node, args.system_namespace, selector=args.selector)
+    with contextlib.suppress(KeyboardInterrupt):
+        agent.run(args.resync)
+    return 0

@@ -1,0 +1,114 @@
+"""The agent against the real API server: a GPUUser with its uid becomes an account and a home, the
+node reports Provisioned, a SIGKILL plus a wiped /etc and /home comes back, deletion archives the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkeeper.testing.cluster import REPO_ROOT
+from labkeeper.testing.processes import wait_for
+
+pytestmark = pytest.mark.integration
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHlabkeeperExampleKeyForAliceOnlyNotReal0000 alice@laptop"
+
+
+def seed_etc(root: Path) -> None:
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (root / "etc/gshadow").write_text("root:*::\n")
+
+
+class AgentProcess:
+    def __init__(self, cluster, host_root: Path, node: str, selector: str) -> None:
+        self.args = [sys.executable, "-m", "labkeeper", "agent", "--node", node, "--host-root", str(host_root),
+                     "--data-root", str(host_root / "data"), "--kubeconfig", str(cluster.kubeconfig),
+                     "--selector", selector, "--resync", "5"]
+        self.log = host_root.parent / "agent.log"
+        self.proc = None
+
+    def start(self):
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def agent_host(tmp_path, crds, system_namespace, unique):
+    if os.geteuid() != 0:
+        pytest.skip("the agent provisions accounts under a temporary host root as root")
+    root = tmp_path / "host"
+    (root / "data").mkdir(parents=True)
+    seed_etc(root)
+    agent = AgentProcess(crds, root, f"node-{unique}", f"labkeeper.io/test-agent={unique}")
+    yield root, agent
+    agent.kill()
+
+
+def get(cluster, kind, name) -> dict | None:
+    out = cluster.kubectl("get", kind, name, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def node_entry(cluster, name, node) -> dict:
+    status = (get(cluster, "gpuuser", name) or {}).get("status") or {}
+    return next((n for n in status.get("nodes") or [] if n["node"] == node), {})
+
+
+def test_gpuuser_to_account_report_reboot_and_archive(crds, agent_host, unique):
+    root, agent = agent_host
+    name, node, label = f"al{unique}", f"node-{unique}", {"labkeeper.io/test-agent": unique}
+    user = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "GPUUser",
+            "metadata": {"name": name, "labels": label},
+            "spec": {"displayName": "Alice", "sshKeys": [KEY], "dataPolicy": "Archive"}}
+    cache = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "SharedCache",
+             "metadata": {"name": f"pip-{unique}", "labels": label},
+             "spec": {"type": "pip", "path": f"cache/pip-{unique}", "env": [{"name": "PIP_CACHE_DIR", "value": "$(PATH)"}]}}
+    crds.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [user, cache]}))
+    agent.start()
+
+    wait_for(lambda: node_entry(crds, name, node).get("state") == "Waiting", timeout=30, what="Waiting reported")
+    assert not (root / "data/users" / name).exists(), "no account before the operator allocates a uid"
+    crds.kubectl("patch", "gpuuser", name, "--subresource=status", "--type=merge",
+                 "-p", json.dumps({"status": {"uid": 31001, "gid": 31001}}))
+    wait_for(lambda: node_entry(crds, name, node).get("state") == "Provisioned", timeout=30, what="Provisioned")
+    assert f"{name}:x:31001:31001:" in (root / "etc/passwd").read_text()
+    assert os.readlink(root / "home" / name) == f"/data/users/{name}"
+    assert KEY in (root / "data/users" / name / ".ssh/authorized_keys").read_text()
+    assert f"labkeeper.io/agent-{node}" in get(crds, "gpuuser", name)["metadata"]["finalizers"]
+    assert f"PIP_CACHE_DIR=/data/cache/pip-{unique}" in (root / "etc/profile.d/labkeeper.sh").read_text()
+    wait_for(lambda: (get(crds, "sharedcache", f"pip-{unique}").get("status") or {}).get("phase") == "Ready",
+             timeout=30, what="cache Ready")
+    (root / "data/users" / name / "thesis.tex").write_text("chapter 1")
+
+    agent.kill()
+    import shutil
+    shutil.rmtree(root / "etc")
+    shutil.rmtree(root / "home")
+    seed_etc(root)
+    agent.start()
+    wait_for(lambda: (root / "home" / name).is_symlink() and f"{name}:x:31001" in (root / "etc/passwd").read_text(),
+             timeout=30, what="recovery after the wipe")
+    assert (root / "data/users" / name / "thesis.tex").read_text() == "chapter 1"
+
+    crds.kubectl("delete", "gpuuser", name, "--wait=false")
+    wait_for(lambda: get(crds, "gpuuser", name) is None, timeout=30, what="the agent's finalizer released")
+    archives = list((root / "data/archive").glob(f"{name}-*.tar.gz"))
+    assert len(archives) == 1
+    assert not (root / "data/users" / name).exists()
+    assert f"{name}:" not in (root / "etc/passwd").read_text()
+    crds.kubectl("delete", "sharedcache", f"pip-{unique}", "--wait=false")
