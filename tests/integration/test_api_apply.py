@@ -119,3 +119,16 @@ def test_a_pinned_uid_may_be_set_later_but_not_changed(api):
     user["spec"]["uid"] = 31000
     api.kubectl("apply", "-f", "-", input=json.dumps(user))
     api.kubectl("delete", "gpuuser", "late-pin")
+
+
+def test_status_is_a_subresource_so_a_spec_apply_cannot_set_it(api):
+    user = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "GPUUser", "metadata": {"name": "no-self-promotion"},
+            "spec": {"tier": "student"}, "status": {"phase": "Ready", "uid": 0}}
+    api.kubectl("apply", "-f", "-", input=json.dumps(user))
+    stored = json.loads(api.kubectl("get", "gpuuser", "no-self-promotion", "-o", "json").stdout)
+    assert "status" not in stored or "phase" not in stored["status"]
+    api.kubectl("patch", "gpuuser", "no-self-promotion", "--subresource=status", "--type=merge",
+                "-p", '{"status":{"phase":"Ready","observedGeneration":1}}')
+    stored = json.loads(api.kubectl("get", "gpuuser", "no-self-promotion", "-o", "json").stdout)
+    assert stored["status"]["phase"] == "Ready"
+    api.kubectl("delete", "gpuuser", "no-self-promotion")

@@ -184,7 +184,8 @@ class LabPolicy(_Policy):
     tiers: dict[str, Tier] = Field(default_factory=lambda: {k: v.model_copy() for k, v in DEFAULT_TIERS.items()})
     users: dict[str, UserOverride] = Field(default_factory=dict, description="per-user overrides, merged field by field")
     default_tier: str = "student"
-    gpu_weights: dict[str, Weight] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    gpu_weights: dict[str, Weight] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS),
+                                          json_schema_extra={"propertyNames": {"enum": list(GPU_PROFILES)}})
     hold_priority: int = Field(default=100000, ge=0, le=1000000000,
                                description="PriorityClass value of a GPU held after stop; above every tier")
     gpu_hold_after_stop: Duration = dt.timedelta(minutes=15)
@@ -245,6 +246,22 @@ class LabPolicy(_Policy):
     @property
     def termination_grace(self) -> dt.timedelta:
         return self.termination_grace_period
+
+    @property
+    def sample_interval(self) -> dt.timedelta:
+        return self.activity.sample_interval
+
+    @property
+    def report_interval(self) -> dt.timedelta:
+        return self.activity.report_interval
+
+    @property
+    def check_interval(self) -> dt.timedelta:
+        return self.activity.check_interval
+
+    def priority_class_name(self, tier: str) -> str:
+        chosen = self.tiers.get(tier)
+        return (chosen.priority_class_name if chosen else None) or f"labkeeper-{tier}"
 
     def effective_limits(self, username: str, tier: str | None = None,
                          user_overrides: Limits | dict | None = None) -> dict[str, LimitValue]:
