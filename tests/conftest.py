@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labkeeper.testing.cluster import LocalCluster, NodeSpec
+from labkeeper.testing.cluster import NVIDIA_RUNTIME_CLASS, LocalCluster, NodeSpec
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
     workdir = tmp_path_factory.mktemp("cluster")
-    local = LocalCluster(workdir, SESSION_NODES)
+    local = LocalCluster(workdir, SESSION_NODES, preload=[REPO_ROOT / "crds"])
     local.start()
     print(f"\nlocal control plane started in {local.startup_seconds:.1f}s at {local.server}")
     try:
@@ -46,6 +47,7 @@ def crds(cluster: LocalCluster) -> LocalCluster:
     """The generated CRDs, installed and established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(NVIDIA_RUNTIME_CLASS))
     return cluster
 
 

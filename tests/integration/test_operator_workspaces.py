@@ -25,7 +25,7 @@ def module_policy() -> dict:
     policy["gpuHoldAfterStop"] = f"{HOLD}s"
     policy["stoppedRetention"] = "0s"
     for tier in policy["tiers"].values():
-        tier.setdefault("limits", {})["maxGpuEquivalents"] = 4
+        tier["maxGpuEquivalents"] = 4
         tier["allowedProfiles"] = ["1g.10gb", "2g.20gb", "3g.40gb", "7g.80gb", "full"]
     policy["tiers"]["student"]["preempt"] = False
     policy["tiers"]["faculty"]["preempt"] = True

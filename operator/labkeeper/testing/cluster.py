@@ -32,6 +32,10 @@ FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CIDR = "10.96.0.0/16"
 
 # MIG "mixed" strategy resource names, as the NVIDIA device plugin advertises them.
+# what k3s with the NVIDIA container toolkit provides; kwok ignores the handler
+NVIDIA_RUNTIME_CLASS = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"},
+                        "handler": "nvidia"}
+
 NODE_PROFILES: dict[str, dict[str, str]] = {
     # one H100 80GB in the all-balanced layout: 2 x 1g.10gb + 1 x 2g.20gb + 1 x 3g.40gb
     "h100-balanced": {
@@ -133,6 +137,7 @@ class LocalCluster:
         *,
         bin_dir: Path | None = None,
         detach: bool = False,
+        preload: Sequence[Path] = (),
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="labkeeper-cluster-"))
@@ -142,6 +147,9 @@ class LocalCluster:
         self.nodes = list(nodes)
         self.bin_dir = bin_dir
         self.detach = detach
+        # manifests applied before the controllers start, so their discovery (e.g. quota counting
+        # of custom resources) sees them from the first sync
+        self.preload = list(preload)
         self.processes: list[_Process] = []
         self.ca = CertificateAuthority()
         self.server = ""
@@ -163,6 +171,8 @@ class LocalCluster:
             self._start_etcd()
             self._start_apiserver()
             self._wait_ready(timeout)
+            for path in self.preload:
+                self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
             self._start_controllers()
             self.create_nodes(self.nodes)
             self.wait_nodes_ready(timeout)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from labkeeper.testing.cluster import REPO_ROOT, LocalCluster, NodeSpec
+from labkeeper.testing.cluster import NVIDIA_RUNTIME_CLASS, REPO_ROOT, LocalCluster, NodeSpec
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, OperatorProcess, wait_for
 
 API_VERSION = "labkeeper.io/v1alpha1"
@@ -48,7 +48,7 @@ class Lab:
     def __init__(self, nodes: Sequence[NodeSpec], policy: dict | None = None, workdir: Path | None = None,
                  operator_args: Sequence[str] = ()) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="labkeeper-lab-"))
-        self.cluster = LocalCluster(self.workdir / "cluster", nodes)
+        self.cluster = LocalCluster(self.workdir / "cluster", nodes, preload=[REPO_ROOT / "crds"])
         self.policy = copy.deepcopy(policy) if policy is not None else example_policy()
         self.operator_args = ["--no-require-host", "--data-root", "/data", "--lease-duration", "3", *operator_args]
         self.operator: OperatorProcess | None = None
@@ -61,8 +61,8 @@ class Lab:
 
     def start(self) -> Lab:
         self.cluster.start()
-        self.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        self.apply(NVIDIA_RUNTIME_CLASS)
         self.kubectl("create", "namespace", SYSTEM_NAMESPACE)
         self.set_policy(self.policy)
         logdir = self.workdir / "operator"
