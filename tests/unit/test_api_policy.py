@@ -109,7 +109,7 @@ def test_allowed_profiles_and_images_come_from_the_tier():
     ("gpuWeights: {9g.90gb: 1}\n", "unknown profile '9g.90gb'; valid: 1g.10gb"),
     ("gpuWeights: {full: 0}\n", "gpuWeights.full = 0.0 must be above 0"),
     ("holdPriority: 5\n", "holdPriority 5 must be above tier"),
-    ("labUsersGid: 25000\n", "labUsersGid 25000 lies inside uidRange 20000-59999"),
+    ("labUsersGid: 25000\n", "labUsersGid 25000 lies inside uidRange 20000-29999"),
     ("keepAliveMax: 200h\n", "keepAliveMax 200h is above the Workspace CRD's ceiling of 168h"),
     ("warnings: {idle: [80]}\n", "warning point 80.0 must be a fraction between 0 and 1"),
     ("uidRange: {start: 30000, end: 29999}\n", "uidRange.end 29999 is below uidRange.start 30000"),

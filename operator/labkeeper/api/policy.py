@@ -137,7 +137,7 @@ class Activity(_Policy):
 
 class UidRange(_Policy):
     start: int = Field(default=20000, ge=1000)
-    end: int = Field(default=59999, le=2147483647)
+    end: int = Field(default=29999, le=2147483647)
 
     @model_validator(mode="after")
     def _ordered(self) -> UidRange:
