@@ -92,7 +92,10 @@ def test_alices_example_workspace_runs_with_her_uid_home_caches_models_and_mig_s
     caches = [m for p, m in mounts.items() if "/cache/" in p]
     models = [m for p, m in mounts.items() if "/models/" in p]
     assert len(caches) == 5 and all(not m.get("readOnly") for m in caches)
-    assert len(models) == 4 and all(m.get("readOnly") for m in models)
+    assert len(models) == 4
+    # alice is a writer of the huggingface store (examples/models.yaml): read-write there, read-only elsewhere
+    assert not mounts["/data/models/huggingface"].get("readOnly")
+    assert all(m.get("readOnly") for p, m in mounts.items() if "/models/" in p and "huggingface" not in p)
     lab.kubectl("delete", "workspace", name, "-n", "lab-alice")
     delete_all_workspaces(lab)
 

@@ -420,6 +420,7 @@ class WorkspaceStatus(Status):
     reason: str | None = None
     message: str | None = None
     pod_name: str | None = None
+    pod_uid: str | None = Field(default=None, alias="podUID")
     node: str | None = None
     devices: list[str] = Field(default_factory=list)
     gpu_equivalents: float | None = None

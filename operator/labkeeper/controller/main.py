@@ -22,7 +22,7 @@ from labkeeper.controller.leader import LeaderLease
 from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
 from labkeeper.controller.uids import UidLedger, UidRange
 from labkeeper.controller.users import UserReconciler
-from labkeeper.controller.workspaces import WorkspaceReconciler
+from labkeeper.controller.workspaces import WorkspaceReconciler, clear_stale_handovers
 from labkeeper.kube.client import Kube
 
 log = logging.getLogger("labkeeper.operator")
@@ -143,6 +143,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         settings.watching.client_timeout = 330
         settings.posting.level = logging.WARNING
         await asyncio.to_thread(operator.policy.apply_priority_classes)
+        await asyncio.to_thread(clear_stale_handovers, operator.kube)
 
     @kopf.on.event(GROUP, VERSION, "gpuusers", registry=registry)
     async def _user_event(event: dict, body: kopf.Body, name: str, **_):

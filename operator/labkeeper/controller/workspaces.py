@@ -18,7 +18,7 @@ from labkeeper.controller.enforcement import enforcement_clock, status_message
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, api_error_message, condition, is_conflict, owner_reference
 from labkeeper.render import pod as render_pod
-from labkeeper.render.access import HOLD_PRIORITY_CLASS, priority_class_for
+from labkeeper.render.access import priority_class_for
 
 FAILED_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                           "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
@@ -106,15 +106,19 @@ class WorkspaceReconciler:
             return self._set(ws, desired, "Pending", "NotEntitled", problem, now)
 
         if pod is None or pod["metadata"].get("deletionTimestamp"):
-            if pod is not None:
-                return self._set(ws, desired, "Stopping", "PodTerminating", "previous pod is terminating", now,
-                                 requeue=1.0)
-            if lost_pod is not None and _was_preempted(lost_pod):
+            last_uid = (ws.get("status") or {}).get("podUID")
+            gone = pod or lost_pod or ({"metadata": {"uid": last_uid, "namespace": namespace}} if last_uid else None)
+            if gone is not None and (ws.get("status") or {}).get("reason") != "PreemptedByScheduler" \
+                    and self._preempted(gone):
                 self.kube.event(ws, "Preempted", "a higher-priority workspace took this workspace's GPU; "
                                 "it waits for a free device", type_="Warning")
+                desired["podUID"] = None
                 return self._set(ws, desired, "Preempted", "PreemptedByScheduler",
                                  "a higher-priority workspace took the GPU; waiting to start again", now,
                                  requeue=0.5)
+            if pod is not None:
+                return self._set(ws, desired, "Stopping", "PodTerminating", "previous pod is terminating", now,
+                                 requeue=1.0)
             max_runtime = _within(spec.get("maxRuntime"), entitlement.limits.get("maxRuntime", {}).get("value"))
             if max_runtime is not None and desired["runtimeSeconds"] >= max_runtime.total_seconds():
                 # a restart must not reset the runtime clock
@@ -167,20 +171,32 @@ class WorkspaceReconciler:
 
         inputs = self.pod_inputs(ws, user, entitlement)
         body = render_pod.workspace_pod(inputs)
+        held_node = None
         if hold is not None and not hold["metadata"].get("deletionTimestamp"):
-            # take the held device back: outrank anyone waiting, on the node that holds it
-            body["spec"]["priorityClassName"] = HOLD_PRIORITY_CLASS
-            body["spec"]["nodeSelector"] = {"kubernetes.io/hostname": hold["spec"].get("nodeName")
-                                            or hold["spec"]["nodeSelector"]["kubernetes.io/hostname"]}
+            held_node = hold["spec"].get("nodeName")
+        handover = None
+        if held_node:
+            # take the held device back without a scheduling cycle in which a waiting pod could grab
+            # it: fence the node, release the hold, bind straight to the node, lift the fence
+            handover = handover_taint(ws)
+            set_node_taint(self.kube, held_node, handover, present=True)
+            self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
+            body["spec"]["nodeName"] = held_node
+            body["spec"].pop("nodeSelector", None)
+            body["spec"]["tolerations"] = [{"key": handover["key"], "operator": "Exists", "effect": "NoSchedule"}]
         try:
-            self.kube.create(body)
+            created = self.kube.create(body)
+            desired["podUID"] = created["metadata"]["uid"]
         except ApiException as err:
             if is_conflict(err):  # someone (an earlier pass) created it already
                 return Outcome(requeue_after=0.5)
             message = api_error_message(err)
             reason = "QuotaExceeded" if err.status == 403 and "quota" in message.lower() else "PodRejected"
             return self._set(ws, desired, "Pending", reason, message, now, requeue=5.0)
-        if hold is not None:
+        finally:
+            if handover is not None:
+                set_node_taint(self.kube, held_node, handover, present=False)
+        if hold is not None and not held_node:
             self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
         self.kube.event(ws, "Starting", f"pod {body['metadata']['name']} created"
                         + (f" with {request.count} x {request.profile}" if request.profile != "none" else ""))
@@ -193,6 +209,7 @@ class WorkspaceReconciler:
         pod_status = pod.get("status") or {}
         node = pod["spec"].get("nodeName")
         desired["node"] = node
+        desired["podUID"] = pod["metadata"]["uid"]
         phase = pod_status.get("phase")
         waiting = _waiting_reason(pod_status)
         if waiting and waiting[0] in FAILED_WAITING_REASONS:
@@ -297,6 +314,14 @@ class WorkspaceReconciler:
             requeue = min(requeue, wait) if requeue is not None else wait
         message = "stopped" + (f"; GPU held until {status.get('holdUntil')}" if hold is not None else "")
         return self._set(ws, desired, "Stopped", stop_reason, message, now, requeue=requeue)
+
+    def _preempted(self, pod: dict) -> bool:
+        if _was_preempted(pod):
+            return True
+        # the scheduler's own Event on the victim, for a pod whose last status we did not see
+        events = self.kube.list("Event", pod["metadata"]["namespace"],
+                                field_selector=f"involvedObject.uid={pod['metadata']['uid']},reason=Preempted")
+        return bool(events)
 
     # ---- inputs -----------------------------------------------------------------------------
     def pod_inputs(self, ws: dict, user: dict, entitlement) -> render_pod.PodInputs:
@@ -403,6 +428,44 @@ def _within(requested, entitled) -> dt.timedelta | None:
     if cap is None:
         return mine
     return min(mine, cap) if mine is not None else cap
+
+
+HANDOVER_PREFIX = "handover.labkeeper.io/"
+
+
+def handover_taint(ws: dict) -> dict:
+    return {"key": HANDOVER_PREFIX + ws["metadata"]["uid"][:8], "value": ws["metadata"]["name"][:63],
+            "effect": "NoSchedule"}
+
+
+def set_node_taint(kube: Kube, node_name: str, taint: dict, *, present: bool) -> None:
+    for _attempt in range(10):
+        node = kube.get("Node", node_name)
+        if node is None:
+            return
+        taints = [t for t in node["spec"].get("taints") or [] if t.get("key") != taint["key"]]
+        if present:
+            taints.append(taint)
+        if taints == (node["spec"].get("taints") or []):
+            return
+        node["spec"]["taints"] = taints
+        try:
+            kube.replace(node)  # resourceVersion guards against clobbering the kubelet's own taints
+            return
+        except ApiException as err:
+            if not is_conflict(err):
+                raise
+
+
+def clear_stale_handovers(kube: Kube) -> int:
+    """A fence left by an operator killed mid-handover is lifted at the next start."""
+    cleared = 0
+    for node in kube.list("Node"):
+        for taint in node["spec"].get("taints") or []:
+            if taint.get("key", "").startswith(HANDOVER_PREFIX):
+                set_node_taint(kube, node["metadata"]["name"], taint, present=False)
+                cleared += 1
+    return cleared
 
 
 def spec_state(ws: dict) -> str:

@@ -108,5 +108,5 @@ class Lab:
         return wait_for(lambda: (s := self.status("workspace", name, f"lab-{user}")).get("phase") in phases and s,
                         timeout=timeout, what=f"workspace {user}/{name} in {phases}")
 
-    def log_tail(self) -> str:
-        return self.operator.log_tail() if self.operator else ""
+    def log_tail(self, lines: int = 60) -> str:
+        return self.operator.log_tail(lines) if self.operator else ""
