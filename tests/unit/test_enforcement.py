@@ -66,3 +66,18 @@ def test_runtime_counts_every_segment_not_just_the_last():
 def test_the_next_check_is_the_next_warning_or_deadline():
     clock = clock_at(T0 + 10 * MIN)
     assert clock.next_check(T0 + 10 * MIN, [0.8, 0.95], [0.75, 0.9], ceiling=3600) == 14 * 60
+
+
+def test_keep_alive_counts_the_workspace_active_that_long_after_its_last_activity_within_the_cap():
+    def kept(keep_alive, cap=24 * 60 * MIN):
+        status = {"lastActivity": fmt(T0 + 10 * MIN), "activityReason": "cpu 0.00 cores"}
+        desired = {"runningSince": fmt(T0), "runtimeSeconds": 0}
+        return enforcement_clock(status, desired, T0 + 45 * MIN, T0 - 60 * MIN, 30 * MIN, None,
+                                 keep_alive_until=None, keep_alive_cap=cap, keep_alive=keep_alive)
+
+    # last active at 10m, idle 30m: culled at 40m without keep-alive, at 70m with 30m of keep-alive
+    assert kept(None).stop_reason() == "Idle"
+    assert kept(30 * MIN).stop_reason() is None and kept(30 * MIN).idle_deadline == T0 + 70 * MIN
+    # a keep-alive beyond the policy cap counts only up to the cap: 10m + 5m + 30m = 45m
+    assert kept(3 * 60 * MIN, cap=5 * MIN).idle_deadline == T0 + 45 * MIN
+    assert kept(3 * 60 * MIN, cap=5 * MIN).stop_reason() == "Idle"

@@ -106,9 +106,13 @@ class EnforcementClock:
 
 def enforcement_clock(status: dict, desired: dict, now: dt.datetime, started_at: dt.datetime,
                       idle_timeout: dt.timedelta | None, max_runtime: dt.timedelta | None, *,
-                      keep_alive_until: dt.datetime | None, keep_alive_cap: dt.timedelta) -> EnforcementClock:
+                      keep_alive_until: dt.datetime | None, keep_alive_cap: dt.timedelta,
+                      keep_alive: dt.timedelta | None = None) -> EnforcementClock:
     running_since = _parse(desired.get("runningSince")) or now
     last_activity = _parse(status.get("lastActivity"))
+    if keep_alive:
+        # spec.keepAlive: the workspace counts as active this long after its last activity, within the cap
+        last_activity = (last_activity or running_since) + min(keep_alive, keep_alive_cap)
     # idle time counts from the latest of: activity, this run's start, the operator's own start
     idle_since = max(t for t in (last_activity, running_since, started_at) if t is not None)
     refused = None
