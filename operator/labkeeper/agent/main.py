@@ -1,4 +1,4 @@
-"""`labkeeper agent --node NAME --host-root PATH --data-root PATH [--kubeconfig FILE]`.
+"""`labkeeper agent --node NAME --host-root PATH --data-root PATH [--kubeconfig FILE] [--sampler nvml|file:PATH|none]`.
 
 Plain watch streams, not kopf: every pass reconciles the whole host at once (profile.d, ACLs and the
 skeleton depend on all users, caches and stores together, and 100 users take ~0.1 s), so each watch
@@ -23,6 +23,14 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Gauge, start_http_server
 
 from labkeeper.agent import cleanup, desired, disk
+from labkeeper.agent.activity import (
+    ActivityMetrics,
+    ActivityMonitor,
+    HostReader,
+    SamplerUnavailable,
+    sampler_from_arg,
+)
+from labkeeper.agent.activity_loop import ActivityLoop, thresholds_of
 from labkeeper.agent.recovery import Host, HostResult, reconcile_host
 from labkeeper.api.policy import LabPolicy
 from labkeeper.api.units import parse_duration, parse_quantity
@@ -99,14 +107,28 @@ class Agent:
         self.configmaps = Watched(core.list_namespaced_config_map, (system_namespace,), self.dirty)
         self.last_events: dict[tuple[str, str], str] = {}
         self.last_result: HostResult | None = None
+        self._policy: tuple[str | None, LabPolicy] | None = None
+        self.activity: ActivityLoop | None = None
+
+    def watch_activity(self, monitor: ActivityMonitor) -> None:
+        """Sample the workspaces running on this node once the policy has been read."""
+        self.activity = ActivityLoop(self.kube, self.node, monitor, self.policy, self.clock)
 
     # ---- inputs -------------------------------------------------------------------------------
-    def lab_gid(self) -> int:
+    def policy(self) -> LabPolicy:
         body = self.configmaps.objects.get("labkeeper-policy") or {}
-        try:
-            return LabPolicy.model_validate(yaml.safe_load((body.get("data") or {}).get("policy.yaml", "")) or {}).lab_users_gid
-        except Exception:
-            return LabPolicy().lab_users_gid
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        if self._policy is None or version != self._policy[0]:
+            try:
+                parsed = LabPolicy.model_validate(yaml.safe_load((body.get("data") or {}).get("policy.yaml", "")) or {})
+            except Exception as err:
+                log.warning("policy ConfigMap unreadable (%s); using the defaults", err)
+                parsed = LabPolicy()
+            self._policy = (version, parsed)
+        return self._policy[1]
+
+    def lab_gid(self) -> int:
+        return self.policy().lab_users_gid
 
     def kubeconfigs(self) -> dict[str, bytes]:
         out = {}
@@ -250,6 +272,8 @@ class Agent:
         for watched in (self.users, self.caches, self.stores, self.secrets, self.configmaps):
             watched.synced.wait()  # recovery: nothing is done before the whole API has been read once
         self.scanner.start()
+        if self.activity:
+            threading.Thread(target=self.activity.run, args=(self.stop,), daemon=True, name="activity").start()
         while not self.stop.is_set():
             self.dirty.wait(resync)
             self.dirty.clear()
@@ -273,13 +297,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resync", type=float, default=60.0)
     parser.add_argument("--metrics-port", type=int, default=0)
     parser.add_argument("--selector", help="label selector: only GPUUsers, caches and stores that match (tests, staged rollouts)")
+    parser.add_argument("--sampler", default="none",
+                        help="where GPU activity comes from: nvml, file:PATH (docs/activity-file.md) or none "
+                             "(no GPUs: CPU and network only)")
+    parser.add_argument("--proc-root", type=Path, default=Path("/proc"), help="the host's /proc (needs hostPID)")
+    parser.add_argument("--cgroup-root", type=Path, default=Path("/sys/fs/cgroup"), help="the host's cgroup mounts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        sampler = sampler_from_arg(args.sampler)
+    except (ValueError, SamplerUnavailable) as err:
+        parser.error(str(err))
+    log.info("activity: GPU sampler %s%s; cgroups under %s, /proc at %s", args.sampler,
+             " (CPU and network only)" if args.sampler == "none" else "", args.cgroup_root, args.proc_root)
     kube = Kube.from_kubeconfig(args.kubeconfig)
     host = Host(args.host_root, args.data_root, args.host_data_root)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     agent = Agent(kube, host, args.node, args.system_namespace, selector=args.selector)
+    agent.watch_activity(ActivityMonitor(sampler, thresholds_of(LabPolicy()), agent.clock,
+                                         host=HostReader(args.proc_root, args.cgroup_root),
+                                         metrics=ActivityMetrics() if args.metrics_port else None))
     with contextlib.suppress(KeyboardInterrupt):
         agent.run(args.resync)
     return 0

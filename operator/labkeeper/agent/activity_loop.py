@@ -1,0 +1,90 @@
+"""The agent's activity loop: every `sampleInterval`, observe the running workspaces on this node and
+publish their verdicts to `status.lastActivity` / `status.activityReason` through the throttle.
+
+GPU devices reach a workspace through its processes, not through the device plugin's assignment:
+NVML's pid (or the activity file's `podUid`) -> `/proc/<pid>/cgroup` -> pod UID. A MIG instance busy
+with someone else's process therefore never keeps a neighbour alive, and the agent needs neither the
+kubelet's pod-resources socket nor the container's environment. The profiles in `status.devices`
+only tell the verdict that the workspace has a GPU ("gpu idle 27m")."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+from collections.abc import Callable
+
+from kubernetes.client.exceptions import ApiException
+
+from labkeeper.agent.activity import (
+    ActivityMonitor,
+    PublishThrottle,
+    Thresholds,
+    WatchedWorkspace,
+)
+from labkeeper.api.policy import LabPolicy
+from labkeeper.kube.client import Kube, api_error_message
+
+log = logging.getLogger("labkeeper.agent.activity")
+WATCHED_PHASES = ("Running", "IdleWarning")
+# status.devices entries read "1 x nvidia.com/mig-1g.10gb" or "1 x nvidia.com/gpu"
+_DEVICE = re.compile(r"nvidia\.com/(?:mig-)?(\S+)$")
+
+
+def watched_workspaces(workspaces: list[dict], node: str) -> list[WatchedWorkspace]:
+    """The workspaces this node should sample: running here, with a known pod UID."""
+    watched = []
+    for ws in workspaces:
+        status = ws.get("status") or {}
+        if status.get("node") != node or status.get("phase") not in WATCHED_PHASES or not status.get("podUID"):
+            continue
+        profiles = tuple(m.group(1) for d in status.get("devices") or [] if (m := _DEVICE.search(d)))
+        watched.append(WatchedWorkspace(ws["metadata"]["namespace"], ws["metadata"]["name"],
+                                        status["podUID"], profiles))
+    return watched
+
+
+def thresholds_of(policy: LabPolicy) -> Thresholds:
+    return Thresholds.from_policy(policy.activity.model_dump(by_alias=True), policy.sample_interval)
+
+
+class ActivityLoop:
+    def __init__(self, kube: Kube, node: str, monitor: ActivityMonitor, policy: Callable[[], LabPolicy],
+                 clock: Callable[[], dt.datetime]) -> None:
+        self.kube, self.node, self.monitor, self.policy, self.clock = kube, node, monitor, policy, clock
+        self.throttle = PublishThrottle(policy().report_interval)
+        self.writes = 0
+
+    def tick(self) -> int:
+        """One sample of every watched workspace; returns how many status patches were written."""
+        policy = self.policy()
+        self.monitor.thresholds = thresholds_of(policy)
+        self.throttle.report_interval = policy.report_interval
+        workspaces = watched_workspaces(self.kube.list("Workspace"), self.node)
+        verdicts = self.monitor.observe(workspaces)
+        now = self.clock()
+        written = 0
+        for (namespace, name), verdict in verdicts.items():
+            patch = self.throttle.decide((namespace, name), verdict, now)
+            if patch is None:
+                continue
+            try:
+                self.kube.patch("Workspace", name, {"status": patch}, namespace, subresource="status")
+                written += 1
+            except ApiException as err:
+                # unpublished: forget it, so the next sample publishes afresh instead of staying silent
+                self.throttle.retain(set(verdicts) - {(namespace, name)})
+                if err.status != 404:
+                    log.warning("activity of %s/%s: %s", namespace, name, api_error_message(err))
+        self.throttle.retain(set(verdicts))
+        self.writes += written
+        return written
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("activity sample failed; retrying next interval")
+            stop.wait(self.policy().sample_interval.total_seconds())
