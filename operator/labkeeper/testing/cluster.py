@@ -1,6 +1,11 @@
 """A real Kubernetes control plane on one machine: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok (fake nodes that advertise MIG resources and run bound pods).
 
+kwok also plays the kubelet's streaming side: the apiserver sends `exec`, `logs` and `port-forward`
+for a fake pod to kwok's server, which answers them as `serve_pod()` configured that pod (a local
+command in a directory, a CRI-format log file, local target ports). Pods without such a
+configuration get an error, so nothing runs on this machine unless a test asked for it.
+
 Used by the test suite (one per session) and by `make dev` (`python -m labkeeper.testing.cluster up`).
 """
 
@@ -14,11 +19,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +38,10 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "k8s-bin.sh"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CIDR = "10.96.0.0/16"
+KWOK_API = "kwok.x-k8s.io/v1alpha1"
+# kwok --enable-crds watches these but does not install them; a schema-less CRD is enough for kwok's
+# typed client, and per-pod objects (rather than a --config file) let each test configure its own pods
+STREAMING_KINDS = (("Exec", "execs", "exec"), ("Logs", "logs", "logs"), ("PortForward", "portforwards", "portforward"))
 
 # MIG "mixed" strategy resource names, as the NVIDIA device plugin advertises them.
 # what k3s with the NVIDIA container toolkit provides; kwok ignores the handler
@@ -115,6 +127,32 @@ class _Process:
     log: Path
 
 
+def streaming_crds() -> list[dict]:
+    return [
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.kwok.x-k8s.io"},
+            "spec": {
+                "group": "kwok.x-k8s.io",
+                "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular},
+                "scope": "Namespaced",
+                "versions": [{
+                    "name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }],
+            },
+        }
+        for kind, plural, singular in STREAMING_KINDS
+    ]
+
+
+def cri_log(lines: Iterable[str], stream: str = "stdout") -> str:
+    """Lines in the CRI container log format, which is what kwok (like the kubelet) reads."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+    return "".join(f"{stamp} {stream} F {line}\n" for line in lines)
+
+
 def kubeconfig_dict(server: str, ca_pem: bytes, user: str, pair: KeyPair) -> dict:
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
     return {
@@ -138,6 +176,7 @@ class LocalCluster:
         bin_dir: Path | None = None,
         detach: bool = False,
         preload: Sequence[Path] = (),
+        streaming: bool = True,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="labkeeper-cluster-"))
@@ -150,6 +189,7 @@ class LocalCluster:
         # manifests applied before the controllers start, so their discovery (e.g. quota counting
         # of custom resources) sees them from the first sync
         self.preload = list(preload)
+        self.streaming = streaming
         self.processes: list[_Process] = []
         self.ca = CertificateAuthority()
         self.server = ""
@@ -171,8 +211,7 @@ class LocalCluster:
             self._start_etcd()
             self._start_apiserver()
             self._wait_ready(timeout)
-            for path in self.preload:
-                self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+            self._apply_preload()
             self._start_controllers()
             self.create_nodes(self.nodes)
             self.wait_nodes_ready(timeout)
@@ -289,6 +328,14 @@ class LocalCluster:
             ],
         )
 
+    def _apply_preload(self) -> None:
+        files = [arg for path in self.preload for arg in ("-f", str(path))]
+        if self.streaming:
+            files += ["-f", "-"]
+        if files:
+            self.kubectl("apply", "--server-side", "--force-conflicts", *files,
+                         input=yaml.safe_dump_all(streaming_crds()) if self.streaming else None)
+
     def _start_controllers(self) -> None:
         kc = str(self.kubeconfig)
         self._spawn(
@@ -317,12 +364,22 @@ class LocalCluster:
 
     def _start_kwok(self) -> None:
         self.kwok_port = getattr(self, "kwok_port", None) or free_port()
+        streaming = []
+        if self.streaming:
+            # the apiserver verifies this against --kubelet-certificate-authority; kwok ignores its client cert
+            cert, key = self.ca.issue("kwok-kubelet", server_names=("127.0.0.1", "localhost"), client=False).write(
+                self.workdir / "pki", "kwok")
+            streaming = [
+                f"--server-address=127.0.0.1:{self.kwok_port}", f"--node-port={self.kwok_port}",
+                f"--tls-cert-file={cert}", f"--tls-private-key-file={key}",
+                "--enable-crds=" + ",".join(kind for kind, _, _ in STREAMING_KINDS),
+            ]
         self._spawn(
             "kwok",
             [
                 "kwok", f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
-                "--cidr=10.244.0.1/16", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40",
+                "--cidr=10.244.0.1/16", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40", *streaming,
             ],
         )
 
@@ -399,6 +456,51 @@ class LocalCluster:
         from kubernetes import config
 
         return config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
+
+    # ---- kwok as the kubelet's streaming side -------------------------------------------------
+    def serve_pod(
+        self, namespace: str, pod: str, *, container_dir: Path | None = None, env: Mapping[str, str] | None = None,
+        logs_file: Path | None = None, ports: Mapping[int, int] | None = None, timeout: float = 30.0,
+    ) -> None:
+        """Make kwok answer for one fake pod: exec runs the command here in `container_dir` with `env`
+        added, logs read `logs_file` (CRI format, see `cri_log`), port-forward of a pod port goes to
+        127.0.0.1 at the port `ports` maps it to. Returns once kwok has seen the configuration."""
+        if not self.streaming:
+            raise ValueError("this LocalCluster was started with streaming=False; kwok serves no pods")
+        meta = {"name": pod, "namespace": namespace}
+        docs = []
+        if ports:
+            forwards = [{"ports": [remote], "target": {"address": "127.0.0.1", "port": local}}
+                        for remote, local in ports.items()]
+            docs.append({"apiVersion": KWOK_API, "kind": "PortForward", "metadata": meta, "spec": {"forwards": forwards}})
+        if container_dir is not None or env:
+            local: dict = {"envs": [{"name": k, "value": v} for k, v in (env or {}).items()]}
+            if container_dir is not None:
+                local["workDir"] = str(container_dir)
+            docs.append({"apiVersion": KWOK_API, "kind": "Exec", "metadata": meta, "spec": {"execs": [{"local": local}]}})
+        if logs_file is None:
+            logs_file = self.workdir / "pod-logs" / f"{namespace}_{pod}.log"
+            logs_file.parent.mkdir(exist_ok=True)
+            logs_file.touch()
+        # Logs goes last: once kwok answers for it, the watches of the others have delivered too
+        docs.append({"apiVersion": KWOK_API, "kind": "Logs", "metadata": meta,
+                     "spec": {"logs": [{"logsFile": str(logs_file)}]}})
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        self._wait_kwok_serves(namespace, pod, timeout)
+
+    def _wait_kwok_serves(self, namespace: str, pod: str, timeout: float) -> None:
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        url = f"https://127.0.0.1:{self.kwok_port}/containerLogs/{namespace}/{pod}/probe?tailLines=0"
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, context=context, timeout=5):
+                    return
+            except (urllib.error.URLError, OSError) as err:
+                last = str(err)
+            time.sleep(0.05)
+        raise ClusterStartError(f"kwok did not pick up the streaming configuration of {namespace}/{pod}: {last}")
 
     def log_tails(self, lines: int = 25) -> str:
         out = []
