@@ -157,9 +157,26 @@ def policy_schema() -> dict:
     return LabPolicy.model_json_schema(by_alias=True, mode="validation")
 
 
+def closed_key_sets(node):
+    """An object whose keys are an enum becomes one with those properties and no others: helm's validator
+    reports a bad propertyName at '' but an additional property at its field's path (/policy/gpuWeights)."""
+    if isinstance(node, list):
+        return [closed_key_sets(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: closed_key_sets(value) for key, value in node.items()}
+    names = (node.get("propertyNames") or {}).get("enum")
+    if names and isinstance(node.get("additionalProperties"), dict):
+        value_schema = node.pop("additionalProperties")
+        node.pop("propertyNames")
+        node["properties"] = {name: value_schema for name in names}
+        node["additionalProperties"] = False
+    return node
+
+
 def values_schema() -> dict:
     schema = hand_written_schema()
-    policy = copy.deepcopy(policy_schema())
+    policy = closed_key_sets(copy.deepcopy(policy_schema()))
     # the model's $defs move to the root, where helm resolves "#/$defs/..." references
     schema["$defs"] = policy.pop("$defs", {})
     policy.pop("title", None)
@@ -215,7 +232,7 @@ def sync(check: bool) -> int:
         have = path.read_text() if path.exists() else None
         if have == want:
             return
-        rel = path.relative_to(REPO)
+        rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
         if check:
             diff = difflib.unified_diff((have or "").splitlines(), want.splitlines(), f"{rel} (checked in)",
                                         f"{rel} (generated)", lineterm="", n=1)

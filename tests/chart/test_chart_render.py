@@ -225,11 +225,13 @@ def test_the_agent_reports_but_never_creates_pods_or_writes_specs(render):
     assert rules_allow(rules, "labkeeper.io", "workspaces/status", "patch")
     assert rules_allow(rules, "labkeeper.io", "gpuusers/status", "patch")
     assert not rules_allow(rules, "", "secrets", "get")
-    role = out.one("Role", "labkeeper-agent")["rules"]
-    assert rules_allow(role, "", "secrets", "get", "kubeconfig-alice")
-    assert not rules_allow(role, "", "secrets", "list")
-    assert rules_allow(role, "", "configmaps", "get", "labkeeper-policy")
-    assert not rules_allow(role, "", "configmaps", "get", "labkeeper-uid-ledger")
+    assert not rules_allow(rules, "", "configmaps", "get")
+    # kubeconfig-<user> Secrets and the policy are watched in the system namespace only
+    role = out.one("Role", "labkeeper-agent")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert rules_allow(role["rules"], "", "secrets", "watch")
+    assert rules_allow(role["rules"], "", "configmaps", "watch")
+    assert not rules_allow(role["rules"], "", "secrets", "create")
 
 
 def test_each_binding_names_its_own_service_account(render):

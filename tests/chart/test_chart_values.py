@@ -63,3 +63,28 @@ def test_a_relative_or_system_data_root_is_refused(render_error):
 
 def test_the_default_values_render(render):
     assert render().one("ConfigMap", "labkeeper-policy")
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"holdPriority": 5000}, "policy.holdPriority"),
+    ({"defaultTier": "postdoc"}, "policy.defaultTier"),
+    ({"labUsersGid": 25000}, "policy.labUsersGid"),
+    ({"uidRange": {"start": 30000, "end": 20000}}, "policy.uidRange.end"),
+])
+def test_a_policy_the_operator_would_refuse_is_refused_by_helm_first(render_error, change, field):
+    """Checks across fields are not JSON schema; the chart repeats the model's, so both refuse alike."""
+    from labkeeper.api.policy import LabPolicy
+    from pydantic import ValidationError
+
+    policy = {**copy.deepcopy(DEFAULTS["policy"]), **change}
+    with pytest.raises(ValidationError):
+        LabPolicy.model_validate(policy)
+    assert field in render_error({"policy": policy})
+
+
+def test_gpu_weights_may_be_written_as_fractions(render):
+    cm = render(with_policy(gpuWeights={**DEFAULTS["policy"]["gpuWeights"], "3g.40gb": "3/7"}))
+    from labkeeper.api.policy import load_policy
+
+    policy = load_policy(cm.one("ConfigMap", "labkeeper-policy")["data"]["policy.yaml"])
+    assert policy.gpu_weights["3g.40gb"] == pytest.approx(3 / 7)

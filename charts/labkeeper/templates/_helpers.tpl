@@ -82,7 +82,36 @@ imagePullSecrets:
 
 {{/* The rendered policy document; the ConfigMap and the agent's config hash both use it. */}}
 {{- define "labkeeper.policyYaml" -}}
+{{- include "labkeeper.validatePolicy" . -}}
 {{ toYaml .Values.policy }}
+{{- end -}}
+
+{{/* The LabPolicy model's checks across fields, which a JSON schema cannot express; the operator would
+refuse such a policy, so `helm install` refuses it first, naming the field. */}}
+{{- define "labkeeper.validatePolicy" -}}
+{{- $p := .Values.policy -}}
+{{- $tiers := $p.tiers | default dict -}}
+{{- $hold := $p.holdPriority | default 100000 | int64 -}}
+{{- range $name, $tier := $tiers -}}
+{{- $priority := $tier.priority | default 10000 | int64 -}}
+{{- if le $hold $priority -}}
+{{- fail (printf "policy.holdPriority %d must be above policy.tiers.%s.priority %d, so a held GPU is never preempted" $hold $name $priority) -}}
+{{- end -}}
+{{- end -}}
+{{- $default := $p.defaultTier | default "student" -}}
+{{- if not (hasKey $tiers $default) -}}
+{{- fail (printf "policy.defaultTier %q is not one of policy.tiers: %s" $default (keys $tiers | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- $range := $p.uidRange | default dict -}}
+{{- $start := $range.start | default 20000 | int64 -}}
+{{- $end := $range.end | default 29999 | int64 -}}
+{{- if lt $end $start -}}
+{{- fail (printf "policy.uidRange.end %d is below policy.uidRange.start %d" $end $start) -}}
+{{- end -}}
+{{- $gid := $p.labUsersGid | default 2000 | int64 -}}
+{{- if and (ge $gid $start) (le $gid $end) -}}
+{{- fail (printf "policy.labUsersGid %d lies inside policy.uidRange %d-%d, where users' private groups are allocated; move one of them" $gid $start $end) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The PriorityClass a tier's pods run under, as the operator names it. */}}
