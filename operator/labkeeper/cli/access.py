@@ -15,10 +15,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import typer
 from kubernetes import client as k8s
 from kubernetes.stream import portforward, stream
+from kubernetes.stream.ws_client import ERROR_CHANNEL
 
 from labkeeper.cli import views
 from labkeeper.cli.app import app, session
@@ -48,6 +50,31 @@ def core(s: Session) -> k8s.CoreV1Api:
     return k8s.CoreV1Api(s.kube.api)
 
 
+def exit_status(error_channel: str) -> tuple[int, str]:
+    """An exec's exit code and, when the command could not report one, why: the error channel
+    carries a Status whose ExitCode cause is the code; a failure without one (no such executable,
+    a runtime error) counts as 1 with its message."""
+    try:
+        status = json.loads(error_channel) if error_channel.strip() else None
+    except ValueError:
+        status = None
+    if not isinstance(status, dict):
+        return 1, "the connection to the workspace closed before the command reported its exit status"
+    if status.get("status") == "Success":
+        return 0, ""
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            with contextlib.suppress(TypeError, ValueError):
+                return int(cause.get("message")), ""
+    return 1, status.get("message") or "the command failed without a message"
+
+
+def _finished(client) -> tuple[int, str]:
+    code, message = exit_status(client.read_channel(ERROR_CHANNEL) or "")
+    client.close()
+    return code, message
+
+
 def exec_capture(s: Session, pod: str, command: list[str], timeout: float = 30) -> tuple[int, str]:
     """Run a command in the workspace and return its exit code and output."""
     client = stream(core(s).connect_get_namespaced_pod_exec, pod, s.namespace, container=CONTAINER,
@@ -55,9 +82,8 @@ def exec_capture(s: Session, pod: str, command: list[str], timeout: float = 30) 
     client.run_forever(timeout=timeout)
     out = client.read_stdout() or ""
     err = client.read_stderr() or ""
-    code = client.returncode
-    client.close()
-    return (code if code is not None else 0), out + err
+    code, message = _finished(client)
+    return code, out + err + (message and f"{message}\n")
 
 
 def _interactive(client, fd: int) -> None:
@@ -115,8 +141,9 @@ def shell(
             if err:
                 sys.stderr.write(err)
                 sys.stderr.flush()
-    code = client.returncode
-    client.close()
+    code, message = _finished(client)
+    if message:
+        raise LabctlError(f"{name}: {message}", exit_code=code)
     if code:
         raise typer.Exit(code)
 
@@ -227,14 +254,23 @@ def port_forward(
     forward.serve_forever()
 
 
-def find_or_start_jupyter(s: Session, pod: str, port: int) -> tuple[str, bool]:
-    """The token of a JupyterLab already serving on `port` in the workspace, or of one started now."""
-    code, out = exec_capture(s, pod, ["sh", "-c", "jupyter server list --json 2>/dev/null || true"])
+def serving_jupyter(s: Session, pod: str, port: int) -> str | None:
+    """The token of the JupyterLab serving on `port` in the workspace, or None when none is."""
+    _, out = exec_capture(s, pod, ["sh", "-c", "jupyter server list --json 2>/dev/null || true"])
     for line in out.splitlines():
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
             server = json.loads(line)
             if int(server.get("port", 0)) == port:
-                return server.get("token", ""), False
+                return server.get("token", "")
+    return None
+
+
+def find_or_start_jupyter(s: Session, pod: str, port: int, *, wait_seconds: float = 60.0,
+                          poll_seconds: float = 0.5) -> tuple[str, bool]:
+    """The token of a JupyterLab already serving on `port` in the workspace, or of one started now."""
+    token = serving_jupyter(s, pod, port)
+    if token is not None:
+        return token, False
     code, out = exec_capture(s, pod, ["sh", "-c", "command -v jupyter"])
     if code != 0 or not out.strip():
         raise LabctlError("this workspace's image has no JupyterLab (`jupyter` is not on PATH)",
@@ -243,7 +279,17 @@ def find_or_start_jupyter(s: Session, pod: str, port: int) -> tuple[str, bool]:
     start_cmd = (f"nohup jupyter lab --no-browser --ip=127.0.0.1 --port={port} --ServerApp.token={token} "
                  f"> \"$HOME/.labctl-jupyter.log\" 2>&1 &")
     exec_capture(s, pod, ["sh", "-c", start_cmd])
-    return token, True
+    # JupyterLab lists itself once it serves; a URL printed before that would answer with an error
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        listed = serving_jupyter(s, pod, port)
+        if listed is not None:
+            return listed, True
+        if time.monotonic() >= deadline:
+            raise LabctlError(f"JupyterLab did not start serving on port {port} within {wait_seconds:.0f}s",
+                              "its output is in ~/.labctl-jupyter.log in the workspace "
+                              "(labctl shell NAME -- cat .labctl-jupyter.log)")
+        time.sleep(poll_seconds)
 
 
 @app.command()
