@@ -60,40 +60,47 @@ def build_node(root: Path, count: int) -> tuple[list[WatchedWorkspace], Path, Ho
     return workspaces, gpu_file, HostReader(proc_root=root / "proc", cgroup_root=root / "cgroup")
 
 
+def measure(count: int = 100, rounds: int = 30, sample_interval: float = 60.0) -> dict:
+    """Sampler CPU per round at `count` workspaces, as figures for the results file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workspaces, gpu_file, host = build_node(Path(tmp), count)
+        now = [dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)]
+        monitor = ActivityMonitor(FileSampler(gpu_file), Thresholds(), lambda: now[0], host=host,
+                                  metrics=ActivityMetrics(CollectorRegistry()))
+        throttle = PublishThrottle(dt.timedelta(minutes=5))
+        costs, writes = [], 0
+        for _ in range(rounds):
+            started = time.process_time()
+            for key, verdict in monitor.observe(workspaces).items():
+                writes += throttle.decide(key, verdict, now[0]) is not None
+            costs.append(time.process_time() - started)
+            now[0] += dt.timedelta(seconds=sample_interval)
+    steady = sorted(costs[1:])[len(costs[1:]) // 2]
+    return {"sampler_cpu_percent_100": round(100 * steady / sample_interval, 3), "round_cpu_ms": round(steady * 1000, 2),
+            "first_round_cpu_ms": round(costs[0] * 1000, 2),
+            "first_round_cpu_percent": round(100 * costs[0] / sample_interval, 3),
+            "workspaces": count, "sample_interval_s": sample_interval, "api_writes": writes, "rounds": rounds}
+
+
+def report(figures: dict) -> None:
+    print(f"activity sampling, {figures['workspaces']} workspaces, 56 MIG instances, file-backed GPU sampler:")
+    print(f"  one round: {figures['round_cpu_ms']:.1f} ms CPU (median of {figures['rounds'] - 1}; first round "
+          f"{figures['first_round_cpu_ms']:.1f} ms including the cgroup lookups)")
+    print(f"  = {figures['sampler_cpu_percent_100']} % of one core at a {figures['sample_interval_s']:.0f} s sample "
+          "interval (target < 5 %)")
+    print(f"  API writes: {figures['api_writes']} over {figures['rounds']} rounds")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspaces", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--sample-interval", type=float, default=60.0, help="seconds between samples")
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        workspaces, gpu_file, host = build_node(Path(tmp), args.workspaces)
-        now = [dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)]
-        monitor = ActivityMonitor(FileSampler(gpu_file), Thresholds(), lambda: now[0], host=host,
-                                  metrics=ActivityMetrics(CollectorRegistry()))
-        throttle = PublishThrottle(dt.timedelta(minutes=5))
-        costs, writes = [], 0
-        for _ in range(args.rounds):
-            started = time.process_time()
-            for key, verdict in monitor.observe(workspaces).items():
-                writes += throttle.decide(key, verdict, now[0]) is not None
-            costs.append(time.process_time() - started)
-            now[0] += dt.timedelta(seconds=args.sample_interval)
-    steady = sorted(costs[1:])[len(costs[1:]) // 2]
-    percent = round(100 * steady / args.sample_interval, 3)
-    first_percent = round(100 * costs[0] / args.sample_interval, 3)
-    print(f"activity sampling, {args.workspaces} workspaces, 56 MIG instances, file-backed GPU sampler:")
-    print(f"  one round: {steady * 1000:.1f} ms CPU (median of {args.rounds - 1}; first round {costs[0] * 1000:.1f} ms "
-          f"including the cgroup lookups)")
-    print(f"  = {percent} % of one core at a {args.sample_interval:.0f} s sample interval (target < 5 %)")
-    print(f"  API writes: {writes} over {args.rounds} rounds")
+    figures = measure(args.workspaces, args.rounds, args.sample_interval)
+    report(figures)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "culling_sampler.json").write_text(json.dumps({
-        "sampler_cpu_percent_100": percent, "round_cpu_ms": round(steady * 1000, 2),
-        "first_round_cpu_ms": round(costs[0] * 1000, 2), "first_round_cpu_percent": first_percent,
-        "workspaces": args.workspaces, "sample_interval_s": args.sample_interval, "api_writes": writes}, indent=2))
-
+    (RESULTS / "culling_sampler.json").write_text(json.dumps(figures, indent=2))
 
 if __name__ == "__main__":
     main()
