@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from labkeeper.testing.cluster import REPO_ROOT
-from labkeeper.testing.processes import wait_for
+from labkeeper.testing.cluster import REPO_ROOT, LocalCluster, NodeSpec
+from labkeeper.testing.processes import SYSTEM_NAMESPACE, wait_for
 
 pytestmark = pytest.mark.integration
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHlabkeeperExampleKeyForAliceOnlyNotReal0000 alice@laptop"
@@ -47,8 +47,19 @@ class AgentProcess:
             self.proc.wait()
 
 
+@pytest.fixture(scope="module")
+def crds(tmp_path_factory):
+    """A control plane of its own: this test plays the operator's part (uids), so none may run beside it."""
+    local = LocalCluster(tmp_path_factory.mktemp("agent-cluster"), (NodeSpec("agent-node", "cpu-only"),),
+                         preload=[REPO_ROOT / "crds"])
+    local.start()
+    local.kubectl("create", "namespace", SYSTEM_NAMESPACE)
+    yield local
+    local.stop()
+
+
 @pytest.fixture
-def agent_host(tmp_path, crds, system_namespace, unique):
+def agent_host(tmp_path, crds, unique):
     if os.geteuid() != 0:
         pytest.skip("the agent provisions accounts under a temporary host root as root")
     root = tmp_path / "host"

@@ -14,7 +14,8 @@ def _fmt(t: dt.datetime | None) -> str | None:
 def _parse(text: str | None) -> dt.datetime | None:
     if not text:
         return None
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    parsed = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _human(delta: dt.timedelta) -> str:

@@ -32,7 +32,8 @@ def fmt(t: dt.datetime | None) -> str | None:
 def parse_time(text: str | None) -> dt.datetime | None:
     if not text:
         return None
-    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=dt.UTC)
+    parsed = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 @dataclass
@@ -238,6 +239,7 @@ class WorkspaceReconciler:
         max_runtime = _within(spec.get("maxRuntime"), limits.get("maxRuntime", {}).get("value"))
         clock = enforcement_clock(status, desired, now, self.started_at, idle_timeout, max_runtime,
                                   keep_alive_until=parse_time(spec.get("keepAliveUntil")),
+                                  keep_alive=api_policy.parse_duration(spec["keepAlive"]) if spec.get("keepAlive") else None,
                                   keep_alive_cap=policy.keep_alive_max)
         desired.update(clock.status())
         warnings = list(status.get("warnings") or [])
