@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -207,19 +208,26 @@ class LocalCluster:
     def start(self, timeout: float = 120.0) -> LocalCluster:
         started = time.monotonic()
         self.bin_dir = self.bin_dir or binary_dir()
+        background = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         try:
             self._start_etcd()
             self._start_apiserver()
             self._wait_ready(timeout)
+            # kwok's watches retry until these exist, so they need not hold up the rest of the start
+            streaming_crds_applied = background.submit(self._apply_streaming_crds) if self.streaming else None
             self._apply_preload()
             self._start_controllers()
             self.create_nodes(self.nodes)
             self.wait_nodes_ready(timeout)
             self._wait_probe_pod(timeout)
+            if streaming_crds_applied is not None:
+                streaming_crds_applied.result(timeout)
         except Exception as err:
             tails = self.log_tails()
             self.stop()
             raise ClusterStartError(f"local control plane did not start: {err}\n{tails}") from err
+        finally:
+            background.shutdown(wait=False)
         self.startup_seconds = time.monotonic() - started
         self._write_state()
         return self
@@ -329,12 +337,12 @@ class LocalCluster:
         )
 
     def _apply_preload(self) -> None:
-        files = [arg for path in self.preload for arg in ("-f", str(path))]
-        if self.streaming:
-            files += ["-f", "-"]
-        if files:
-            self.kubectl("apply", "--server-side", "--force-conflicts", *files,
-                         input=yaml.safe_dump_all(streaming_crds()) if self.streaming else None)
+        if self.preload:
+            self.kubectl("apply", "--server-side", "--force-conflicts",
+                         *[arg for path in self.preload for arg in ("-f", str(path))])
+
+    def _apply_streaming_crds(self) -> None:
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(streaming_crds()))
 
     def _start_controllers(self) -> None:
         kc = str(self.kubeconfig)
