@@ -87,7 +87,7 @@ def operator_as_its_account(release):
 
 def test_the_operator_on_its_chart_account_runs_a_workspace_and_follows_a_policy_upgrade(
         release, operator_as_its_account, unique):
-    cluster, workdir, values = release
+    cluster, _, values = release
     op = operator_as_its_account
     user, namespace = f"rb{unique}", f"lab-rb{unique}"
 

@@ -248,7 +248,6 @@ def test_each_binding_names_its_own_service_account(render):
 
 def test_priority_classes_are_the_ones_the_operator_would_apply(render):
     from labkeeper.api.policy import LabPolicy
-
     from labkeeper.controller.policy import PolicyStore
 
     values = default_values()

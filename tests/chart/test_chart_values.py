@@ -73,8 +73,9 @@ def test_the_default_values_render(render):
 ])
 def test_a_policy_the_operator_would_refuse_is_refused_by_helm_first(render_error, change, field):
     """Checks across fields are not JSON schema; the chart repeats the model's, so both refuse alike."""
-    from labkeeper.api.policy import LabPolicy
     from pydantic import ValidationError
+
+    from labkeeper.api.policy import LabPolicy
 
     policy = {**copy.deepcopy(DEFAULTS["policy"]), **change}
     with pytest.raises(ValidationError):
