@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEV_DIR ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: dev down test unit lint bench reliability deps venv bin crds chart image clean help
+.PHONY: dev down test image-test unit lint bench reliability deps venv bin crds chart image clean help
 
 help:
 	@echo "make dev    - local control plane + operator + agent on a sandbox host root, examples applied"
@@ -27,8 +27,12 @@ venv: $(VENV)/.installed
 bin:
 	@bash hack/k8s-bin.sh >/dev/null
 
+# the image build (buildah, a debootstrapped base, ~7 GB of vfs writes) runs apart: make image-test
 test: deps venv bin
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+image-test: deps venv bin
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

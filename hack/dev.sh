@@ -33,14 +33,20 @@ up)
   "$BIN/kubectl" apply --server-side --force-conflicts -f crds/ >/dev/null
   "$BIN/kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
   "$BIN/kubectl" create namespace labkeeper-system --dry-run=client -o yaml | "$BIN/kubectl" apply -f - >/dev/null
-  mkdir -p "$DEV/host/data"
-  stop_bg operator; stop_bg agent
+  # k3s with the NVIDIA container toolkit provides this RuntimeClass; kwok ignores the handler
+  printf 'apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: nvidia}\nhandler: nvidia\n' \
+    | "$BIN/kubectl" apply -f - >/dev/null
+  stop_bg operator; stop_bg agent-gpu-node-1; stop_bg agent-gpu-node-2
   start_bg operator "$PY" -m labkeeper operator --kubeconfig "$KUBECONFIG"
-  start_bg agent "$PY" -m labkeeper agent --kubeconfig "$KUBECONFIG" --node gpu-node-1 \
-      --host-root "$DEV/host" --data-root "$DEV/host/data"
+  for node in gpu-node-1 gpu-node-2; do
+    mkdir -p "$DEV/host-$node/data"
+    start_bg "agent-$node" "$PY" -m labkeeper agent --kubeconfig "$KUBECONFIG" --node "$node" \
+        --host-root "$DEV/host-$node" --data-root "$DEV/host-$node/data" --sampler none
+  done
   "$BIN/kubectl" apply -f examples/policy.yaml
   "$BIN/kubectl" apply -f examples/alice.yaml -f examples/caches.yaml -f examples/models.yaml
-  "$BIN/kubectl" create namespace lab-alice --dry-run=client -o yaml | "$BIN/kubectl" apply -f - >/dev/null
+  # the workspace goes in once alice is Ready: her namespace, quota and host account exist by then
+  "$BIN/kubectl" wait --for=jsonpath='{.status.phase}'=Ready gpuuser/alice --timeout=180s
   "$BIN/kubectl" apply -f examples/workspace.yaml
   cat <<MSG
 
@@ -49,13 +55,13 @@ labkeeper is running locally.
   export PATH=$BIN:\$PATH
   kubectl get gu,ws,sc,ms -A          # the lab's objects
   .venv/bin/labctl admin board         # the dashboard
-  logs: $DEV/operator.log $DEV/agent.log $DEV/cluster/logs/
-  sandbox host root: $DEV/host (data root $DEV/host/data)
+  logs: $DEV/operator.log $DEV/agent-gpu-node-*.log $DEV/cluster/logs/
+  sandbox host roots: $DEV/host-gpu-node-1, $DEV/host-gpu-node-2 (each with data/ as its data root)
   stop everything: make down
 MSG
   ;;
 down)
-  stop_bg agent; stop_bg operator
+  stop_bg agent-gpu-node-1; stop_bg agent-gpu-node-2; stop_bg operator
   "$PY" -m labkeeper.testing.cluster down --dir "$DEV/cluster"
   ;;
 *) echo "usage: hack/dev.sh up|down" >&2; exit 2 ;;

@@ -88,7 +88,7 @@ class PolicyStore:
 
     def entitlement(self, username: str, spec: dict) -> UserEntitlement:
         policy = self.current
-        tier = spec.get("tier") or "student"
+        tier = spec.get("tier") or policy.default_tier
         limits = policy.effective_limits(username, tier, spec.get("limits") or {})
         values = {name: item.value for name, item in limits.items()}
         grant = render.Access(
