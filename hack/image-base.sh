@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # A stand-in for python:3.12-slim when no container registry is reachable (this build machine):
-# Debian bookworm minbase + python3 + venv from the Debian mirror, imported into buildah's local store.
+# Debian bookworm minbase + python3 + venv from this machine's own apt mirror, imported into buildah's store.
 # Prints the image name on its last line. Cached: a second run only checks the image exists.
 set -euo pipefail
 IMAGE="${LABKEEPER_BASE_IMAGE:-localhost/labkeeper-python-base:bookworm}"
 STORAGE=(--storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}")
-MIRROR="${DEBIAN_MIRROR:-http://mirror.example/debian}"
+# the mirror this machine's apt already uses, so the build reaches only what apt reaches
+MIRROR="${DEBIAN_MIRROR:-$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)}"
+if [[ -z "$MIRROR" ]]; then
+  MIRROR="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)"
+fi
+[[ -n "$MIRROR" ]] || { echo "image-base: set DEBIAN_MIRROR (no apt mirror found in /etc/apt)" >&2; exit 1; }
 if buildah "${STORAGE[@]}" inspect --type image "$IMAGE" >/dev/null 2>&1; then
   echo "$IMAGE"; exit 0
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make image`: builds the operator/agent image from the Dockerfile with buildah (Debian package;
-# no daemon). Where the image registry cannot be reached, the base is a local Debian python3 image made by
+# no daemon). Where the python base image cannot be pulled, the base is a local Debian python3 image made by
 # hack/image-base.sh. Prints the image name on its last line.
 #   IMAGE=labkeeper/labkeeper:0.1.0  PYTHON_IMAGE=...  BUILDAH_STORAGE_DRIVER=vfs
 set -euo pipefail
@@ -10,10 +10,10 @@ IMAGE="${IMAGE:-localhost/labkeeper/labkeeper:${VERSION}}"
 STORAGE=(--storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}")
 command -v buildah >/dev/null || { echo "image: buildah is required (apt-get install buildah)" >&2; exit 1; }
 if [[ -z "${PYTHON_IMAGE:-}" ]]; then
-  if timeout 5 bash -c 'exec 3<>/dev/tcp/registry.example/443' 2>/dev/null; then
+  if timeout 60 buildah "${STORAGE[@]}" pull -q python:3.12-slim-bookworm >/dev/null 2>&1; then
     PYTHON_IMAGE=python:3.12-slim-bookworm
   else
-    echo "image: the image registry is unreachable; using a local Debian base (hack/image-base.sh)" >&2
+    echo "image: python:3.12-slim-bookworm cannot be pulled here; using a local Debian base (hack/image-base.sh)" >&2
     PYTHON_IMAGE="$(bash hack/image-base.sh | tail -1)"
   fi
 fi

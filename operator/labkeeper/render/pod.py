@@ -10,6 +10,7 @@ from labkeeper.render.access import HOLD_PRIORITY_CLASS, LABEL_MANAGED, LABEL_US
 
 LABEL_WORKSPACE = "labkeeper.io/workspace"
 LABEL_ROLE = "labkeeper.io/role"
+# the pause image k3s itself runs; a hold never starts anything else
 HOLD_IMAGE = "rancher/mirrored-pause:3.6"
 
 
