@@ -1,0 +1,156 @@
+"""What the reliability scenarios share: round counts, the agent as a killable process, checksums of
+homes, and the invariants a converged lab must satisfy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from labkeeper.testing.cluster import REPO_ROOT
+from labkeeper.testing.lab import Lab
+from labkeeper.testing.processes import SYSTEM_NAMESPACE
+
+FULL = os.environ.get("LABKEEPER_RELIABILITY_FULL") == "1"
+
+
+def rounds(full: int, reduced: int) -> int:
+    return full if FULL else reduced
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the agent provisions accounts under a temporary host root as root")
+
+
+def seed_etc(root: Path) -> None:
+    """A freshly booted host's /etc: root only, as after a reimage or a tmpfs /etc."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    for name, line in (("passwd", "root:x:0:0:root:/root:/bin/bash"), ("group", "root:x:0:"),
+                       ("shadow", "root:*:19000:0:99999:7:::"), ("gshadow", "root:*::")):
+        (root / "etc" / name).write_text(line + "\n")
+
+
+class AgentProcess:
+    """`labkeeper agent` for one fake node, provisioning every GPUUser under a temporary host root."""
+
+    def __init__(self, lab: Lab, root: Path, node: str) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        seed_etc(root)
+        self.args = [sys.executable, "-m", "labkeeper", "agent", "--node", node, "--host-root", str(root),
+                     "--data-root", str(self.data), "--kubeconfig", str(lab.cluster.kubeconfig),
+                     "--sampler", "none", "--resync", "5"]
+        self.log = root.parent / f"agent-{node}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AgentProcess:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def provisioned(lab: Lab, name: str, node: str) -> bool:
+    nodes = lab.status("gpuuser", name).get("nodes") or []
+    return any(n["node"] == node and n.get("state") == "Provisioned" for n in nodes)
+
+
+def checksums(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under root, by relative path; links are not followed."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def write_thesis(home: Path, seed: int) -> None:
+    """Files a user cares about: text, a binary blob and a nested directory."""
+    (home / "thesis").mkdir(exist_ok=True)
+    (home / "thesis" / "chapter1.tex").write_text(f"chapter one, draft {seed}\n" * 50)
+    (home / "weights.bin").write_bytes(hashlib.sha256(str(seed).encode()).digest() * 4096)
+
+
+def operator_alive_without_traceback(lab: Lab) -> None:
+    assert lab.operator and lab.operator.proc and lab.operator.proc.poll() is None, \
+        f"operator exited: {lab.log_tail()}"
+    log = (lab.operator.logdir / f"operator-{lab.operator.starts}.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]
+
+
+def operator_writes(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("labkeeper_operator_api_writes_total"))
+
+
+# ---- invariants of a converged lab --------------------------------------------------------------------
+def uid_problems(lab: Lab) -> list[str]:
+    problems = []
+    users = lab.items("gpuusers")
+    by_uid: dict[int, list[str]] = {}
+    for user in users:
+        uid = (user.get("status") or {}).get("uid")
+        if uid is not None:
+            by_uid.setdefault(uid, []).append(user["metadata"]["name"])
+    problems += [f"uid {uid} held by {names}" for uid, names in by_uid.items() if len(names) > 1]
+    ledger = lab.get("configmap", "labkeeper-uid-ledger", SYSTEM_NAMESPACE) or {}
+    entries = ledger.get("data") or {}
+    seen: dict[str, str] = {}
+    for name, uid in entries.items():
+        if uid in seen:
+            problems.append(f"ledger gives uid {uid} to {seen[uid]} and {name}")
+        seen[uid] = name
+    for user in users:
+        name, uid = user["metadata"]["name"], (user.get("status") or {}).get("uid")
+        if uid is not None and name in entries and int(entries[name]) != uid:
+            problems.append(f"{name}: status uid {uid}, ledger {entries[name]}")
+    return problems
+
+
+def orphan_problems(lab: Lab) -> list[str]:
+    problems = []
+    workspaces = {(w["metadata"]["namespace"], w["metadata"]["name"]): w for w in lab.items("workspaces", "-A")}
+    uids = {w["metadata"]["uid"] for w in workspaces.values()}
+    per_workspace: dict[tuple[str, str, str], list[str]] = {}
+    for pod in lab.items("pods", "-A", "-l", "app.kubernetes.io/managed-by=labkeeper"):
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            continue
+        owners = [o["uid"] for o in meta.get("ownerReferences") or [] if o["kind"] == "Workspace"]
+        if not owners or not set(owners) & uids:
+            problems.append(f"pod {meta['namespace']}/{meta['name']} has no live Workspace owner")
+        key = (meta["namespace"], meta["labels"].get("labkeeper.io/workspace", "?"), meta["labels"].get("labkeeper.io/role", "?"))
+        per_workspace.setdefault(key, []).append(meta["name"])
+    problems += [f"{ns}/{ws} has {len(names)} {role} pods: {names}"
+                 for (ns, ws, role), names in per_workspace.items() if len(names) > 1]
+    users = {u["metadata"]["name"] for u in lab.items("gpuusers")}
+    for ns in lab.items("namespaces"):
+        name = ns["metadata"]["name"]
+        if name.startswith("lab-") and name[4:] not in users:
+            problems.append(f"namespace {name} has no GPUUser")
+    return problems
