@@ -11,7 +11,9 @@ import errno
 import fcntl
 import os
 import shutil
+import signal
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -327,3 +329,52 @@ def account_files_locked(etc_fd: int, timeout: float = 15.0) -> Iterator[None]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{name}.lock", dir_fd=etc_fd)
         os.close(fd)  # closing drops the fcntl lock
+
+
+# ---- installers -------------------------------------------------------------------------------------
+
+def seal_tree(fd: int) -> int:
+    """Make everything below the open directory root:root, without group/other write or set-id bits, top down:
+    each directory is taken from its previous owner before its entries, so none can be swapped meanwhile.
+    Symlinks are re-owned, never followed. Returns the number of entries."""
+    os.fchown(fd, 0, 0)
+    os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o755 | 0o700)
+    count = 0
+    for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+        for name in dirs + files:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(name, stat.S_IMODE(st.st_mode) & 0o755 | 0o600, dir_fd=dir_fd, follow_symlinks=False)
+            count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    output_tail: str
+    timed_out: bool
+
+
+def run_installer(argv: list[str], cwd: Path, env: dict[str, str], uid: int | None, gid: int | None,
+                  timeout: float) -> Ran:
+    """Run an installer from an argument list (never a shell string) as uid:gid with no extra groups, in its own
+    session so that it and everything it started are killed together at the timeout or when it ends."""
+    as_other = uid is not None and os.geteuid() == 0
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, close_fds=True,
+        **({"user": uid, "group": gid, "extra_groups": []} if as_other else {}))
+    timed_out = False
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left running in the background
+    return Ran(proc.returncode, output.decode(errors="replace")[-2000:], timed_out)

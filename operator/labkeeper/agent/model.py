@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from labkeeper.api.names import RELATIVE_PATH_PATTERN, InvalidName, validate_username
 
 # subtrees of the data root that belong to the agent, never to a SharedCache or ModelStore
-RESERVED_TOP_DIRS = frozenset({"users", "archive", ".labkeeper"})
+RESERVED_TOP_DIRS = frozenset({"users", "archive", "apps", ".labkeeper"})
 LAB_GROUP_NAME = "lab-users"
 MANAGED_MARKER = "labkeeper"  # last GECOS subfield of every account the agent made
 _SHELL = re.compile(r"^/[A-Za-z0-9_/.+-]{0,63}$")
@@ -78,6 +78,7 @@ class LabHost:
     users: tuple[HostUser, ...] = ()
     trees: tuple[SharedTree, ...] = ()
     lab_gid: int = 2000
+    toolchains: tuple = ()  # agent.toolchains.ToolchainSpec, installed under apps/
 
 
 @dataclass

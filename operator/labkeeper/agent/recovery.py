@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkeeper.agent import accounts, homes, hostops, offboard, shared_trees, skeleton
+from labkeeper.agent import accounts, homes, hostops, offboard, shared_trees, skeleton, toolchains
 from labkeeper.agent.hostops import Owner
 from labkeeper.agent.model import LabHost, Report, SharedTree, UnsafeName
 
@@ -27,6 +27,7 @@ class HostResult:
     provisioned: set[str] = field(default_factory=set)
     acl_supported: bool = True
     tree_paths: dict[str, str] = field(default_factory=dict)  # "cache/pip" subject → host path
+    toolchain_paths: dict[str, str] = field(default_factory=dict)  # toolchain name → host path of the version in use
 
 
 class Host:
@@ -75,10 +76,19 @@ def reconcile_host(host: Host, lab: LabHost, departures: tuple[Departure, ...] =
         except (OSError, UnsafeName) as err:
             report.fail(who, f"{tree.path}: {err}")
 
+    bin_dirs: list[str] = []
+    try:
+        for tool in toolchains.ensure_toolchains(host.data_fd, host.host_fd, host.data_root, lab.toolchains, report):
+            prefix = host.host_path(f"{toolchains.APPS_DIR}/{tool.dirname}")
+            result.toolchain_paths[tool.name] = prefix
+            bin_dirs += [f"{prefix}/{entry}" for entry in tool.bin]
+    except OSError as err:
+        report.fail("toolchains", f"{toolchains.APPS_DIR}/: {err}")
+
     try:
         with hostops.opened(hostops.walk(host.host_fd, list(skeleton.PROFILE_PATH[:-1]), create=True)) as pd:
-            if hostops.write_file(pd, skeleton.PROFILE_PATH[-1], skeleton.profile_d(trees, lab.lab_gid).encode(),
-                                  Owner(0, 0, 0o644)):
+            profile = skeleton.profile_d(trees, lab.lab_gid, bin_dirs)
+            if hostops.write_file(pd, skeleton.PROFILE_PATH[-1], profile.encode(), Owner(0, 0, 0o644)):
                 report.did("/etc/profile.d/labkeeper.sh written")
     except OSError as err:
         report.fail("profile.d", str(err))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 
 from labkeeper.agent.model import HostUser, SharedTree
 
@@ -13,10 +14,16 @@ def tree_env(tree: SharedTree, host_path: str) -> list[tuple[str, str]]:
     return [(name, value.replace("$(PATH)", host_path)) for name, value in tree.env]
 
 
-def profile_d(trees: list[tuple[SharedTree, str]], lab_gid: int) -> str:
-    """`/etc/profile.d/labkeeper.sh`: every cache's and store's variables; umask 002 for lab members."""
+def profile_d(trees: list[tuple[SharedTree, str]], lab_gid: int, bin_dirs: Sequence[str] = ()) -> str:
+    """`/etc/profile.d/labkeeper.sh`: every cache's and store's variables; umask 002 for lab members;
+    the shared toolchains' bin directories in front of PATH (each once, however often the file is sourced)."""
     lines = ["# written by the labkeeper agent; changes here are overwritten", ""]
     lines += [f'case " $(id -G 2>/dev/null) " in *" {lab_gid} "*) umask 002 ;; esac', ""]
+    for directory in reversed(bin_dirs):
+        quoted = shlex.quote(directory)
+        lines.append(f'case ":$PATH:" in *:{quoted}:*) ;; *) PATH={quoted}"${{PATH:+:$PATH}}" ;; esac')
+    if bin_dirs:
+        lines += ["export PATH", ""]
     seen: set[str] = set()
     for tree, host_path in sorted(trees, key=lambda t: (t[0].kind, t[0].name)):
         for name, value in tree_env(tree, host_path):
@@ -67,7 +74,9 @@ def skeleton(user: HostUser, trees: list[tuple[SharedTree, str]]) -> dict[str, s
     }
     conda = conda_pkgs(trees)
     if conda:
-        files[".condarc"] = f"# written once by labkeeper: packages come from the lab's shared cache\npkgs_dirs:\n  - {conda}\n"
+        files[".condarc"] = (f"# written once by labkeeper: packages come from the lab's shared cache, environments\n"
+                             f"# stay in your home (the shared toolchains are read-only)\npkgs_dirs:\n  - {conda}\n"
+                             "envs_dirs:\n  - ~/.conda/envs\n")
     return files
 
 

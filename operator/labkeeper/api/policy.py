@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from labkeeper.api.names import GPU_PROFILES, validate_username
+from labkeeper.api.names import DNS_LABEL_PATTERN, GPU_PROFILES, RELATIVE_PATH_PATTERN, validate_username
 from labkeeper.api.resources import KEEP_ALIVE_CEILING, Limits
 from labkeeper.api.units import (
     DURATION_PATTERN,
@@ -33,6 +33,7 @@ from labkeeper.api.units import (
 
 __all__ = [
     "LIMIT_FIELDS", "POLICY_CONFIGMAP", "POLICY_KEY", "Activity", "LabPolicy", "LimitValue", "PolicyError", "Tier",
+    "Toolchain",
     "effective_limits", "gpu_equivalents", "load_policy", "parse_cpu", "parse_duration", "parse_memory",
     "parse_quantity", "policy_configmap",
 ]
@@ -146,6 +147,54 @@ class UidRange(_Policy):
         return self
 
 
+TOOLCHAIN_SOURCES = ("url", "file", "pypi")
+# a requirement such as uv==0.5.11: never an option (no leading '-') and never a path or URL
+PYPI_SPEC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?((==|~=|>=|<=|!=|>|<)[A-Za-z0-9.*+!_-]+)?$"
+
+
+class Toolchain(_Policy):
+    """A tool the agent installs once into `<dataRoot>/apps/<name>-<version>` and puts on PATH for SSH users."""
+
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="what Workspaces name in spec.toolchains")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
+    file: str | None = Field(default=None, pattern=r"^/[^\x00\n]*$", max_length=1024,
+                             description="absolute path of the installer on the node")
+    pypi: str | None = Field(default=None, pattern=PYPI_SPEC_PATTERN, max_length=256,
+                             description='a package spec such as "uv==0.5.11"; installed with kind wheel')
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="checked before anything runs")
+    kind: Literal["installer-script", "archive", "wheel"]
+    bin: list[Annotated[str, Field(pattern=RELATIVE_PATH_PATTERN, max_length=255)]] = Field(
+        default_factory=lambda: ["bin"], max_length=8, description="directories under the prefix to put on PATH")
+    timeout: Duration = Field(default=dt.timedelta(minutes=15), description="the installer is killed after this long")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        if isinstance(value, float):
+            raise ValueError(f"{value!r} was read as a number; quote it in YAML (version: \"24.11\") so no digit is lost")
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Toolchain:
+        given = [s for s in TOOLCHAIN_SOURCES if getattr(self, s) is not None]
+        if len(given) != 1:
+            raise ValueError(f"toolchain {self.name!r}: set exactly one of url, file, pypi (got "
+                             f"{', '.join(given) or 'none'})")
+        if self.pypi is not None and self.kind != "wheel":
+            raise ValueError(f"toolchain {self.name!r}: kind: a pypi source is installed as kind wheel, not {self.kind}")
+        if self.file is not None and any(p in {".", ".."} for p in self.file.split("/")):
+            raise ValueError(f"toolchain {self.name!r}: file {self.file!r} must not contain '.' or '..' segments")
+        if any(".." in b.split("/") for b in self.bin):
+            raise ValueError(f"toolchain {self.name!r}: bin entries must stay inside the prefix")
+        return self
+
+    @property
+    def source(self) -> tuple[str, str]:
+        """("url" | "file" | "pypi", value)."""
+        return next((s, getattr(self, s)) for s in TOOLCHAIN_SOURCES if getattr(self, s) is not None)
+
+
 def _fraction(value: Any) -> Any:
     """gpuWeights may be written as fractions of a GPU: "1/7" is exact where 0.143 is not."""
     if isinstance(value, str) and "/" in value:
@@ -197,6 +246,8 @@ class LabPolicy(_Policy):
     runtime_class_name: str = Field(default="nvidia", max_length=63)
     uid_range: UidRange = Field(default_factory=UidRange)
     lab_users_gid: int = Field(default=2000, ge=100, le=2147483647)
+    toolchains: list[Toolchain] = Field(default_factory=list, max_length=32,
+                                        description="tools installed on each node's data root for SSH users")
 
     @field_validator("gpu_weights")
     @classmethod
@@ -224,6 +275,10 @@ class LabPolicy(_Policy):
                              f"ceiling of {KEEP_ALIVE_CEILING}")
         for name in self.users:
             validate_username(name)
+        names = [t.name for t in self.toolchains]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"toolchains: {', '.join(twice)} listed more than once; keep one version per name")
         self._check_limits("defaults", self.defaults)
         for name, tier in self.tiers.items():
             self._check_limits(f"tiers.{name}", tier)
