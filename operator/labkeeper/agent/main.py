@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -22,7 +23,7 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Gauge, start_http_server
 
-from labkeeper.agent import cleanup, desired, disk
+from labkeeper.agent import cleanup, desired, disk, toolchains
 from labkeeper.agent.activity import (
     ActivityMetrics,
     ActivityMonitor,
@@ -143,6 +144,7 @@ class Agent:
     def reconcile(self) -> HostResult:
         users, caches, stores = self.users.items(), self.caches.items(), self.stores.items()
         want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid())
+        want.lab = dataclasses.replace(want.lab, toolchains=toolchains.from_policy(self.policy().toolchains))
         started = time.monotonic()
         result = reconcile_host(self.host, want.lab, want.departures, self.clock().date())
         self.last_result = result
@@ -152,6 +154,7 @@ class Agent:
         self.scanner.set_targets([f"users/{u.name}" for u in want.lab.users] + [t.path for t in want.lab.trees])
         for user in users:
             self._user_status(user, want, result)
+        self._toolchain_events(result)
         fs = disk.filesystem_usage(self.host.data_fd)
         DISK_RATIO.labels(self.node, "filesystem", "data").set(fs.ratio)
         for kind, objs in (("SharedCache", caches), ("ModelStore", stores)):
@@ -247,6 +250,21 @@ class Agent:
         self._event(obj, "CacheCleaned", f"freed {freed.bytes} bytes in {freed.files} files: {freed.reason}")
         return {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "freedBytes": freed.bytes, "removedFiles": freed.files,
                 "reason": freed.reason, "request": request or last.get("request")}
+
+    def _toolchain_events(self, result: HostResult) -> None:
+        """Toolchains are policy, not objects with a status: what happened to them is an Event on the policy
+        ConfigMap (`kubectl describe configmap -n labkeeper-system labkeeper-policy`)."""
+        policy_cm = self.configmaps.objects.get("labkeeper-policy")
+        if policy_cm is None:
+            return
+        obj = {"kind": "ConfigMap", "apiVersion": "v1", **policy_cm}
+        installed = [line for line in result.report.done if line.startswith("toolchain ")]
+        if installed:
+            self._event(obj, "ToolchainInstalled", f"{self.node}: " + "; ".join(installed))
+        failed = [p for subject, problems in sorted(result.report.problems.items())
+                  if subject.startswith("toolchain") for p in problems]
+        if failed:
+            self._event(obj, "ToolchainFailed", f"{self.node}: " + "; ".join(failed), warning=True)
 
     # ---- writes -------------------------------------------------------------------------------
     def _patch(self, obj: dict, body: dict, *, status: bool = False) -> None:
