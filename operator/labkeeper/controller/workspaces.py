@@ -19,6 +19,7 @@ from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, api_error_message, condition, is_conflict, owner_reference
 from labkeeper.render import pod as render_pod
 from labkeeper.render.access import priority_class_for
+from labkeeper.render.toolchains import toolchain_mounts
 
 FAILED_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                           "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
@@ -334,6 +335,11 @@ class WorkspaceReconciler:
         request = gpu_request(spec)
         caches = self._mounts("SharedCache", spec.get("caches"), username, writable_default=True)
         stores = self._mounts("ModelStore", spec.get("modelStores"), username, writable_default=False)
+        toolchains, unknown = toolchain_mounts(policy.toolchains, self.data_root, spec.get("toolchains") or ())
+        if unknown:
+            self.kube.event(ws, "UnknownToolchain", f"spec.toolchains names {', '.join(unknown)}, which the lab "
+                            f"policy does not provide; known: {', '.join(t.name for t in policy.toolchains) or 'none'}",
+                            type_="Warning")
         lab_gid = self.lab_users_gid if self.lab_users_gid is not None else policy.lab_users_gid
         return render_pod.PodInputs(
             workspace=meta["name"],
@@ -356,6 +362,7 @@ class WorkspaceReconciler:
             grace_seconds=int(policy.termination_grace.total_seconds()),
             caches=caches,
             model_stores=stores,
+            toolchains=toolchains,
         )
 
     def _hold_inputs(self, ws: dict, request: GpuRequest) -> render_pod.PodInputs:
