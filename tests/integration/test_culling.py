@@ -305,7 +305,11 @@ def test_after_operator_and_agent_restart_idle_workspaces_get_a_full_timeout_aga
     # idle for ~90% of their timeout, then both processes die and come back
     wait_for(lambda: all("idle-80" in {w["key"] for w in lab.status("workspace", n, "lab-sleeper").get("warnings") or []}
                          for n in ("nap1", "nap2")), timeout=IDLE + 5, what="both at 80% of their idle timeout")
-    time.sleep(IDLE * 0.1)
+    # kill at 90% of the timeout measured from the operator's own idleSince, not from when we noticed
+    since = max(parse(lab.status("workspace", n, "lab-sleeper")["idleSince"]).timestamp() for n in ("nap1", "nap2"))
+    time.sleep(max(0.0, since + IDLE * 0.9 - time.time()))
+    for name in ("nap1", "nap2"):
+        assert lab.status("workspace", name, "lab-sleeper")["phase"] in ("Running", "IdleWarning"), name
     lab.operator.kill()
     agent.kill()
     restarted = time.time()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kopf
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.leader import LeaderLease
@@ -32,6 +34,15 @@ GROUP, VERSION = "labkeeper.io", "v1alpha1"
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def log_failure(err: Exception, message: str, *args) -> None:
+    """An API hiccup (a restarting apiserver, a conflict) is a retried warning; anything else keeps its traceback."""
+    stopping = isinstance(err, RuntimeError) and "shutdown" in str(err)
+    if stopping or isinstance(err, (ApiException, urllib3.exceptions.HTTPError, OSError)):
+        log.warning(message + " (retrying)", *args)
+    else:
+        log.exception(message, *args)
 
 
 class Requeue:
@@ -57,6 +68,15 @@ class Requeue:
             handle.cancel()
 
 
+async def quietly(what: str, func, *args):
+    """Runs a blocking read in a thread; an API hiccup is logged in one line and yields None."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except Exception as err:
+        log_failure(err, "%s failed: %s", what, err)
+        return None
+
+
 class Operator:
     def __init__(self, kube: Kube, system_namespace: str, endpoint: ClusterEndpoint, *,
                  clock: Callable[[], dt.datetime] = utcnow, require_host: bool = True,
@@ -77,15 +97,15 @@ class Operator:
     async def reconcile_user(self, name: str, body: dict | None = None) -> None:
         key = ("GPUUser", name)
         async with self.requeue.lock(key):
-            if body is None:
-                body = await asyncio.to_thread(self.kube.get, "GPUUser", name)
-                if body is None:
-                    self.users.forget(name)
-                    return
             try:
+                if body is None:
+                    body = await asyncio.to_thread(self.kube.get, "GPUUser", name)
+                    if body is None:
+                        self.users.forget(name)
+                        return
                 outcome = await asyncio.to_thread(self.users.reconcile, body)
             except Exception as err:  # a failed pass is retried; it must never kill the watch
-                log.exception("GPUUser %s: reconcile failed: %s", name, err)
+                log_failure(err, "GPUUser %s: reconcile failed: %s", name, err)
                 self.requeue.schedule(key, 5.0, lambda: self.reconcile_user(name))
                 return
         if outcome.requeue_after is not None:
@@ -98,15 +118,15 @@ class Operator:
         key = ("Workspace", f"{namespace}/{name}")
         # one lock per user: the weighted-quota check and the pod creation are one step
         async with self.requeue.lock(("user", namespace)):
-            if body is None:
-                body = await asyncio.to_thread(self.kube.get, "Workspace", name, namespace)
-                if body is None:
-                    self.requeue.cancel(key)
-                    return
             try:
+                if body is None:
+                    body = await asyncio.to_thread(self.kube.get, "Workspace", name, namespace)
+                    if body is None:
+                        self.requeue.cancel(key)
+                        return
                 outcome = await asyncio.to_thread(self.workspaces.reconcile, body, lost_pod=lost_pod)
             except Exception as err:  # a failed pass is retried; it must never kill the watch
-                log.exception("Workspace %s/%s: reconcile failed: %s", namespace, name, err)
+                log_failure(err, "Workspace %s/%s: reconcile failed: %s", namespace, name, err)
                 self.requeue.schedule(key, 5.0, lambda: self.reconcile_workspace(namespace, name))
                 return
         if outcome.requeue_after is not None:
@@ -116,16 +136,16 @@ class Operator:
 
     async def user_workspaces_changed(self, namespace: str) -> None:
         """A pod or quota change in one user's namespace can unblock any of her waiting workspaces."""
-        items = await asyncio.to_thread(self.kube.list, "Workspace", namespace)
+        items = await quietly("listing workspaces", self.kube.list, "Workspace", namespace) or []
         for ws in items:
             if (ws.get("status") or {}).get("phase") in ("Pending", "Preempted", None):
                 await self.reconcile_workspace(namespace, ws["metadata"]["name"], ws)
 
     async def policy_changed(self, body: dict) -> None:
-        changed = await asyncio.to_thread(self.policy.load_configmap, body)
+        changed = await quietly("loading the policy", self.policy.load_configmap, body)
         if changed:
-            await asyncio.to_thread(self.policy.apply_priority_classes)
-            users = await asyncio.to_thread(self.kube.list, "GPUUser")
+            await quietly("applying PriorityClasses", self.policy.apply_priority_classes)
+            users = await quietly("listing users", self.kube.list, "GPUUser") or []
             for user in users:
                 await self.reconcile_user(user["metadata"]["name"])
 
@@ -152,7 +172,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             return
         await operator.reconcile_user(name, dict(body))
         # suspension, a tier change or a new uid can change what each of her workspaces may do
-        items = await asyncio.to_thread(operator.kube.list, "Workspace", f"lab-{name}")
+        items = await quietly("listing workspaces", operator.kube.list, "Workspace", f"lab-{name}") or []
         for ws in items:
             await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"], ws)
 
@@ -172,7 +192,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         await operator.reconcile_workspace(namespace, workspace, lost_pod=lost)
         if event.get("type") == "DELETED":
             # a freed device may let anyone's waiting workspace start
-            waiting = await asyncio.to_thread(operator.kube.list, "Workspace")
+            waiting = await quietly("listing workspaces", operator.kube.list, "Workspace") or []
             for ws in waiting:
                 if (ws.get("status") or {}).get("phase") in ("Pending", "Preempted") \
                         and ws["metadata"]["name"] != workspace:
