@@ -60,3 +60,26 @@ def parse_cpu(text: str | int | float) -> float:
 def parse_memory(text: str | int | float) -> int:
     """Memory in bytes: `16Gi` → 17179869184."""
     return int(parse_quantity(text))
+
+
+def format_time(t: dt.datetime | None) -> str | None:
+    """A status timestamp: RFC 3339 in UTC, whole seconds."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    """Any RFC 3339 time (fractions and offsets too) as an aware datetime; naive means UTC."""
+    if not text:
+        return None
+    parsed = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def human_duration(delta: dt.timedelta) -> str:
+    """For messages people read: 45s, 27m, 2h05m."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"

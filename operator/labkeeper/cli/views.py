@@ -9,6 +9,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from labkeeper.api.units import format_time
+
 API_VERSION = "labkeeper.io/v1alpha1"
 GPU_PROFILES = ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full", "none")
 # Linux username rules that also make a valid namespace name (lab-<u>): no underscores, no capitals
@@ -31,7 +33,7 @@ def parse_time(text: str | None) -> dt.datetime | None:
 
 
 def rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(t) or ""
 
 
 def parse_duration(text: str) -> dt.timedelta:

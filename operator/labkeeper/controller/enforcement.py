@@ -6,25 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
-def _fmt(t: dt.datetime | None) -> str | None:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
-
-
-def _parse(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    parsed = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def _human(delta: dt.timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"
+from labkeeper.api.units import format_time, human_duration, parse_time
 
 
 @dataclass(frozen=True)
@@ -35,8 +17,8 @@ class Warning:
     since: dt.datetime | None
 
     def as_status(self, now: dt.datetime) -> dict:
-        return {"key": self.key, "reason": self.reason, "message": self.message, "at": _fmt(now),
-                "since": _fmt(self.since)}
+        return {"key": self.key, "reason": self.reason, "message": self.message, "at": format_time(now),
+                "since": format_time(self.since)}
 
 
 @dataclass(frozen=True)
@@ -53,8 +35,8 @@ class EnforcementClock:
     keep_alive_refused: str | None
 
     def status(self) -> dict:
-        return {"idleSince": _fmt(self.idle_since), "idleDeadline": _fmt(self.idle_deadline),
-                "runtimeDeadline": _fmt(self.runtime_deadline)}
+        return {"idleSince": format_time(self.idle_since), "idleDeadline": format_time(self.idle_deadline),
+                "runtimeDeadline": format_time(self.runtime_deadline)}
 
     def due_warnings(self, idle_fractions: Sequence[float], runtime_fractions: Sequence[float]) -> list[Warning]:
         due = []
@@ -65,15 +47,15 @@ class EnforcementClock:
                 if self.now >= at and (self.keep_alive_until is None or self.now >= self.keep_alive_until):
                     due.append(Warning(
                         f"idle-{round(fraction * 100)}", "IdleWarning",
-                        f"idle for {_human(idle_for)} ({self.activity_reason or 'no activity'}); "
-                        f"stops at {_fmt(self.idle_deadline)} unless used or kept alive", self.idle_since))
+                        f"idle for {human_duration(idle_for)} ({self.activity_reason or 'no activity'}); "
+                        f"stops at {format_time(self.idle_deadline)} unless used or kept alive", self.idle_since))
         if self.max_runtime and self.runtime_deadline:
             for fraction in runtime_fractions:
                 if self.runtime >= self.max_runtime * fraction:
                     due.append(Warning(
                         f"runtime-{round(fraction * 100)}", "RuntimeWarning",
-                        f"has run {_human(self.runtime)} of its {_human(self.max_runtime)} limit; "
-                        f"stops at {_fmt(self.runtime_deadline)}", None))
+                        f"has run {human_duration(self.runtime)} of its {human_duration(self.max_runtime)} limit; "
+                        f"stops at {format_time(self.runtime_deadline)}", None))
         return due
 
     def stop_reason(self) -> str | None:
@@ -85,9 +67,9 @@ class EnforcementClock:
 
     def stop_message(self, reason: str) -> str:
         if reason == "MaxRuntime":
-            return f"stopped: total runtime {_human(self.runtime)} reached the {_human(self.max_runtime)} limit"
-        return (f"stopped: idle for {_human(self.now - self.idle_since)} "
-                f"(limit {_human(self.idle_timeout)}; {self.activity_reason or 'no activity seen'})")
+            return f"stopped: total runtime {human_duration(self.runtime)} reached the {human_duration(self.max_runtime)} limit"
+        return (f"stopped: idle for {human_duration(self.now - self.idle_since)} "
+                f"(limit {human_duration(self.idle_timeout)}; {self.activity_reason or 'no activity seen'})")
 
     def next_check(self, now: dt.datetime, idle_fractions: Sequence[float],
                    runtime_fractions: Sequence[float], ceiling: float = 60.0) -> float:
@@ -109,8 +91,8 @@ def enforcement_clock(status: dict, desired: dict, now: dt.datetime, started_at:
                       idle_timeout: dt.timedelta | None, max_runtime: dt.timedelta | None, *,
                       keep_alive_until: dt.datetime | None, keep_alive_cap: dt.timedelta,
                       keep_alive: dt.timedelta | None = None) -> EnforcementClock:
-    running_since = _parse(desired.get("runningSince")) or now
-    last_activity = _parse(status.get("lastActivity"))
+    running_since = parse_time(desired.get("runningSince")) or now
+    last_activity = parse_time(status.get("lastActivity"))
     if keep_alive:
         # spec.keepAlive: the workspace counts as active this long after its last activity, within the cap
         last_activity = (last_activity or running_since) + min(keep_alive, keep_alive_cap)
@@ -118,8 +100,8 @@ def enforcement_clock(status: dict, desired: dict, now: dt.datetime, started_at:
     idle_since = max(t for t in (last_activity, running_since, started_at) if t is not None)
     refused = None
     if keep_alive_until is not None and keep_alive_until > now + keep_alive_cap:
-        refused = (f"spec.keepAliveUntil {_fmt(keep_alive_until)} is beyond the policy cap of "
-                   f"{_human(keep_alive_cap)} from now; it is ignored")
+        refused = (f"spec.keepAliveUntil {format_time(keep_alive_until)} is beyond the policy cap of "
+                   f"{human_duration(keep_alive_cap)} from now; it is ignored")
         keep_alive_until = None
     if keep_alive_until is not None and keep_alive_until <= now:
         keep_alive_until = None
@@ -138,7 +120,7 @@ def status_message(node: str | None, clock: EnforcementClock) -> str:
     if clock.activity_reason:
         parts.append(clock.activity_reason)
     if clock.keep_alive_until:
-        parts.append(f"kept alive until {_fmt(clock.keep_alive_until)}")
+        parts.append(f"kept alive until {format_time(clock.keep_alive_until)}")
     if clock.keep_alive_refused:
         parts.append(clock.keep_alive_refused)
     return "; ".join(parts)

@@ -11,6 +11,7 @@ import time
 
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api.units import parse_time
 from labkeeper.kube.client import Kube, is_conflict
 
 log = logging.getLogger("labkeeper.leader")
@@ -19,12 +20,6 @@ LEASE_NAME = "labkeeper-operator"
 
 def _stamp(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class LeaderLease:
@@ -46,7 +41,7 @@ class LeaderLease:
                                   "metadata": {"name": LEASE_NAME, "namespace": self.namespace}, "spec": spec})
                 return True
             held = lease.get("spec") or {}
-            renewed = _parse(held.get("renewTime"))
+            renewed = parse_time(held.get("renewTime"))
             expired = renewed is None or now > renewed + dt.timedelta(seconds=held.get("leaseDurationSeconds") or 0)
             if held.get("holderIdentity") not in (None, "", self.identity) and not expired:
                 return False

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api import policy as api_policy
+from labkeeper.api.units import format_time, parse_time
 from labkeeper.controller.enforcement import enforcement_clock, status_message
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, api_error_message, condition, is_conflict, owner_reference
@@ -23,20 +24,6 @@ from labkeeper.render.toolchains import toolchain_mounts
 
 FAILED_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                           "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def fmt(t: dt.datetime | None) -> str | None:
-    return t.astimezone(dt.UTC).strftime(TIME_FORMAT) if t else None
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    parsed = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
 @dataclass
 class Outcome:
     requeue_after: float | None = None
@@ -249,7 +236,7 @@ class WorkspaceReconciler:
                 warnings.append(warning.as_status(now))
                 self.kube.event(ws, warning.reason, warning.message, type_="Warning")
         # warnings belong to the current idle stretch; activity clears the idle ones
-        warnings = [w for w in warnings if not (w["key"].startswith("idle-") and w.get("since") != fmt(clock.idle_since))]
+        warnings = [w for w in warnings if not (w["key"].startswith("idle-") and w.get("since") != format_time(clock.idle_since))]
         desired["warnings"] = warnings
         if clock.keep_alive_refused:
             desired["message"] = clock.keep_alive_refused
@@ -288,7 +275,7 @@ class WorkspaceReconciler:
                     if not is_conflict(err):
                         raise
                 desired["holdPodName"] = holder["metadata"]["name"]
-                desired["holdUntil"] = fmt(now + policy.gpu_hold_after_stop)
+                desired["holdUntil"] = format_time(now + policy.gpu_hold_after_stop)
             if not pod["metadata"].get("deletionTimestamp"):
                 self.kube.delete("Pod", pod["metadata"]["name"], namespace,
                                  grace_seconds=int(policy.termination_grace.total_seconds()))
@@ -307,7 +294,7 @@ class WorkspaceReconciler:
                 requeue = (hold_until - now).total_seconds()
         retention = policy.stopped_retention
         stopped_at = parse_time(status.get("stoppedAt")) or now
-        desired["stoppedAt"] = fmt(stopped_at)
+        desired["stoppedAt"] = format_time(stopped_at)
         if retention and retention.total_seconds() > 0 and spec_state(ws) == "Stopped":
             expires = stopped_at + retention
             if now >= expires and hold is None:
@@ -400,7 +387,7 @@ class WorkspaceReconciler:
         if not running and since is not None:
             total += int((now - since).total_seconds())
             since = None
-        return {"runtimeSeconds": total, "runningSince": fmt(since)}
+        return {"runtimeSeconds": total, "runningSince": format_time(since)}
 
     def _set(self, ws: dict, desired: dict, phase: str, reason: str, message: str, now: dt.datetime, *,
              requeue: float | None = None, ready: bool = False, scheduled: bool | None = None,

@@ -5,10 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from labkeeper.agent.activity.model import Verdict, WorkspaceKey
-
-
-def _fmt(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from labkeeper.api.units import format_time
 
 
 class PublishThrottle:
@@ -37,7 +34,7 @@ class PublishThrottle:
         last_active = self._last_active.get(key, now if previous is None else None)
         patch = {"activityReason": verdict.reason}
         if last_active is not None:
-            patch["lastActivity"] = _fmt(last_active)
+            patch["lastActivity"] = format_time(last_active)
         return patch
 
     def retain(self, keys: set[WorkspaceKey]) -> None:

@@ -5,15 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from labkeeper.agent.activity.model import GpuReading, Thresholds, Verdict, WorkspaceSignals
-
-
-def human_duration(delta: dt.timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"
+from labkeeper.api.units import human_duration
 
 
 def human_bytes(size: int) -> str:
