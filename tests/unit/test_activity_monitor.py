@@ -172,3 +172,28 @@ def test_gauges_carry_every_signal_and_vanish_with_the_workspace(node):
     monitor.observe([BOB])  # alice's workspace stopped
     assert registry.get_sample_value("labkeeper_workspace_active", ws) is None
     assert registry.get_sample_value("labkeeper_workspace_gpu_utilization_percent", dev) is None
+
+
+def test_an_idle_verdicts_gist_ignores_its_numbers_but_not_what_it_saw(node):
+    """The gist decides whether an idle verdict is worth a new write: durations and byte counts do not
+    change it, cpu measured at last or a process starting to hold GPU memory does."""
+    clock = Clock()
+    node.gpu_state(h100_split(alice_sm=0, bob_sm=0))
+    doc = h100_split(alice_sm=0, bob_sm=0)
+    doc["processes"] = []
+    node.gpu_state(doc)
+    monitor = monitor_for(node, clock)
+    first = monitor.observe([BOB])[BOB.key]
+    assert "cpu not measured yet" in first.reason and "cpu not measured" in first.gist
+    clock.advance(minutes=1)
+    second = monitor.observe([BOB])[BOB.key]
+    clock.advance(minutes=5)
+    later = monitor.observe([BOB])[BOB.key]
+    assert second.gist != first.gist, "cpu is measured from the second sample on"
+    assert later.reason != second.reason and later.gist == second.gist, (later.reason, second.reason)
+
+    node.gpu_state(h100_split(alice_sm=0, bob_sm=0))  # pid 202 now holds 2 GiB on bob's instance
+    clock.advance(minutes=1)
+    held = monitor.observe([BOB])[BOB.key]
+    assert not held.active and "memory not counted" in held.reason
+    assert held.gist != later.gist and "1g.10gb" in held.gist

@@ -15,8 +15,8 @@ def busy(reason="gpu 41% SM on 1g.10gb"):
     return Verdict(True, reason, {})
 
 
-def idle(reason="cpu 0.00 cores; gpu idle 1m"):
-    return Verdict(False, reason, {})
+def idle(reason="cpu 0.00 cores; gpu idle 1m", gist="cpu; gpu idle"):
+    return Verdict(False, reason, {}, gist)
 
 
 def test_an_unchanged_idle_verdict_is_written_once_then_never_again():
@@ -62,3 +62,14 @@ def test_a_workspace_watched_again_after_a_stop_is_published_afresh():
     throttle.decide(KEY, idle(), T0)
     throttle.retain(set())
     assert throttle.decide(KEY, idle(), T0 + MIN) is not None
+
+
+def test_an_idle_verdict_that_says_something_new_is_written_without_moving_the_idle_clock():
+    throttle = PublishThrottle(REPORT)
+    throttle.decide(KEY, busy(), T0)
+    throttle.decide(KEY, idle("cpu not measured yet; gpu idle 1m", "cpu not measured; gpu idle"), T0 + MIN)
+    held = idle("cpu 0.00 cores; gpu idle 2m (0% SM on 1g.10gb with 6.0 GiB held; memory not counted)",
+                "cpu; gpu idle, held on 1g.10gb")
+    assert throttle.decide(KEY, held, T0 + 2 * MIN) == {
+        "activityReason": held.reason, "lastActivity": "2026-11-23T09:00:00Z"}
+    assert throttle.decide(KEY, idle(held.reason.replace("2m", "9m"), held.gist), T0 + 9 * MIN) is None

@@ -106,3 +106,5 @@ class Verdict:
     active: bool
     reason: str
     signals: dict
+    # what an idle verdict says without its numbers: a new gist is worth a write, a new duration is not
+    gist: str = ""

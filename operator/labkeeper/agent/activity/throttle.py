@@ -11,15 +11,17 @@ from labkeeper.api.units import format_time
 class PublishThrottle:
     """Turns verdicts into Workspace status patches (`lastActivity`, `activityReason`), or None.
 
-    A verdict counts as changed when it flips between active and idle; a new wording of the same
-    idle verdict ("gpu idle 27m" becoming "gpu idle 28m") is not a change. The first publication
+    A verdict counts as changed when it flips between active and idle, or when an idle verdict says
+    something new (cpu measured at last, a process now holding GPU memory); new numbers in the same
+    idle verdict ("gpu idle 27m" becoming "gpu idle 28m") are not a change, so the reason recorded
+    when a workspace is culled says what the agent last saw, at the cost of a write per new gist. The first publication
     for a workspace after the agent starts sets lastActivity to that moment, so an agent restart
     restarts the idle clocks (DESIGN, Lifecycle) instead of culling on stale readings.
     """
 
     def __init__(self, report_interval: dt.timedelta) -> None:
         self.report_interval = report_interval
-        self._published: dict[WorkspaceKey, tuple[bool, dt.datetime]] = {}
+        self._published: dict[WorkspaceKey, tuple[bool, str, dt.datetime]] = {}
         self._last_active: dict[WorkspaceKey, dt.datetime] = {}
 
     def decide(self, key: WorkspaceKey, verdict: Verdict, now: dt.datetime) -> dict | None:
@@ -27,10 +29,12 @@ class PublishThrottle:
             self._last_active[key] = now
         previous = self._published.get(key)
         if previous is not None:
-            was_active, at = previous
-            if was_active == verdict.active and not (verdict.active and now - at >= self.report_interval):
+            was_active, gist, at = previous
+            if verdict.active and was_active and now - at < self.report_interval:
                 return None
-        self._published[key] = (verdict.active, now)
+            if not verdict.active and not was_active and verdict.gist == gist:
+                return None
+        self._published[key] = (verdict.active, verdict.gist, now)
         last_active = self._last_active.get(key, now if previous is None else None)
         patch = {"activityReason": verdict.reason}
         if last_active is not None:

@@ -43,21 +43,26 @@ def judge(signals: WorkspaceSignals, thresholds: Thresholds, now: dt.datetime) -
         busy.append(f"network {human_bytes(signals.network_bytes)}{interval}")
     busy += [why for why in (gpu_busy(r, thresholds) for r in signals.gpus) if why]
 
+    gist = ""
     if busy:
         reason = "; ".join(busy)
     else:
         parts = ["cpu not measured yet" if signals.cpu_cores is None else f"cpu {signals.cpu_cores:.2f} cores"]
+        gists = ["cpu not measured" if signals.cpu_cores is None else "cpu"]
         if signals.network_bytes is not None:
             parts.append(f"network {human_bytes(signals.network_bytes)}{interval}")
+            gists.append("network")
         if signals.gpus or signals.has_gpu:
             since = signals.gpu_busy_at or signals.watching_since
             idle = f"gpu idle {human_duration(now - since)}" if since else "gpu idle"
             held = [f"{r.device.utilization_percent:.0f}% {r.device.metric} on {r.device.label} "
                     f"with {human_bytes(r.memory_bytes)} held" for r in signals.gpus if r.pids]
             parts.append(f"{idle} ({', '.join(held)}; memory not counted)" if held else idle)
+            gists.append("gpu idle" + "".join(f", held on {r.device.label}" for r in signals.gpus if r.pids))
         reason = "; ".join(parts)
+        gist = "; ".join(gists)
 
-    return Verdict(active=bool(busy), reason=reason, signals={
+    return Verdict(active=bool(busy), reason=reason, gist=gist, signals={
         "cpuCores": signals.cpu_cores,
         "networkBytes": signals.network_bytes,
         "intervalSeconds": signals.interval.total_seconds() if signals.interval else None,
