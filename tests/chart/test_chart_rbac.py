@@ -93,31 +93,31 @@ def test_the_operator_on_its_chart_account_runs_a_workspace_and_follows_a_policy
 
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(gpuuser(user)))
     wait_for(lambda: status(cluster, "gpuuser", user).get("phase") == "Ready", timeout=90,
-             what=f"GPUUser {user} Ready\n{op.log_tail()}")
+             what=lambda: f"GPUUser {user} Ready\n{op.log_tail()}")
     assert cluster.kubectl("get", "secret", f"kubeconfig-{user}", "-n", NAMESPACE, check=False).returncode == 0
 
     ws = workspace("box", user, profile="1g.10gb", command=["sleep", "infinity"])
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(ws))
     wait_for(lambda: status(cluster, "workspace", "box", namespace).get("phase") == "Running", timeout=90,
-             what=f"workspace Running\n{op.log_tail()}")
+             what=lambda: f"workspace Running\n{op.log_tail()}")
 
     # stopping keeps the GPU with a hold pod; starting again hands it back through the node taint
     cluster.kubectl("patch", "workspace", "box", "-n", namespace, "--type=merge", "-p",
                     '{"spec": {"state": "Stopped"}}')
     wait_for(lambda: cluster.kubectl("get", "pod", "hold-box", "-n", namespace, check=False).returncode == 0,
-             timeout=60, what=f"hold pod\n{op.log_tail()}")
+             timeout=60, what=lambda: f"hold pod\n{op.log_tail()}")
     cluster.kubectl("patch", "workspace", "box", "-n", namespace, "--type=merge", "-p",
                     '{"spec": {"state": "Running"}}')
     wait_for(lambda: status(cluster, "workspace", "box", namespace).get("phase") == "Running"
              and cluster.kubectl("get", "pod", "hold-box", "-n", namespace, check=False).returncode != 0,
-             timeout=90, what=f"workspace Running again, hold released\n{op.log_tail()}")
+             timeout=90, what=lambda: f"workspace Running again, hold released\n{op.log_tail()}")
 
     # helm upgrade with a changed policy: the operator applies it and re-derives alice's limits
     applied_before = len(policy_events(cluster))
     helm(cluster, "upgrade", RELEASE, str(CHART), "--values", str(values),
          "--set", "policy.defaults.maxWorkspaces=4")
     wait_for(lambda: len(policy_events(cluster)) > applied_before, timeout=60,
-             what=f"PolicyApplied after the upgrade\n{op.log_tail()}")
+             what=lambda: f"PolicyApplied after the upgrade\n{op.log_tail()}")
     wait_for(lambda: (status(cluster, "gpuuser", user).get("effectiveLimits") or {})
              .get("maxWorkspaces", {}).get("value") == "4", timeout=60, what="maxWorkspaces 4 in effect")
 

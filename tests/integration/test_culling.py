@@ -183,7 +183,7 @@ def test_a_process_burning_cpu_in_the_pods_cgroup_keeps_it_running_and_when_it_e
         assert status["activityReason"].startswith("cpu ") and "cores" in status["activityReason"], status
         assert not status.get("warnings"), status["warnings"]
         last_busy = parse(status["lastActivity"])
-        assert (now() - last_busy).total_seconds() < 5
+        assert (now() - last_busy).total_seconds() < 8
 
         busy.kill()
         busy.wait()
@@ -199,10 +199,11 @@ def test_a_process_burning_cpu_in_the_pods_cgroup_keeps_it_running_and_when_it_e
     keys = {w["key"] for s in seen for w in s.get("warnings") or []}
     assert {"idle-50", "idle-80"} <= keys, keys
     assert "cpu 0.0" in stopped["activityReason"], stopped["activityReason"]
-    # the deadline counts from the last busy sample, and the stop came within one check interval of it
+    # the deadline counts from the last busy sample, and the stop came a few seconds after it at most
+    # (check interval 1s, one-second timestamps, a loaded 2-core CI machine), far inside the minute allowed
     deadline = parse(stopped["idleDeadline"])
     assert deadline >= last_busy + dt.timedelta(seconds=IDLE)
-    assert seen_at - deadline.timestamp() <= CHECK + 1.5, (seen_at - deadline.timestamp())
+    assert seen_at - deadline.timestamp() <= CHECK + 4, (seen_at - deadline.timestamp())
     reasons = [e["reason"] for e in events(lab, "busy", "idler")]
     assert reasons.count("IdleWarning") >= 2 and "Culled" in reasons, reasons
     culled = next(e for e in events(lab, "busy", "idler") if e["reason"] == "Culled")
@@ -258,7 +259,7 @@ def test_keep_alive_within_the_cap_postpones_the_stop_beyond_it_is_refused_and_w
              timeout=10, what="the refusal in greedy's status")
     stopped, _, _ = watch_until_stopped(lab, "greedy", "keeper", timeout=IDLE + 15)
     assert stopped["stopReason"] == "Idle"
-    assert (parse(stopped["idleDeadline"]) - started).total_seconds() <= IDLE + 3
+    assert (parse(stopped["idleDeadline"]) - started).total_seconds() <= IDLE + 5
 
     # kept has idled past its timeout but stays until its keep-alive expires, then stops without further delay
     kept = lab.status("workspace", "kept", "lab-keeper")
@@ -267,7 +268,7 @@ def test_keep_alive_within_the_cap_postpones_the_stop_beyond_it_is_refused_and_w
     stopped, seen_at, _ = watch_until_stopped(lab, "kept", "keeper", timeout=30)
     assert stopped["stopReason"] == "Idle"
     assert seen_at >= until.timestamp() - 1
-    assert seen_at - until.timestamp() <= CHECK + 1.5
+    assert seen_at - until.timestamp() <= CHECK + 4
 
 
 # ---- 4. runtime across restarts ----------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def test_max_runtime_counts_every_run_so_the_stop_comes_when_the_total_reaches_t
     assert stopped["stopReason"] == "MaxRuntime"
     segment = seen_at - second_start.timestamp()
     # the second run was cut when the total reached 14s: well before a fresh 14s
-    assert segment <= limit - first["runtimeSeconds"] + CHECK + 2, (segment, first["runtimeSeconds"])
+    assert segment <= limit - first["runtimeSeconds"] + CHECK + 3, (segment, first["runtimeSeconds"])
     assert {"runtime-50", "runtime-80"} <= {w["key"] for s in seen for w in s.get("warnings") or []}
     assert "MaxRuntime" in [e["reason"] for e in events(lab, "marathon", "runner")]
     final = lab.wait_phase("marathon", "runner", "Stopped", timeout=30)

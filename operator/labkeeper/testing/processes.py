@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from labkeeper.testing.cluster import REPO_ROOT, LocalCluster
@@ -54,7 +55,8 @@ class OperatorProcess:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str | Callable[[], str] = "condition"):
+    """Polls `predicate` until it is truthy; `what` may be a callable, read only on timeout (a log tail)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -62,4 +64,5 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str 
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    described = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {described} (last: {last!r})")
