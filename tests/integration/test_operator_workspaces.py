@@ -215,6 +215,28 @@ def test_a_hold_keeps_the_gpu_for_a_quick_restart_then_releases_it(lab: Lab):
     delete_all_workspaces(lab)
 
 
+def test_a_hold_the_api_refuses_does_not_block_the_stop(lab: Lab):
+    """Without the hold PriorityClass the API refuses the placeholder: the stop goes ahead, the GPU is
+    released and the user is told why, instead of the workspace hanging in Stopping."""
+    lab.add_users(gpuuser("unheld", "researcher"))
+    lab.apply(workspace("exp", "unheld", profile="1g.10gb"))
+    lab.wait_phase("exp", "unheld", "Running")
+    saved = lab.get("priorityclass", "labkeeper-hold")
+    for key in ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"):
+        saved["metadata"].pop(key, None)
+    lab.kubectl("delete", "priorityclass", "labkeeper-hold")
+    try:
+        lab.kubectl("patch", "workspace", "exp", "-n", "lab-unheld", "--type=merge", "-p",
+                    '{"spec":{"state":"Stopped"}}')
+        stopped = lab.wait_phase("exp", "unheld", "Stopped", timeout=30)
+    finally:
+        lab.apply(saved)
+    assert lab.get("pod", "hold-exp", "lab-unheld") is None and not stopped.get("holdPodName"), stopped
+    refused = [e for e in lab.items("events", "-n", "lab-unheld") if e["reason"] == "HoldRefused"]
+    assert refused and "labkeeper-hold" in refused[0]["message"], refused
+    delete_all_workspaces(lab)
+
+
 def test_a_sigkill_during_fifty_creations_ends_with_exactly_fifty_pods(lab: Lab):
     users = [gpuuser(f"churn{i}", "researcher") for i in range(10)]
     lab.add_users(*users)

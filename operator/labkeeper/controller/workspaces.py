@@ -266,17 +266,26 @@ class WorkspaceReconciler:
         desired["stopReason"] = stop_reason
         if pod is not None:
             node = pod["spec"].get("nodeName")
-            if request.profile != "none" and node and hold is None and policy.gpu_hold_after_stop.total_seconds() > 0:
+            terminating = bool(pod["metadata"].get("deletionTimestamp"))
+            if request.profile != "none" and node and hold is None and not terminating \
+                    and policy.gpu_hold_after_stop.total_seconds() > 0:
                 # the hold goes up before the pod goes down, so nobody slips in between
                 holder = render_pod.hold_pod(self._hold_inputs(ws, request), node)
                 try:
                     self.kube.create(holder)
+                    held = True
                 except ApiException as err:
-                    if not is_conflict(err):
-                        raise
-                desired["holdPodName"] = holder["metadata"]["name"]
-                desired["holdUntil"] = format_time(now + policy.gpu_hold_after_stop)
-            if not pod["metadata"].get("deletionTimestamp"):
+                    if err.status is None or err.status >= 500:
+                        raise  # the API is unwell: retry, the pod stays until the hold is up
+                    held = is_conflict(err)
+                    if not held:
+                        # refused for good (quota, admission): the stop the user asked for goes ahead
+                        self.kube.event(ws, "HoldRefused", f"the GPU cannot be held after stop, it is released: "
+                                        f"{api_error_message(err)}", type_="Warning")
+                if held:
+                    desired["holdPodName"] = holder["metadata"]["name"]
+                    desired["holdUntil"] = format_time(now + policy.gpu_hold_after_stop)
+            if not terminating:
                 self.kube.delete("Pod", pod["metadata"]["name"], namespace,
                                  grace_seconds=int(policy.termination_grace.total_seconds()))
                 self.kube.event(ws, "Stopping", f"stopping: {stop_reason}")
