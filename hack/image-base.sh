@@ -6,9 +6,10 @@ set -euo pipefail
 IMAGE="${LABKEEPER_BASE_IMAGE:-localhost/labkeeper-python-base:bookworm}"
 STORAGE=(--storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}")
 # the mirror this machine's apt already uses, so the build reaches only what apt reaches
-MIRROR="${DEBIAN_MIRROR:-$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)}"
+# (either file style may be absent: awk's complaint about a missing file must not end the script)
+MIRROR="${DEBIAN_MIRROR:-$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)}"
 if [[ -z "$MIRROR" ]]; then
-  MIRROR="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)"
+  MIRROR="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
 fi
 [[ -n "$MIRROR" ]] || { echo "image-base: set DEBIAN_MIRROR (no apt mirror found in /etc/apt)" >&2; exit 1; }
 if buildah "${STORAGE[@]}" inspect --type image "$IMAGE" >/dev/null 2>&1; then
