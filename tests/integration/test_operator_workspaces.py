@@ -4,6 +4,7 @@ stop and a lifecycle. One lab for this module: an all-balanced H100 and an all-1
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import threading
 import time
 from pathlib import Path
@@ -212,6 +213,28 @@ def test_a_hold_keeps_the_gpu_for_a_quick_restart_then_releases_it(lab: Lab):
     lab.wait_phase("exp", "waiter", "Running", timeout=HOLD + 30)
     assert time.monotonic() - started >= HOLD - 1, "the hold was released before its window ended"
     assert lab.get("pod", "hold-exp", "lab-holder") is None
+    delete_all_workspaces(lab)
+
+
+def test_a_hold_the_status_lost_track_of_is_kept_for_its_window_not_released_at_once(lab: Lab):
+    """A crash between creating the hold and recording it, or a pass on a stale read, leaves a hold the
+    status does not name: its own creation time decides when it goes, never an early release."""
+    lab.add_users(gpuuser("forgot", "researcher"))
+    lab.apply(workspace("exp", "forgot", profile="1g.10gb"))
+    lab.wait_phase("exp", "forgot", "Running")
+    lab.kubectl("patch", "workspace", "exp", "-n", "lab-forgot", "--type=merge", "-p", '{"spec":{"state":"Stopped"}}')
+    stopped = lab.wait_phase("exp", "forgot", "Stopped")
+    hold = lab.get("pod", "hold-exp", "lab-forgot")
+    assert hold is not None and stopped.get("holdUntil"), stopped
+    lab.kubectl("patch", "workspace", "exp", "-n", "lab-forgot", "--subresource=status", "--type=merge", "-p",
+                '{"status":{"holdUntil":null,"holdPodName":null}}')
+    # the operator reacts to the status change; the hold stays and its window is recorded again
+    recorded = wait_for(lambda: lab.status("workspace", "exp", "lab-forgot").get("holdUntil"), timeout=HOLD - 2,
+                        what="holdUntil recorded again")
+    assert lab.get("pod", "hold-exp", "lab-forgot") is not None, "the hold was released early"
+    created = dt.datetime.fromisoformat(hold["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    assert recorded == (created + dt.timedelta(seconds=HOLD)).strftime("%Y-%m-%dT%H:%M:%SZ"), recorded
+    wait_for(lambda: lab.get("pod", "hold-exp", "lab-forgot") is None, timeout=HOLD + 15, what="hold released")
     delete_all_workspaces(lab)
 
 

@@ -293,6 +293,14 @@ class WorkspaceReconciler:
 
         requeue = None
         hold_until = parse_time(status.get("holdUntil"))
+        if hold is not None and hold_until is None and not hold["metadata"].get("deletionTimestamp"):
+            # a status that does not know the hold yet (a stale read, a crash between creating the hold and
+            # recording it): the hold's own age decides, it is never released early
+            created = parse_time(hold["metadata"].get("creationTimestamp")) or now
+            hold_until = created + policy.gpu_hold_after_stop
+            desired["holdPodName"] = hold["metadata"]["name"]
+            desired["holdUntil"] = format_time(hold_until)
+        still_held = False
         if hold is not None:
             if hold_until is None or now >= hold_until:
                 self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
@@ -300,18 +308,19 @@ class WorkspaceReconciler:
                 desired["holdPodName"] = None
                 desired["holdUntil"] = None
             else:
+                still_held = True
                 requeue = (hold_until - now).total_seconds()
         retention = policy.stopped_retention
         stopped_at = parse_time(status.get("stoppedAt")) or now
         desired["stoppedAt"] = format_time(stopped_at)
         if retention and retention.total_seconds() > 0 and spec_state(ws) == "Stopped":
             expires = stopped_at + retention
-            if now >= expires and hold is None:
+            if now >= expires and not still_held:
                 self.kube.delete("Workspace", name, namespace)
                 return Outcome()
             wait = (expires - now).total_seconds()
             requeue = min(requeue, wait) if requeue is not None else wait
-        message = "stopped" + (f"; GPU held until {status.get('holdUntil')}" if hold is not None else "")
+        message = "stopped" + (f"; GPU held until {format_time(hold_until)}" if still_held else "")
         return self._set(ws, desired, "Stopped", stop_reason, message, now, requeue=requeue)
 
     def _preempted(self, pod: dict) -> bool:
