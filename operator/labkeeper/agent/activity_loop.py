@@ -51,8 +51,11 @@ def thresholds_of(policy: LabPolicy) -> Thresholds:
 
 class ActivityLoop:
     def __init__(self, kube: Kube, node: str, monitor: ActivityMonitor, policy: Callable[[], LabPolicy],
-                 clock: Callable[[], dt.datetime]) -> None:
+                 clock: Callable[[], dt.datetime], *, notices: Callable[[list[dict]], object] | None = None) -> None:
+        """`notices`, when given, is handed every sample's Workspace list (the notices in users' homes)."""
         self.kube, self.node, self.monitor, self.policy, self.clock = kube, node, monitor, policy, clock
+        self.notices = notices
+        self.notices_error: str | None = None
         self.throttle = PublishThrottle(policy().report_interval)
         self.writes = 0
 
@@ -61,7 +64,8 @@ class ActivityLoop:
         policy = self.policy()
         self.monitor.thresholds = thresholds_of(policy)
         self.throttle.report_interval = policy.report_interval
-        workspaces = watched_workspaces(self.kube.list("Workspace"), self.node)
+        listed = self.kube.list("Workspace")
+        workspaces = watched_workspaces(listed, self.node)
         verdicts = self.monitor.observe(workspaces)
         now = self.clock()
         written = 0
@@ -79,6 +83,14 @@ class ActivityLoop:
                     log.warning("activity of %s/%s: %s", namespace, name, api_error_message(err))
         self.throttle.retain(set(verdicts))
         self.writes += written
+        if self.notices is not None:
+            try:
+                self.notices(listed)
+                self.notices_error = None
+            except Exception as err:  # a home the agent cannot write to must not stop the sampling
+                if str(err) != self.notices_error:  # once per distinct failure, not every sample
+                    log.warning("notices in users' homes: %s", err)
+                self.notices_error = str(err)
         return written
 
     def run(self, stop: threading.Event) -> None:
