@@ -324,14 +324,28 @@ class LastCleanup(Status):
     freed_bytes: int = 0
     removed_files: int = 0
     reason: str = ""
+    request: str | None = Field(default=None, description="the clean-requested annotation this cleanup answered")
+    node: str | None = Field(default=None, description="status.lastCleanup only: the node that cleaned last")
+
+
+class TreeNodeState(NodeState):
+    """One node's copy of a shared tree; each agent writes only its own entry, the top level is derived from all."""
+
+    size_bytes: int | None = None
+    acl_supported: bool | None = Field(default=None,
+                                       description="false: no ACL support here, setgid 2775 and umask 002 only")
+    disk_alert: Literal["OK", "Warning", "Critical"] | None = Field(
+        default=None, description="the worse of the tree against its size limit and the data filesystem")
+    disk_message: str | None = None
+    last_cleanup: LastCleanup | None = None
 
 
 class TreeStatus(Status):
     phase: str | None = None
-    size_bytes: int | None = None
+    size_bytes: int | None = Field(default=None, description="the largest size any node measured")
     size: str | None = None
-    last_cleanup: LastCleanup | None = None
-    nodes: list[NodeState] = Field(default_factory=list)
+    last_cleanup: LastCleanup | None = Field(default=None, description="the most recent cleanup on any node")
+    nodes: list[TreeNodeState] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 
