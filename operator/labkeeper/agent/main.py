@@ -35,7 +35,7 @@ from labkeeper.agent.activity_loop import ActivityLoop, thresholds_of
 from labkeeper.agent.recovery import Host, HostResult, reconcile_host
 from labkeeper.api.policy import LabPolicy
 from labkeeper.api.units import parse_duration, parse_quantity
-from labkeeper.kube.client import Kube, api_error_message, condition, is_conflict
+from labkeeper.kube.client import Kube, api_error_message, is_conflict
 
 log = logging.getLogger("labkeeper.agent")
 DISK_RATIO = Gauge("labkeeper_disk_used_ratio", "used fraction of the data filesystem or of a tree's limit",
@@ -108,6 +108,7 @@ class Agent:
         self.configmaps = Watched(core.list_namespaced_config_map, (system_namespace,), self.dirty)
         self.last_events: dict[tuple[str, str], str] = {}
         self.last_result: HostResult | None = None
+        self.cleanups: dict[str, dict] = {}  # SharedCache → this node's last cleanup, until the watch shows it
         self._policy: tuple[str | None, LabPolicy] | None = None
         self.activity: ActivityLoop | None = None
 
@@ -194,8 +195,10 @@ class Agent:
         subject = f"{'cache' if kind == 'SharedCache' else 'models'}/{meta['name']}"
         problems = [want.invalid.get(f"{kind}/{meta['name']}"), *result.report.problems.get(subject, [])]
         problems = [p for p in problems if p]
-        acl_ok = not any("no ACL support" in p for p in problems)
+        mine = next((n for n in status.get("nodes") or [] if n.get("node") == self.node), {})
         size = self.scanner.get(spec.get("path", ""))
+        if size is None:
+            size = mine.get("sizeBytes")  # not measured since this agent started: keep its last figure
         alerts = spec.get("alerts") or {}
         limit_text = alerts.get("sizeLimit") if kind == "SharedCache" else spec.get("sizeAlert")
         limit = int(parse_quantity(limit_text)) if limit_text else None
@@ -204,33 +207,59 @@ class Agent:
         fs_level = disk.alert_level(fs.used, fs.total)
         if limit and size is not None:
             DISK_RATIO.labels(self.node, kind, meta["name"]).set(size / limit)
-        desired_status: dict = {"phase": "Failed" if problems and acl_ok else "Ready",
-                                "observedGeneration": meta.get("generation")}
-        if size is not None:
-            desired_status["sizeBytes"] = size
-        old = status.get("conditions") or []
-        now = self.clock()
-        desired_status["conditions"] = [
-            condition("Ready", not problems or not acl_ok, "Provisioned" if not problems else "Problem",
-                      "; ".join(problems) or f"{result.tree_paths.get(subject, '')} in place on {self.node}", old, now),
-            condition("AclSupported", acl_ok, "Acl" if acl_ok else "SetgidFallback",
-                      "access and default ACLs set" if acl_ok else "no ACL support: setgid 2775 and umask 002 only",
-                      old, now),
-            condition("DiskAlert", level != "OK" or fs_level != "OK", level if level != "OK" else fs_level,
-                      f"{size or 0} of {limit} bytes; data filesystem {fs.ratio:.0%} full", old, now),
-        ]
-        if level != "OK" or fs_level != "OK":
-            self._event(obj, "DiskAlert", f"{kind} {meta['name']}: {level} of its limit, data filesystem "
-                                          f"{fs.ratio:.0%} full", warning=True)
+        alert = max(level, fs_level, key=desired.ALERT_RANK.__getitem__)
+        if alert != "OK":
+            self._event(obj, "DiskAlert", f"{self.node}: {kind} {meta['name']}: {level} of its limit, data "
+                                          f"filesystem {fs.ratio:.0%} full", warning=True)
+        last_cleanup = None
         if kind == "SharedCache":
-            cleaned = self._maybe_clean(obj, spec, status, now)
+            recorded = [c for c in (mine.get("lastCleanup"), self.cleanups.get(meta["name"])) if c]
+            last_cleanup = max(recorded, key=lambda c: str(c.get("time") or ""), default=None)
+            cleaned = self._maybe_clean(obj, spec, last_cleanup or {}, self.clock())
             if cleaned is not None:
-                desired_status["lastCleanup"] = cleaned
-        self.kube.patch_status(kind, obj, desired_status)
+                last_cleanup = self.cleanups[meta["name"]] = cleaned
+        if size is None:
+            measured = "size not measured yet"
+        else:
+            measured = f"{size} of {limit} bytes" if limit else f"{size} bytes, no size limit"
+        entry = desired.tree_node_entry(
+            self.node, problems, result.tree_paths.get(subject, spec.get("path", "")), size, alert,
+            f"{measured}, data filesystem {fs.ratio:.0%} full", last_cleanup)
+        self._write_tree_status(kind, obj, entry)
 
-    def _maybe_clean(self, obj: dict, spec: dict, status: dict, now: dt.datetime) -> dict | None:
+    def _write_tree_status(self, kind: str, obj: dict, entry: dict) -> None:
+        """Every agent writes the same top-level fields, so each write replaces only this node's entry, derives the
+        top level from all entries, and holds the resourceVersion it read; on a conflict it reads again."""
+        for _ in range(5):
+            meta = obj["metadata"]
+            status = desired.tree_status(obj.get("status") or {}, self.node, entry, meta.get("generation"),
+                                         self.clock())
+            if status is None:
+                return
+            try:
+                self.kube.patch(kind, meta["name"], {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                                                     "status": status}, subresource="status")
+                return
+            except ApiException as err:
+                if err.status == 404:
+                    return
+                if not is_conflict(err):
+                    log.warning("status of %s %s: %s", kind, meta["name"], api_error_message(err))
+                    return
+            try:
+                fresh = self.kube.get(kind, meta["name"])
+            except ApiException as err:
+                log.warning("status of %s %s: %s", kind, meta["name"], api_error_message(err))
+                break
+            if fresh is None:
+                return
+            obj = fresh
+        self.dirty.set()  # still conflicting or unreadable: the next pass tries again
+
+    def _maybe_clean(self, obj: dict, spec: dict, last: dict, now: dt.datetime) -> dict | None:
+        """Each node cleans its own copy, so `last` is this node's lastCleanup: a request another node has
+        answered is still due here."""
         policy = spec.get("cleanup") or {}
-        last = status.get("lastCleanup") or {}
         request = (obj["metadata"].get("annotations") or {}).get(desired.CLEAN_ANNOTATION)
         due = False
         if request and request != last.get("request"):
@@ -247,7 +276,8 @@ class Agent:
         except OSError as err:
             return {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "freedBytes": 0, "removedFiles": 0,
                     "reason": f"failed: {err}", "request": request or last.get("request")}
-        self._event(obj, "CacheCleaned", f"freed {freed.bytes} bytes in {freed.files} files: {freed.reason}")
+        self._event(obj, "CacheCleaned", f"{self.node}: freed {freed.bytes} bytes in {freed.files} files: "
+                                         f"{freed.reason}")
         return {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "freedBytes": freed.bytes, "removedFiles": freed.files,
                 "reason": freed.reason, "request": request or last.get("request")}
 
