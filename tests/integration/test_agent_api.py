@@ -1,5 +1,6 @@
 """The agent against the real API server: a GPUUser with its uid becomes an account and a home, the
-node reports Provisioned, a SIGKILL plus a wiped /etc and /home comes back, deletion archives the data."""
+node reports Provisioned, a SIGKILL plus a wiped /etc and /home comes back, deletion archives the data;
+two nodes' agents on one SharedCache each keep their own entry and agree on the top level."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,10 +30,10 @@ def seed_etc(root: Path) -> None:
 
 
 class AgentProcess:
-    def __init__(self, cluster, host_root: Path, node: str, selector: str) -> None:
+    def __init__(self, cluster, host_root: Path, node: str, selector: str, resync: float = 5) -> None:
         self.args = [sys.executable, "-m", "labkeeper", "agent", "--node", node, "--host-root", str(host_root),
                      "--data-root", str(host_root / "data"), "--kubeconfig", str(cluster.kubeconfig),
-                     "--selector", selector, "--resync", "5"]
+                     "--selector", selector, "--resync", str(resync)]
         self.log = host_root.parent / "agent.log"
         self.proc = None
 
@@ -40,6 +42,9 @@ class AgentProcess:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return self
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no agent log)"
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -123,3 +128,74 @@ def test_gpuuser_to_account_report_reboot_and_archive(crds, agent_host, unique):
     assert not (root / "data/users" / name).exists()
     assert f"{name}:" not in (root / "etc/passwd").read_text()
     crds.kubectl("delete", "sharedcache", f"pip-{unique}", "--wait=false")
+
+
+def test_two_nodes_report_one_cache_and_a_problem_on_one_is_not_hidden_by_the_other(crds, tmp_path, unique):
+    """node b's data root has a symlink planted where the cache belongs: the cache is Failed naming b, and
+    stays so however often the healthy node a resyncs; once the symlink is gone both are Ready."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent provisions trees under a temporary host root as root")
+    name, label = f"pip-{unique}", {"labkeeper.io/test-agent": unique}
+    good, bad = f"a-{unique}", f"b-{unique}"
+    roots = {node: tmp_path / node / "host" for node in (good, bad)}
+    for root in roots.values():
+        (root / "data/cache").mkdir(parents=True)
+        seed_etc(root)
+    (roots[bad] / "elsewhere").mkdir()
+    (roots[bad] / f"data/cache/{name}").symlink_to(roots[bad] / "elsewhere")
+    cache = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "SharedCache", "metadata": {"name": name, "labels": label},
+             "spec": {"type": "pip", "path": f"cache/{name}", "env": [{"name": "PIP_CACHE_DIR", "value": "$(PATH)"}]}}
+    crds.kubectl("apply", "-f", "-", input=json.dumps(cache))
+    agents = [AgentProcess(crds, root, node, f"labkeeper.io/test-agent={unique}", resync=1).start()
+              for node, root in roots.items()]
+
+    def logs() -> str:
+        return "\n".join(agent.log_tail() for agent in agents)
+
+    def status() -> dict:
+        return (get(crds, "sharedcache", name) or {}).get("status") or {}
+
+    def states(status: dict) -> dict[str, str]:
+        return {n["node"]: n.get("state") for n in status.get("nodes") or []}
+
+    try:
+        seen = wait_for(lambda: (s := status()) and states(s) == {good: "Ready", bad: "Failed"} and s,
+                        timeout=60, what=logs)
+        ready = next(c for c in seen["conditions"] if c["type"] == "Ready")
+        assert seen["phase"] == "Failed" and ready["status"] == "False"
+        assert ready["message"].startswith(f"{bad}: cache/{name}") and good not in ready["message"]
+        assert next(n for n in seen["nodes"] if n["node"] == good)["message"] == f"/data/cache/{name} in place"
+
+        # both agents resync every second: the top level must hold, and an unchanged resync writes nothing
+        seen = wait_for(lambda: (s := status()) and states(s) == {good: "Ready", bad: "Failed"}
+                        and all("sizeBytes" in n for n in s["nodes"] if n["node"] == good) and s,
+                        timeout=30, what=logs)
+        version = get(crds, "sharedcache", name)["metadata"]["resourceVersion"]
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            now = get(crds, "sharedcache", name)
+            assert now["status"]["phase"] == "Failed", f"flapped: {now['status']}"
+            assert now["metadata"]["resourceVersion"] == version, f"rewritten on a resync: {now['status']}"
+            time.sleep(0.3)
+
+        (roots[bad] / f"data/cache/{name}").unlink()
+        healed = wait_for(lambda: (s := status()).get("phase") == "Ready" and s, timeout=30, what=logs)
+        assert states(healed) == {good: "Ready", bad: "Ready"}
+        assert next(c for c in healed["conditions"] if c["type"] == "Ready")["status"] == "True"
+        assert (roots[bad] / f"data/cache/{name}").is_dir() and not (roots[bad] / f"data/cache/{name}").is_symlink()
+
+        # `labctl cache clean`: every node cleans its own copy, and the top level names the latest
+        for root in roots.values():
+            (root / f"data/cache/{name}/stale.whl").write_bytes(b"x" * 4096)
+        crds.kubectl("patch", "sharedcache", name, "--type=merge", "-p", json.dumps(
+            {"metadata": {"annotations": {"labkeeper.io/clean-requested": "r1"}},
+             "spec": {"cleanup": {"maxSize": "1"}}}))
+        cleaned = wait_for(lambda: (s := status()) and all((n.get("lastCleanup") or {}).get("request") == "r1"
+                                                           for n in s["nodes"]) and s, timeout=30, what=logs)
+        assert [n["lastCleanup"]["removedFiles"] for n in cleaned["nodes"]] == [1, 1]
+        assert not any((root / f"data/cache/{name}/stale.whl").exists() for root in roots.values())
+        assert cleaned["lastCleanup"]["request"] == "r1" and cleaned["lastCleanup"]["node"] in roots
+    finally:
+        for agent in agents:
+            agent.kill()
+        crds.kubectl("delete", "sharedcache", name, "--wait=false")
