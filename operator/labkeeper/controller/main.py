@@ -113,17 +113,17 @@ class Operator:
         else:
             self.requeue.cancel(key)
 
-    async def reconcile_workspace(self, namespace: str, name: str, body: dict | None = None,
-                                  lost_pod: dict | None = None) -> None:
+    async def reconcile_workspace(self, namespace: str, name: str, lost_pod: dict | None = None) -> None:
         key = ("Workspace", f"{namespace}/{name}")
         # one lock per user: the weighted-quota check and the pod creation are one step
         async with self.requeue.lock(("user", namespace)):
             try:
+                # always a fresh read: a body from an event or a list may predate what the pass that held
+                # the lock just wrote (a stale spec.state would restart a stopped workspace)
+                body = await asyncio.to_thread(self.kube.get, "Workspace", name, namespace)
                 if body is None:
-                    body = await asyncio.to_thread(self.kube.get, "Workspace", name, namespace)
-                    if body is None:
-                        self.requeue.cancel(key)
-                        return
+                    self.requeue.cancel(key)
+                    return
                 outcome = await asyncio.to_thread(self.workspaces.reconcile, body, lost_pod=lost_pod)
             except Exception as err:  # a failed pass is retried; it must never kill the watch
                 log_failure(err, "Workspace %s/%s: reconcile failed: %s", namespace, name, err)
@@ -139,7 +139,7 @@ class Operator:
         items = await quietly("listing workspaces", self.kube.list, "Workspace", namespace) or []
         for ws in items:
             if (ws.get("status") or {}).get("phase") in ("Pending", "Preempted", None):
-                await self.reconcile_workspace(namespace, ws["metadata"]["name"], ws)
+                await self.reconcile_workspace(namespace, ws["metadata"]["name"])
 
     async def policy_changed(self, body: dict) -> None:
         changed = await quietly("loading the policy", self.policy.load_configmap, body)
@@ -174,14 +174,14 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         # suspension, a tier change or a new uid can change what each of her workspaces may do
         items = await quietly("listing workspaces", operator.kube.list, "Workspace", f"lab-{name}") or []
         for ws in items:
-            await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"], ws)
+            await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"])
 
     @kopf.on.event(GROUP, VERSION, "workspaces", registry=registry)
     async def _workspace_event(event: dict, body: kopf.Body, name: str, namespace: str, **_):
         if event.get("type") == "DELETED":
             operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
             return
-        await operator.reconcile_workspace(namespace, name, dict(body))
+        await operator.reconcile_workspace(namespace, name)
 
     @kopf.on.event("", "v1", "pods", registry=registry, labels={"app.kubernetes.io/managed-by": "labkeeper"})
     async def _pod_event(event: dict, body: kopf.Body, labels: dict, namespace: str, **_):
@@ -196,7 +196,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             for ws in waiting:
                 if (ws.get("status") or {}).get("phase") in ("Pending", "Preempted") \
                         and ws["metadata"]["name"] != workspace:
-                    await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"], ws)
+                    await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"])
 
     @kopf.on.event("", "v1", "configmaps", registry=registry,
                    when=lambda name, namespace, **_: name == POLICY_CONFIGMAP and namespace == operator.namespace)
