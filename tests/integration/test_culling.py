@@ -66,11 +66,13 @@ class AgentProcess:
                            ("shadow", "root:*:19000:0:99999:7:::"), ("gshadow", "root:*::")):
             (root / "etc" / name).write_text(line + "\n")
         (root / "data").mkdir(exist_ok=True)
-        # the selector matches no GPUUser: this agent only samples activity, it provisions nobody
+        # the selector matches only idler: the agent provisions her account and home under the temporary
+        # host root (where her warning notices land) and only samples everyone else's activity
         self.args = [sys.executable, "-m", "labkeeper", "agent", "--node", NODE, "--host-root", str(root),
                      "--data-root", str(root / "data"), "--kubeconfig", str(lab.cluster.kubeconfig),
-                     "--selector", "labkeeper.io/test-culling=none", "--sampler", f"file:{gpu_file}",
+                     "--selector", "labkeeper.io/test-culling=home", "--sampler", f"file:{gpu_file}",
                      "--cgroup-root", str(CGROUP_ROOT), "--proc-root", "/proc"]
+        self.root = root
         self.log = root / "agent.log"
         self.proc: subprocess.Popen | None = None
 
@@ -110,7 +112,9 @@ def culling_lab(tmp_path_factory):
     gpus = GpuFile(workdir / "gpus.yaml")
     with Lab((NodeSpec(NODE, "h100-balanced"),), module_policy(), workdir / "lab") as lab:
         agent = AgentProcess(lab, workdir / "host", gpus.path).start()
-        lab.add_users(gpuuser("idler"), gpuuser("miga"), gpuuser("migb"), gpuuser("keeper"), gpuuser("runner"),
+        idler = gpuuser("idler")
+        idler["metadata"]["labels"] = {"labkeeper.io/test-culling": "home"}
+        lab.add_users(idler, gpuuser("miga"), gpuuser("migb"), gpuuser("keeper"), gpuuser("runner"),
                       gpuuser("sleeper"))
         try:
             yield lab, agent, gpus
@@ -208,6 +212,11 @@ def test_a_process_burning_cpu_in_the_pods_cgroup_keeps_it_running_and_when_it_e
     assert reasons.count("IdleWarning") >= 2 and "Culled" in reasons, reasons
     culled = next(e for e in events(lab, "busy", "idler") if e["reason"] == "Culled")
     assert "idle for" in culled["message"] and "cpu 0.0" in culled["message"], culled["message"]
+    # and the agent left her a notice in her home saying what happened
+    notice = culling_lab[1].root / "data" / "users" / "idler" / ".labkeeper" / "notices" / "busy"
+    text = wait_for(lambda: notice.is_file() and "was stopped at" in notice.read_text() and notice.read_text(),
+                    timeout=15, what=f"the stop notice in {notice}")
+    assert "because it was idle" in text and "labctl start busy" in text, text
 
 
 def _rmdir(path: Path) -> bool:
@@ -301,14 +310,18 @@ def test_max_runtime_counts_every_run_so_the_stop_comes_when_the_total_reaches_t
 # ---- 5. restarts -------------------------------------------------------------------------------------------
 def test_after_operator_and_agent_restart_idle_workspaces_get_a_full_timeout_again(culling_lab):
     lab, agent, _ = culling_lab
+    # applied together, so their idle clocks start within a sample of each other
+    lab.apply(*(workspace(name, "sleeper") for name in ("nap1", "nap2")))
     for name in ("nap1", "nap2"):
-        running(lab, name, "sleeper")
+        lab.wait_phase(name, "sleeper", "Running", "IdleWarning", timeout=60)
     # idle for ~90% of their timeout, then both processes die and come back
     wait_for(lambda: all("idle-80" in {w["key"] for w in lab.status("workspace", n, "lab-sleeper").get("warnings") or []}
                          for n in ("nap1", "nap2")), timeout=IDLE + 5, what="both at 80% of their idle timeout")
-    # kill at 90% of the timeout measured from the operator's own idleSince, not from when we noticed
-    since = max(parse(lab.status("workspace", n, "lab-sleeper")["idleSince"]).timestamp() for n in ("nap1", "nap2"))
-    time.sleep(max(0.0, since + IDLE * 0.9 - time.time()))
+    # kill at 90% of the timeout of whichever is closer to its deadline, measured from the operator's own
+    # idleDeadline (not from when we noticed): the two started a moment apart, more so on a loaded machine
+    deadline = min(parse(lab.status("workspace", n, "lab-sleeper")["idleDeadline"]).timestamp()
+                   for n in ("nap1", "nap2"))
+    time.sleep(max(0.0, deadline - IDLE * 0.1 - time.time()))
     for name in ("nap1", "nap2"):
         assert lab.status("workspace", name, "lab-sleeper")["phase"] in ("Running", "IdleWarning"), name
     lab.operator.kill()

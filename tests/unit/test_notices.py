@@ -48,7 +48,8 @@ def test_the_idle_notice_changes_once_a_minute_not_every_sample():
     at_24 = notice_text(ws, T0 + 24 * MIN)
     assert notice_text(ws, T0 + 24 * MIN + dt.timedelta(seconds=40)) == at_24
     assert "(in 5m): idle for 25m of 30m" in notice_text(ws, T0 + 25 * MIN)
-    assert "(in 1m): idle for 29m of 30m" in notice_text(ws, T0 + 29 * MIN + dt.timedelta(seconds=30))
+    assert "(in 1m): idle for 29m of 30m" in notice_text(ws, T0 + 29 * MIN)
+    assert "(in under a minute): idle for 29m of 30m" in notice_text(ws, T0 + 29 * MIN + dt.timedelta(seconds=30))
     assert "(due now)" in notice_text(ws, T0 + 30 * MIN)
 
 

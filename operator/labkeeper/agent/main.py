@@ -32,6 +32,7 @@ from labkeeper.agent.activity import (
     sampler_from_arg,
 )
 from labkeeper.agent.activity_loop import ActivityLoop, thresholds_of
+from labkeeper.agent.notices import HomeNotices
 from labkeeper.agent.recovery import Host, HostResult, reconcile_host
 from labkeeper.api.policy import LabPolicy
 from labkeeper.api.units import parse_duration, parse_quantity
@@ -113,8 +114,10 @@ class Agent:
         self.activity: ActivityLoop | None = None
 
     def watch_activity(self, monitor: ActivityMonitor) -> None:
-        """Sample the workspaces running on this node once the policy has been read."""
-        self.activity = ActivityLoop(self.kube, self.node, monitor, self.policy, self.clock)
+        """Sample the workspaces running on this node once the policy has been read; warnings and
+        limit stops also become a notice in the owner's home (from the GPUUser watch: no extra reads)."""
+        notices = HomeNotices(self.host.data_fd, self.node, self.users.items, self.clock)
+        self.activity = ActivityLoop(self.kube, self.node, monitor, self.policy, self.clock, notices=notices)
 
     # ---- inputs -------------------------------------------------------------------------------
     def policy(self) -> LabPolicy:

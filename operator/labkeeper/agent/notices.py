@@ -50,6 +50,8 @@ def _until(moment: dt.datetime, now: dt.datetime) -> str:
     seconds = (moment - now).total_seconds()
     if seconds <= 0:
         return "due now"
+    if seconds < 60:
+        return "in under a minute"
     return f"in {human_duration(dt.timedelta(minutes=math.ceil(seconds / 60)))}"
 
 
