@@ -60,6 +60,17 @@ def test_alice_and_bob_get_accounts_homes_keys_and_profile(host):
     assert f'*" {LAB_GID} "*) umask 002' in profile
     syntax = subprocess.run(["sh", "-n", str(root / "etc/profile.d/labkeeper.sh")], capture_output=True)
     assert syntax.returncode == 0
+    # an interactive login prints the agent's notices; a script sourcing the profile stays quiet
+    notices = home / ".labkeeper" / "notices"
+    notices.mkdir(parents=True)
+    (notices / "train").write_text("labkeeper: workspace train in lab-alice will be stopped soon\n")
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    login = subprocess.run(["sh", "-i", "-c", f". {root / 'etc/profile.d/labkeeper.sh'}"], capture_output=True,
+                           text=True, env=env, stdin=subprocess.DEVNULL)
+    assert "workspace train in lab-alice will be stopped soon" in login.stdout, (login.stdout, login.stderr)
+    script = subprocess.run(["sh", "-c", f". {root / 'etc/profile.d/labkeeper.sh'}"], capture_output=True, text=True,
+                            env=env)
+    assert script.returncode == 0 and script.stdout == "", script.stdout
 
 
 def test_shared_trees_carry_setgid_and_numeric_acls(host):

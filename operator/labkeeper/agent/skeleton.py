@@ -16,7 +16,8 @@ def tree_env(tree: SharedTree, host_path: str) -> list[tuple[str, str]]:
 
 def profile_d(trees: list[tuple[SharedTree, str]], lab_gid: int, bin_dirs: Sequence[str] = ()) -> str:
     """`/etc/profile.d/labkeeper.sh`: every cache's and store's variables; umask 002 for lab members;
-    the shared toolchains' bin directories in front of PATH (each once, however often the file is sourced)."""
+    the shared toolchains' bin directories in front of PATH (each once, however often the file is sourced);
+    an interactive login prints the user's labkeeper notices."""
     lines = ["# written by the labkeeper agent; changes here are overwritten", ""]
     lines += [f'case " $(id -G 2>/dev/null) " in *" {lab_gid} "*) umask 002 ;; esac', ""]
     for directory in reversed(bin_dirs):
@@ -32,6 +33,10 @@ def profile_d(trees: list[tuple[SharedTree, str]], lab_gid: int, bin_dirs: Seque
                 continue
             seen.add(name)
             lines.append(f"export {name}={shlex.quote(value)}")
+    # an interactive login shows what the agent left in ~/.labkeeper/notices (idle and runtime warnings)
+    lines += ["", 'case $- in *i*)',
+              '  for notice in "$HOME"/.labkeeper/notices/*; do [ -f "$notice" ] && cat -- "$notice"; done ;;',
+              "esac"]
     return "\n".join(lines) + "\n"
 
 
