@@ -12,10 +12,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +20,9 @@ from pathlib import Path
 import culling_sampler
 
 from labkeeper.kube.client import Kube
-from labkeeper.testing.cluster import REPO_ROOT, NodeSpec
+from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
-from labkeeper.testing.processes import wait_for
+from labkeeper.testing.processes import AgentProcess, wait_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NODE = "bench-node"
@@ -41,24 +38,14 @@ def policy(idle: int, check: float) -> dict:
     return body
 
 
-def start_agent(lab: Lab, root: Path) -> subprocess.Popen | None:
+def start_agent(lab: Lab, root: Path) -> AgentProcess | None:
     """The agent with no GPU sampler and an empty cgroup root: every workspace reads as idle."""
     if os.geteuid() != 0:
         print("  (not root: no agent; idle clocks run from each workspace's start)")
         return None
-    (root / "etc").mkdir(parents=True)
-    (root / "data").mkdir()
-    (root / "cgroup").mkdir()
-    for name, line in (("passwd", "root:x:0:0:root:/root:/bin/bash"), ("group", "root:x:0:"),
-                       ("shadow", "root:*:19000:0:99999:7:::"), ("gshadow", "root:*::")):
-        (root / "etc" / name).write_text(line + "\n")
-    with (root / "agent.log").open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "labkeeper", "agent", "--node", NODE, "--host-root", str(root),
-             "--data-root", str(root / "data"), "--kubeconfig", str(lab.cluster.kubeconfig),
-             "--selector", "labkeeper.io/bench-culling=none", "--sampler", "none",
-             "--cgroup-root", str(root / "cgroup")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    (root / "cgroup").mkdir(parents=True)
+    return AgentProcess(lab.cluster.kubeconfig, root, NODE, "--selector", "labkeeper.io/bench-culling=none",
+                        "--sampler", "none", "--cgroup-root", str(root / "cgroup"), log=root / "agent.log").start()
 
 
 def parse(text: str) -> dt.datetime:
@@ -89,8 +76,7 @@ def measure_reaction(count: int, idle: int, check: float) -> dict:
                 time.sleep(0.1)
         finally:
             if agent is not None:
-                agent.send_signal(signal.SIGKILL)
-                agent.wait()
+                agent.kill()
     if len(reactions) < count:
         raise SystemExit(f"only {len(reactions)} of {count} idle workspaces were stopped: {sorted(reactions)}")
     values = sorted(reactions.values())

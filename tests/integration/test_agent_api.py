@@ -6,50 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from labkeeper.testing.cluster import REPO_ROOT, LocalCluster, NodeSpec
-from labkeeper.testing.processes import SYSTEM_NAMESPACE, wait_for
+from labkeeper.testing.processes import SYSTEM_NAMESPACE, AgentProcess, seed_host_etc, wait_for
 
 pytestmark = pytest.mark.integration
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHlabkeeperExampleKeyForAliceOnlyNotReal0000 alice@laptop"
-
-
-def seed_etc(root: Path) -> None:
-    (root / "etc").mkdir(parents=True, exist_ok=True)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (root / "etc/group").write_text("root:x:0:\n")
-    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
-    (root / "etc/gshadow").write_text("root:*::\n")
-
-
-class AgentProcess:
-    def __init__(self, cluster, host_root: Path, node: str, selector: str, resync: float = 5) -> None:
-        self.args = [sys.executable, "-m", "labkeeper", "agent", "--node", node, "--host-root", str(host_root),
-                     "--data-root", str(host_root / "data"), "--kubeconfig", str(cluster.kubeconfig),
-                     "--selector", selector, "--resync", str(resync)]
-        self.log = host_root.parent / "agent.log"
-        self.proc = None
-
-    def start(self):
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        return self
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no agent log)"
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +33,8 @@ def agent_host(tmp_path, crds, unique):
     if os.geteuid() != 0:
         pytest.skip("the agent provisions accounts under a temporary host root as root")
     root = tmp_path / "host"
-    (root / "data").mkdir(parents=True)
-    seed_etc(root)
-    agent = AgentProcess(crds, root, f"node-{unique}", f"labkeeper.io/test-agent={unique}")
+    agent = AgentProcess(crds.kubeconfig, root, f"node-{unique}", "--selector", f"labkeeper.io/test-agent={unique}",
+                         "--resync", "5", log=tmp_path / "agent.log")
     yield root, agent
     agent.kill()
 
@@ -115,7 +79,7 @@ def test_gpuuser_to_account_report_reboot_and_archive(crds, agent_host, unique):
     import shutil
     shutil.rmtree(root / "etc")
     shutil.rmtree(root / "home")
-    seed_etc(root)
+    seed_host_etc(root)
     agent.start()
     wait_for(lambda: (root / "home" / name).is_symlink() and f"{name}:x:31001" in (root / "etc/passwd").read_text(),
              timeout=30, what="recovery after the wipe")
@@ -140,17 +104,17 @@ def test_two_nodes_report_one_cache_and_a_problem_on_one_is_not_hidden_by_the_ot
     roots = {node: tmp_path / node / "host" for node in (good, bad)}
     for root in roots.values():
         (root / "data/cache").mkdir(parents=True)
-        seed_etc(root)
     (roots[bad] / "elsewhere").mkdir()
     (roots[bad] / f"data/cache/{name}").symlink_to(roots[bad] / "elsewhere")
     cache = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "SharedCache", "metadata": {"name": name, "labels": label},
              "spec": {"type": "pip", "path": f"cache/{name}", "env": [{"name": "PIP_CACHE_DIR", "value": "$(PATH)"}]}}
     crds.kubectl("apply", "-f", "-", input=json.dumps(cache))
-    agents = [AgentProcess(crds, root, node, f"labkeeper.io/test-agent={unique}", resync=1).start()
+    agents = [AgentProcess(crds.kubeconfig, root, node, "--selector", f"labkeeper.io/test-agent={unique}",
+                           "--resync", "1", log=root.parent / "agent.log").start()
               for node, root in roots.items()]
 
     def logs() -> str:
-        return "\n".join(agent.log_tail() for agent in agents)
+        return "\n".join(agent.log_tail(3000) for agent in agents)
 
     def status() -> dict:
         return (get(crds, "sharedcache", name) or {}).get("status") or {}

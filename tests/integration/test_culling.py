@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkeeper.testing.cluster import REPO_ROOT, NodeSpec
+from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
-from labkeeper.testing.processes import wait_for
+from labkeeper.testing.processes import AgentProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,35 +56,13 @@ def fmt(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class AgentProcess:
+def culling_agent(lab: Lab, root: Path, gpu_file: Path) -> AgentProcess:
     """`labkeeper agent` for the lab's node, sampling with the activity file and this host's cgroups."""
-
-    def __init__(self, lab: Lab, root: Path, gpu_file: Path) -> None:
-        (root / "etc").mkdir(parents=True, exist_ok=True)
-        for name, line in (("passwd", "root:x:0:0:root:/root:/bin/bash"), ("group", "root:x:0:"),
-                           ("shadow", "root:*:19000:0:99999:7:::"), ("gshadow", "root:*::")):
-            (root / "etc" / name).write_text(line + "\n")
-        (root / "data").mkdir(exist_ok=True)
-        # the selector matches only idler: the agent provisions her account and home under the temporary
-        # host root (where her warning notices land) and only samples everyone else's activity
-        self.args = [sys.executable, "-m", "labkeeper", "agent", "--node", NODE, "--host-root", str(root),
-                     "--data-root", str(root / "data"), "--kubeconfig", str(lab.cluster.kubeconfig),
-                     "--selector", "labkeeper.io/test-culling=home", "--sampler", f"file:{gpu_file}",
-                     "--cgroup-root", str(CGROUP_ROOT), "--proc-root", "/proc"]
-        self.root = root
-        self.log = root / "agent.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> AgentProcess:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+    # the selector matches only idler: the agent provisions her account and home under the temporary
+    # host root (where her warning notices land) and only samples everyone else's activity
+    return AgentProcess(lab.cluster.kubeconfig, root, NODE, "--selector", "labkeeper.io/test-culling=home",
+                        "--sampler", f"file:{gpu_file}", "--cgroup-root", str(CGROUP_ROOT), "--proc-root", "/proc",
+                        log=root / "agent.log")
 
 
 class GpuFile:
@@ -111,7 +88,7 @@ def culling_lab(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("culling")
     gpus = GpuFile(workdir / "gpus.yaml")
     with Lab((NodeSpec(NODE, "h100-balanced"),), module_policy(), workdir / "lab") as lab:
-        agent = AgentProcess(lab, workdir / "host", gpus.path).start()
+        agent = culling_agent(lab, workdir / "host", gpus.path).start()
         idler = gpuuser("idler")
         idler["metadata"]["labels"] = {"labkeeper.io/test-culling": "home"}
         lab.add_users(idler, gpuuser("miga"), gpuuser("migb"), gpuuser("keeper"), gpuuser("runner"),
@@ -121,7 +98,7 @@ def culling_lab(tmp_path_factory):
         finally:
             agent.kill()
             print(lab.log_tail())
-            print(agent.log.read_text(errors="replace")[-4000:])
+            print(agent.log_tail())
 
 
 def running(lab: Lab, name: str, user: str, **spec) -> dict:

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from labkeeper.testing.cluster import REPO_ROOT
 from labkeeper.testing.lab import Lab
-from labkeeper.testing.processes import SYSTEM_NAMESPACE
+from labkeeper.testing.processes import SYSTEM_NAMESPACE, AgentProcess
 
 FULL = os.environ.get("LABKEEPER_RELIABILITY_FULL") == "1"
 
@@ -29,49 +25,9 @@ def needs_root() -> None:
         pytest.skip("the agent provisions accounts under a temporary host root as root")
 
 
-def seed_etc(root: Path) -> None:
-    """A freshly booted host's /etc: root only, as after a reimage or a tmpfs /etc."""
-    (root / "etc").mkdir(parents=True, exist_ok=True)
-    for name, line in (("passwd", "root:x:0:0:root:/root:/bin/bash"), ("group", "root:x:0:"),
-                       ("shadow", "root:*:19000:0:99999:7:::"), ("gshadow", "root:*::")):
-        (root / "etc" / name).write_text(line + "\n")
-
-
-class AgentProcess:
+def node_agent(lab: Lab, root: Path, node: str) -> AgentProcess:
     """`labkeeper agent` for one fake node, provisioning every GPUUser under a temporary host root."""
-
-    def __init__(self, lab: Lab, root: Path, node: str) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.data.mkdir(parents=True, exist_ok=True)
-        seed_etc(root)
-        self.args = [sys.executable, "-m", "labkeeper", "agent", "--node", node, "--host-root", str(root),
-                     "--data-root", str(self.data), "--kubeconfig", str(lab.cluster.kubeconfig),
-                     "--sampler", "none", "--resync", "5"]
-        self.log = root.parent / f"agent-{node}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> AgentProcess:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+    return AgentProcess(lab.cluster.kubeconfig, root, node, "--sampler", "none", "--resync", "5")
 
 
 def provisioned(lab: Lab, name: str, node: str) -> bool:

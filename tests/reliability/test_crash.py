@@ -11,9 +11,9 @@ import time
 
 import pytest
 from chaos_support import (
-    AgentProcess,
     checksums,
     needs_root,
+    node_agent,
     orphan_problems,
     provisioned,
     rounds,
@@ -23,7 +23,7 @@ from chaos_support import (
 
 from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
-from labkeeper.testing.processes import wait_for
+from labkeeper.testing.processes import AgentProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def crash_lab(tmp_path_factory):
     needs_root()
     workdir = tmp_path_factory.mktemp("crash")
     with Lab((NodeSpec(NODE, "h100-balanced"),), crash_policy(), workdir / "lab") as lab:
-        agent = AgentProcess(lab, workdir / "host", NODE).start()
+        agent = node_agent(lab, workdir / "host", NODE).start()
         try:
             yield lab, agent
         finally:

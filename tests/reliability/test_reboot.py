@@ -11,11 +11,11 @@ import shutil
 import time
 
 import pytest
-from chaos_support import AgentProcess, checksums, needs_root, provisioned, seed_etc, write_thesis
+from chaos_support import checksums, needs_root, node_agent, provisioned, write_thesis
 
 from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
-from labkeeper.testing.processes import wait_for
+from labkeeper.testing.processes import seed_host_etc, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def reboot_lab(tmp_path_factory):
     needs_root()
     workdir = tmp_path_factory.mktemp("reboot")
     with Lab((NodeSpec(NODE, "h100-balanced"),), reboot_policy(), workdir / "lab") as lab:
-        agent = AgentProcess(lab, workdir / "host", NODE).start()
+        agent = node_agent(lab, workdir / "host", NODE).start()
         try:
             yield lab, agent
         finally:
@@ -92,7 +92,7 @@ def test_after_a_power_cut_running_workspaces_return_homes_are_intact_and_nothin
     # the power cut: processes gone, volatile host state gone, node NotReady, no pods survive
     lab.operator.stop()
     agent.stop()
-    seed_etc(root)
+    seed_host_etc(root)
     shutil.rmtree(root / "home", ignore_errors=True)
     shutil.rmtree(root / "etc" / "profile.d", ignore_errors=True)
     # kwok plays the kubelet: stopped, it no longer heartbeats and the node can be marked NotReady

@@ -10,7 +10,7 @@ import json
 import os
 
 import pytest
-from chaos_support import AgentProcess, needs_root, provisioned
+from chaos_support import needs_root, node_agent, provisioned
 
 from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import API_VERSION, Lab, example_policy, gpuuser, workspace
@@ -34,7 +34,7 @@ def sec(tmp_path_factory):
     needs_root()
     workdir = tmp_path_factory.mktemp("security")
     with Lab((NodeSpec(NODE, "h100-balanced"),), security_policy(), workdir / "lab") as lab:
-        agent = AgentProcess(lab, workdir / "host", NODE).start()
+        agent = node_agent(lab, workdir / "host", NODE).start()
         lab.add_users(gpuuser("alice"), gpuuser("bob"))
         configs = {"admin": None, "alice": lab.cluster.user_kubeconfig("alice"),
                    "bob": lab.cluster.user_kubeconfig("bob"),

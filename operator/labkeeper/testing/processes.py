@@ -55,6 +55,51 @@ class OperatorProcess:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
+def seed_host_etc(root: Path) -> None:
+    """A freshly booted host's /etc: root only, as after a reimage or a tmpfs /etc."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    for name, line in (("passwd", "root:x:0:0:root:/root:/bin/bash"), ("group", "root:x:0:"),
+                       ("shadow", "root:*:19000:0:99999:7:::"), ("gshadow", "root:*::")):
+        (root / "etc" / name).write_text(line + "\n")
+
+
+class AgentProcess:
+    """`labkeeper agent` for one node under a temporary host root (a data root and a fresh /etc), in its own
+    process so tests can SIGKILL and restart it; `extra` is the agent's own options (selector, sampler...)."""
+
+    def __init__(self, kubeconfig: Path, root: Path, node: str, *extra: str, log: Path | None = None) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        seed_host_etc(root)
+        self.args = [sys.executable, "-m", "labkeeper", "agent", "--node", node, "--host-root", str(root),
+                     "--data-root", str(self.data), "--kubeconfig", str(kubeconfig), *extra]
+        self.log = log or root.parent / f"agent-{node}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AgentProcess:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str | Callable[[], str] = "condition"):
     """Polls `predicate` until it is truthy; `what` may be a callable, read only on timeout (a log tail)."""
     deadline = time.monotonic() + timeout
