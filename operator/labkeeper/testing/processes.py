@@ -15,7 +15,26 @@ from labkeeper.testing.cluster import REPO_ROOT, LocalCluster
 SYSTEM_NAMESPACE = "labkeeper-system"
 
 
-class OperatorProcess:
+class _Process:
+    """A labkeeper process a test can SIGKILL (a crash) or SIGTERM (a clean stop), then start again."""
+
+    proc: subprocess.Popen | None = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class OperatorProcess(_Process):
     """`labkeeper operator` in its own process, so tests can SIGKILL and restart it."""
 
     def __init__(self, cluster: LocalCluster, logdir: Path, *extra: str) -> None:
@@ -37,19 +56,6 @@ class OperatorProcess:
         log.close()
         return self
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
     def log_tail(self, lines: int = 60) -> str:
         path = self.logdir / f"operator-{self.starts}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -63,7 +69,7 @@ def seed_host_etc(root: Path) -> None:
         (root / "etc" / name).write_text(line + "\n")
 
 
-class AgentProcess:
+class AgentProcess(_Process):
     """`labkeeper agent` for one node under a temporary host root (a data root and a fresh /etc), in its own
     process so tests can SIGKILL and restart it; `extra` is the agent's own options (selector, sampler...)."""
 
@@ -82,19 +88,6 @@ class AgentProcess:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
