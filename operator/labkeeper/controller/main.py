@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import http.server
 import logging
@@ -60,7 +61,9 @@ class Requeue:
         old = self._handles.pop(key, None)
         if old:
             old.cancel()
-        self._handles[key] = loop.call_later(delay, lambda: asyncio.ensure_future(callback()))
+        # an empty context: the current one holds kopf's whole cause and body until the timer fires
+        self._handles[key] = loop.call_later(delay, lambda: asyncio.ensure_future(callback()),
+                                             context=contextvars.Context())
 
     def cancel(self, key: tuple[str, str]) -> None:
         handle = self._handles.pop(key, None)
