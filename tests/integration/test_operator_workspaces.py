@@ -150,6 +150,22 @@ def test_the_weighted_cap_admits_three_slices_and_refuses_the_fourth_with_the_nu
     delete_all_workspaces(lab)
 
 
+def test_a_workspace_waiting_on_the_cap_starts_when_its_user_deletes_a_running_one(lab: Lab):
+    """The waiting workspace has no pod of its own to report the change: the deleted pod of another
+    workspace is what must wake it."""
+    lab.add_users(gpuuser("freed", "researcher", limits={"maxGpuEquivalents": 0.5}))
+    lab.apply(*(workspace(f"w{i}", "freed", profile="1g.10gb") for i in range(3)))
+    for i in range(3):
+        lab.wait_phase(f"w{i}", "freed", "Running")
+    lab.apply(workspace("w3", "freed", profile="1g.10gb"))
+    wait_for(lambda: lab.status("workspace", "w3", "lab-freed").get("reason") == "QuotaExceeded",
+             what="fourth workspace QuotaExceeded")
+    lab.kubectl("delete", "workspace", "w0", "-n", "lab-freed", "--wait=false")
+    lab.wait_phase("w3", "freed", "Running", timeout=30)
+    assert_never_overbound(lab)
+    delete_all_workspaces(lab)
+
+
 def test_two_concurrent_applies_for_the_last_unit_start_exactly_one(lab: Lab):
     lab.add_users(gpuuser("lastunit", "researcher", limits={"maxGpuEquivalents": 3 / 7}))
     lab.apply(*(workspace(f"w{i}", "lastunit", profile="1g.10gb") for i in range(2)))

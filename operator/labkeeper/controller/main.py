@@ -31,6 +31,8 @@ from labkeeper.kube.client import Kube
 log = logging.getLogger("labkeeper.operator")
 
 GROUP, VERSION = "labkeeper.io", "v1alpha1"
+# a Workspace in these phases waits for a device or for quota that another pod's deletion may free
+WAITING_PHASES = ("Pending", "Preempted")
 
 
 def utcnow() -> dt.datetime:
@@ -62,13 +64,16 @@ class Requeue:
         if old:
             old.cancel()
         # an empty context: the current one holds kopf's whole cause and body until the timer fires
-        self._handles[key] = loop.call_later(delay, lambda: asyncio.ensure_future(callback()),
-                                             context=contextvars.Context())
+        self._handles[key] = loop.call_later(delay, callback, context=contextvars.Context())
 
     def cancel(self, key: tuple[str, str]) -> None:
         handle = self._handles.pop(key, None)
         if handle:
             handle.cancel()
+
+    def cancel_all(self) -> None:
+        for key in list(self._handles):
+            self.cancel(key)
 
 
 async def quietly(what: str, func, *args):
@@ -96,6 +101,12 @@ class Operator:
         )
         self.workspaces = WorkspaceReconciler(kube, self.policy, clock, data_root=data_root)
         self.requeue = Requeue()
+        # Workspaces with a pass queued but not yet started: events that arrive meanwhile fold into it
+        self._queued: set[tuple[str, str]] = set()
+        self._lost_pods: dict[tuple[str, str], dict] = {}
+        self._passes: set[asyncio.Task] = set()
+        # (namespace, name) of the Workspaces last seen in a waiting phase
+        self.waiting: set[tuple[str, str]] = set()
 
     async def reconcile_user(self, name: str, body: dict | None = None) -> None:
         key = ("GPUUser", name)
@@ -109,17 +120,33 @@ class Operator:
                 outcome = await asyncio.to_thread(self.users.reconcile, body)
             except Exception as err:  # a failed pass is retried; it must never kill the watch
                 log_failure(err, "GPUUser %s: reconcile failed: %s", name, err)
-                self.requeue.schedule(key, 5.0, lambda: self.reconcile_user(name))
+                self.requeue.schedule(key, 5.0, lambda: asyncio.ensure_future(self.reconcile_user(name)))
                 return
         if outcome.requeue_after is not None:
-            self.requeue.schedule(key, outcome.requeue_after, lambda: self.reconcile_user(name))
+            self.requeue.schedule(key, outcome.requeue_after, lambda: asyncio.ensure_future(self.reconcile_user(name)))
         else:
             self.requeue.cancel(key)
 
-    async def reconcile_workspace(self, namespace: str, name: str, lost_pod: dict | None = None) -> None:
+    def workspace_changed(self, namespace: str, name: str, lost_pod: dict | None = None) -> None:
+        """Queues one pass over the Workspace without waiting for it, so a watch event is let go at once
+        instead of waiting with its whole body for the user's lock."""
+        if lost_pod is not None:
+            self._lost_pods[(namespace, name)] = lost_pod
+        if (namespace, name) in self._queued:
+            return
+        self._queued.add((namespace, name))
+        task = asyncio.get_running_loop().create_task(self.reconcile_workspace(namespace, name),
+                                                      context=contextvars.Context())
+        self._passes.add(task)
+        task.add_done_callback(self._passes.discard)
+
+    async def reconcile_workspace(self, namespace: str, name: str) -> None:
         key = ("Workspace", f"{namespace}/{name}")
         # one lock per user: the weighted-quota check and the pod creation are one step
         async with self.requeue.lock(("user", namespace)):
+            # from here on an event needs a pass of its own: this one may already have read past it
+            self._queued.discard((namespace, name))
+            lost_pod = self._lost_pods.pop((namespace, name), None)
             try:
                 # always a fresh read: a body from an event or a list may predate what the pass that held
                 # the lock just wrote (a stale spec.state would restart a stopped workspace)
@@ -130,19 +157,29 @@ class Operator:
                 outcome = await asyncio.to_thread(self.workspaces.reconcile, body, lost_pod=lost_pod)
             except Exception as err:  # a failed pass is retried; it must never kill the watch
                 log_failure(err, "Workspace %s/%s: reconcile failed: %s", namespace, name, err)
-                self.requeue.schedule(key, 5.0, lambda: self.reconcile_workspace(namespace, name))
+                self.requeue.schedule(key, 5.0, lambda: self.workspace_changed(namespace, name))
                 return
         if outcome.requeue_after is not None:
-            self.requeue.schedule(key, outcome.requeue_after, lambda: self.reconcile_workspace(namespace, name))
+            self.requeue.schedule(key, outcome.requeue_after, lambda: self.workspace_changed(namespace, name))
         else:
             self.requeue.cancel(key)
 
-    async def user_workspaces_changed(self, namespace: str) -> None:
-        """A pod or quota change in one user's namespace can unblock any of her waiting workspaces."""
-        items = await quietly("listing workspaces", self.kube.list, "Workspace", namespace) or []
-        for ws in items:
-            if (ws.get("status") or {}).get("phase") in ("Pending", "Preempted", None):
-                await self.reconcile_workspace(namespace, ws["metadata"]["name"])
+    def stop(self) -> None:
+        """No pass starts once kopf is stopping; it would only fail against a closed executor."""
+        self.requeue.cancel_all()
+        for task in list(self._passes):
+            task.cancel()
+
+    def workspace_seen(self, namespace: str, name: str, phase: str | None) -> None:
+        if phase in WAITING_PHASES:
+            self.waiting.add((namespace, name))
+        else:
+            self.waiting.discard((namespace, name))
+
+    def device_freed(self, namespace: str, workspace: str) -> None:
+        """A deleted pod may free a device or quota: every waiting Workspace, of any user, gets a pass."""
+        for namespace_, name in sorted(self.waiting - {(namespace, workspace)}):
+            self.workspace_changed(namespace_, name)
 
     async def policy_changed(self, body: dict) -> None:
         changed = await quietly("loading the policy", self.policy.load_configmap, body)
@@ -168,6 +205,10 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         await asyncio.to_thread(operator.policy.apply_priority_classes)
         await asyncio.to_thread(clear_stale_handovers, operator.kube)
 
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_):
+        operator.stop()
+
     @kopf.on.event(GROUP, VERSION, "gpuusers", registry=registry)
     async def _user_event(event: dict, body: kopf.Body, name: str, **_):
         if event.get("type") == "DELETED":
@@ -177,14 +218,16 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         # suspension, a tier change or a new uid can change what each of her workspaces may do
         items = await quietly("listing workspaces", operator.kube.list, "Workspace", f"lab-{name}") or []
         for ws in items:
-            await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"])
+            operator.workspace_changed(ws["metadata"]["namespace"], ws["metadata"]["name"])
 
     @kopf.on.event(GROUP, VERSION, "workspaces", registry=registry)
     async def _workspace_event(event: dict, body: kopf.Body, name: str, namespace: str, **_):
         if event.get("type") == "DELETED":
+            operator.workspace_seen(namespace, name, None)
             operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
             return
-        await operator.reconcile_workspace(namespace, name)
+        operator.workspace_seen(namespace, name, (body.get("status") or {}).get("phase"))
+        operator.workspace_changed(namespace, name)
 
     @kopf.on.event("", "v1", "pods", registry=registry, labels={"app.kubernetes.io/managed-by": "labkeeper"})
     async def _pod_event(event: dict, body: kopf.Body, labels: dict, namespace: str, **_):
@@ -192,14 +235,9 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         if not workspace:
             return
         lost = dict(body) if event.get("type") == "DELETED" and labels.get("labkeeper.io/role") == "workspace" else None
-        await operator.reconcile_workspace(namespace, workspace, lost_pod=lost)
+        operator.workspace_changed(namespace, workspace, lost_pod=lost)
         if event.get("type") == "DELETED":
-            # a freed device may let anyone's waiting workspace start
-            waiting = await quietly("listing workspaces", operator.kube.list, "Workspace") or []
-            for ws in waiting:
-                if (ws.get("status") or {}).get("phase") in ("Pending", "Preempted") \
-                        and ws["metadata"]["name"] != workspace:
-                    await operator.reconcile_workspace(ws["metadata"]["namespace"], ws["metadata"]["name"])
+            operator.device_freed(namespace, workspace)
 
     @kopf.on.event("", "v1", "configmaps", registry=registry,
                    when=lambda name, namespace, **_: name == POLICY_CONFIGMAP and namespace == operator.namespace)
