@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -74,7 +75,34 @@ class KubectlError(subprocess.CalledProcessError):
         return f"{' '.join(self.cmd[2:])} failed (exit {self.returncode}): {self.stderr.strip()}"
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A free localhost port below the kernel's ephemeral range: a port the kernel handed out (bind to 0)
+    can be taken again by any outgoing connection before the component binds it, and with a control
+    plane's worth of client connections that happens ("bind: address already in use")."""
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12000), low)) if low > 3000 else []
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
