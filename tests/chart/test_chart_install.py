@@ -9,6 +9,8 @@ import pytest
 import yaml
 from chartlib import CHART, NAMESPACE, run_helm
 
+from labkeeper.testing.cluster import manifest
+
 pytestmark = pytest.mark.integration
 
 RELEASE = "labkeeper"
@@ -154,7 +156,7 @@ def test_the_operator_account_can_grant_a_user_her_role(installed, unique):
         docs = [access.user_role(user), access.user_role_binding(user)]
         # server-side apply under the operator's field manager, as the operator does it
         result = cluster.kubectl("apply", "--server-side", "--field-manager=labkeeper-operator", f"--as={OPERATOR_SA}",
-                                 "-f", "-", input=yaml.safe_dump_all(docs), check=False)
+                                 "-f", "-", input=manifest(*docs), check=False)
         assert result.returncode == 0, result.stderr
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
@@ -175,7 +177,7 @@ def test_a_bad_value_stops_helm_install_before_anything_is_applied(installed, tm
 def test_uninstall_keeps_the_crds_and_the_lab_objects(installed, unique):
     cluster, _, _ = installed
     name = f"keep{unique}"
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+    cluster.kubectl("apply", "-f", "-", input=manifest({
         "apiVersion": "labkeeper.io/v1alpha1", "kind": "SharedCache", "metadata": {"name": name},
         "spec": {"type": "pip", "path": f"cache/{name}"},
     }))

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from chartlib import CHART, run_helm
 
+from labkeeper.testing.cluster import manifest
 from labkeeper.testing.lab import gpuuser, workspace
 from labkeeper.testing.processes import OperatorProcess, wait_for
 
@@ -91,13 +92,13 @@ def test_the_operator_on_its_chart_account_runs_a_workspace_and_follows_a_policy
     op = operator_as_its_account
     user, namespace = f"rb{unique}", f"lab-rb{unique}"
 
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(gpuuser(user)))
+    cluster.kubectl("apply", "-f", "-", input=manifest(gpuuser(user)))
     wait_for(lambda: status(cluster, "gpuuser", user).get("phase") == "Ready", timeout=90,
              what=lambda: f"GPUUser {user} Ready\n{op.log_tail()}")
     assert cluster.kubectl("get", "secret", f"kubeconfig-{user}", "-n", NAMESPACE, check=False).returncode == 0
 
     ws = workspace("box", user, profile="1g.10gb", command=["sleep", "infinity"])
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(ws))
+    cluster.kubectl("apply", "-f", "-", input=manifest(ws))
     wait_for(lambda: status(cluster, "workspace", "box", namespace).get("phase") == "Running", timeout=90,
              what=lambda: f"workspace Running\n{op.log_tail()}")
 

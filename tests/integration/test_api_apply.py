@@ -124,13 +124,17 @@ def test_a_pinned_uid_may_be_set_later_but_not_changed(api):
 
 
 def test_status_is_a_subresource_so_a_spec_apply_cannot_set_it(api):
+    # the session operator may be running and write its own status, so the probe is a node entry only
+    # an agent would write: a spec apply cannot plant it, the status subresource can
+    spoof = {"node": "spoofed-node", "state": "Provisioned", "message": "set by the user"}
     user = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "GPUUser", "metadata": {"name": "no-self-promotion"},
-            "spec": {"tier": "student"}, "status": {"phase": "Ready", "uid": 0}}
+            "spec": {"tier": "student"}, "status": {"phase": "Ready", "uid": 0, "nodes": [spoof]}}
     api.kubectl("apply", "-f", "-", input=json.dumps(user))
     stored = json.loads(api.kubectl("get", "gpuuser", "no-self-promotion", "-o", "json").stdout)
-    assert "status" not in stored or "phase" not in stored["status"]
+    status = stored.get("status") or {}
+    assert status.get("uid") != 0 and not status.get("nodes"), status
     api.kubectl("patch", "gpuuser", "no-self-promotion", "--subresource=status", "--type=merge",
-                "-p", '{"status":{"phase":"Ready","observedGeneration":1}}')
+                "-p", json.dumps({"status": {"nodes": [spoof]}}))
     stored = json.loads(api.kubectl("get", "gpuuser", "no-self-promotion", "-o", "json").stdout)
-    assert stored["status"]["phase"] == "Ready"
+    assert [n["node"] for n in stored["status"]["nodes"]] == ["spoofed-node"], stored["status"]
     api.kubectl("delete", "gpuuser", "no-self-promotion")

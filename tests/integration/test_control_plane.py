@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from labkeeper.testing.cluster import LocalCluster, NodeSpec, kubeconfig_dict
+from labkeeper.testing.cluster import LocalCluster, NodeSpec, kubeconfig_dict, manifest
 from labkeeper.testing.pki import KeyPair
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def _pod(name: str, unique: str, resources: dict[str, str], *, node: str | None 
 
 
 def _apply(cluster: LocalCluster, *docs: dict) -> None:
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    cluster.kubectl("apply", "-f", "-", input=manifest(*docs))
 
 
 def _pod_field(cluster: LocalCluster, name: str, path: str) -> str:

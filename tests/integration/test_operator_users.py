@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from labkeeper.testing.cluster import REPO_ROOT
+from labkeeper.testing.cluster import REPO_ROOT, manifest
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, wait_for
 
 pytestmark = pytest.mark.integration
@@ -194,7 +194,7 @@ def test_an_invalid_policy_is_refused_and_the_last_good_one_stays(crds, operator
 
 def test_fifty_users_at_once_get_fifty_distinct_uids_even_across_a_sigkill(crds, operator):
     names = [f"bulk{i:02d}" for i in range(50)]
-    crds.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([gpuuser(n) for n in names]))
+    crds.kubectl("apply", "-f", "-", input=manifest(*[gpuuser(n) for n in names]))
     time.sleep(1.5)
     operator.kill()
     operator.start()

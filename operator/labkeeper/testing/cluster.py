@@ -75,6 +75,12 @@ class KubectlError(subprocess.CalledProcessError):
         return f"{' '.join(self.cmd[2:])} failed (exit {self.returncode}): {self.stderr.strip()}"
 
 
+def manifest(*docs: dict) -> str:
+    """Objects for `kubectl apply -f -`, as JSON documents: PyYAML writes a string such as `123e45`
+    unquoted (a string to YAML 1.1) and kubectl reads it back as a number."""
+    return "\n---\n".join(json.dumps(doc) for doc in docs) + "\n"
+
+
 _HANDED_OUT: set[int] = set()
 
 
@@ -370,7 +376,7 @@ class LocalCluster:
                          *[arg for path in self.preload for arg in ("-f", str(path))])
 
     def _apply_streaming_crds(self) -> None:
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(streaming_crds()))
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=manifest(*streaming_crds()))
 
     def _start_controllers(self) -> None:
         kc = str(self.kubeconfig)
@@ -438,7 +444,7 @@ class LocalCluster:
     def create_nodes(self, nodes: Iterable[NodeSpec]) -> None:
         docs = [n.manifest() for n in nodes]
         if docs:
-            self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+            self.kubectl("apply", "-f", "-", input=manifest(*docs))
 
     def wait_nodes_ready(self, timeout: float = 60.0) -> None:
         names = [f"node/{n.name}" for n in self.nodes]
@@ -521,7 +527,7 @@ class LocalCluster:
         # Logs goes last: once kwok answers for it, the watches of the others have delivered too
         docs.append({"apiVersion": KWOK_API, "kind": "Logs", "metadata": meta,
                      "spec": {"logs": [{"logsFile": str(logs_file)}]}})
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        self.kubectl("apply", "-f", "-", input=manifest(*docs))
         self._wait_kwok_serves(namespace, pod, timeout)
 
     def _wait_kwok_serves(self, namespace: str, pod: str, timeout: float) -> None:

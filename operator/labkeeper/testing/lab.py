@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from labkeeper.testing.cluster import NVIDIA_RUNTIME_CLASS, REPO_ROOT, LocalCluster, NodeSpec
+from labkeeper.testing.cluster import NVIDIA_RUNTIME_CLASS, REPO_ROOT, LocalCluster, NodeSpec, manifest
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, OperatorProcess, wait_for
 
 API_VERSION = "labkeeper.io/v1alpha1"
@@ -80,7 +80,7 @@ class Lab:
         return self.cluster.kubectl(*args, **kwargs)
 
     def apply(self, *docs: dict, kubeconfig: str | Path | None = None):
-        return self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs), kubeconfig=kubeconfig)
+        return self.kubectl("apply", "-f", "-", input=manifest(*docs), kubeconfig=kubeconfig)
 
     def set_policy(self, policy: dict) -> None:
         self.policy = copy.deepcopy(policy)
