@@ -3,13 +3,16 @@ homes, and the invariants a converged lab must satisfy."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import Lab
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, AgentProcess
 
@@ -28,6 +31,21 @@ def needs_root() -> None:
 def node_agent(lab: Lab, root: Path, node: str) -> AgentProcess:
     """`labkeeper agent` for one fake node, provisioning every GPUUser under a temporary host root."""
     return AgentProcess(lab.cluster.kubeconfig, root, node, "--sampler", "none", "--resync", "5")
+
+
+@contextlib.contextmanager
+def lab_with_agent(workdir: Path, node: str, policy: dict) -> Iterator[tuple[Lab, AgentProcess]]:
+    """A lab on one H100 node with that node's agent running; on the way out the agent is killed and both
+    logs are printed (pytest shows them with a failure)."""
+    needs_root()
+    with Lab((NodeSpec(node, "h100-balanced"),), policy, workdir / "lab") as lab:
+        agent = node_agent(lab, workdir / "host", node).start()
+        try:
+            yield lab, agent
+        finally:
+            agent.kill()
+            print(lab.log_tail())
+            print(agent.log_tail())
 
 
 def provisioned(lab: Lab, name: str, node: str) -> bool:

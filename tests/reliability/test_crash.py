@@ -12,8 +12,7 @@ import time
 import pytest
 from chaos_support import (
     checksums,
-    needs_root,
-    node_agent,
+    lab_with_agent,
     orphan_problems,
     provisioned,
     rounds,
@@ -21,7 +20,6 @@ from chaos_support import (
     write_thesis,
 )
 
-from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
 from labkeeper.testing.processes import AgentProcess, wait_for
 
@@ -43,16 +41,8 @@ def crash_policy() -> dict:
 
 @pytest.fixture(scope="module")
 def crash_lab(tmp_path_factory):
-    needs_root()
-    workdir = tmp_path_factory.mktemp("crash")
-    with Lab((NodeSpec(NODE, "h100-balanced"),), crash_policy(), workdir / "lab") as lab:
-        agent = node_agent(lab, workdir / "host", NODE).start()
-        try:
-            yield lab, agent
-        finally:
-            agent.kill()
-            print(lab.log_tail())
-            print(agent.log_tail())
+    with lab_with_agent(tmp_path_factory.mktemp("crash"), NODE, crash_policy()) as pair:
+        yield pair
 
 
 def kill_somewhere(lab: Lab, agent: AgentProcess, rng: random.Random) -> str:

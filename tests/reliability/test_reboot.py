@@ -11,9 +11,8 @@ import shutil
 import time
 
 import pytest
-from chaos_support import checksums, needs_root, node_agent, provisioned, write_thesis
+from chaos_support import checksums, lab_with_agent, provisioned, write_thesis
 
-from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
 from labkeeper.testing.processes import seed_host_etc, wait_for
 
@@ -62,16 +61,8 @@ def node_ready(lab: Lab) -> bool:
 
 @pytest.fixture(scope="module")
 def reboot_lab(tmp_path_factory):
-    needs_root()
-    workdir = tmp_path_factory.mktemp("reboot")
-    with Lab((NodeSpec(NODE, "h100-balanced"),), reboot_policy(), workdir / "lab") as lab:
-        agent = node_agent(lab, workdir / "host", NODE).start()
-        try:
-            yield lab, agent
-        finally:
-            agent.kill()
-            print(lab.log_tail())
-            print(agent.log_tail())
+    with lab_with_agent(tmp_path_factory.mktemp("reboot"), NODE, reboot_policy()) as pair:
+        yield pair
 
 
 def test_after_a_power_cut_running_workspaces_return_homes_are_intact_and_nothing_is_culled_or_forgotten(

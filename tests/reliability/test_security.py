@@ -10,9 +10,8 @@ import json
 import os
 
 import pytest
-from chaos_support import needs_root, node_agent, provisioned
+from chaos_support import lab_with_agent, provisioned
 
-from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import API_VERSION, Lab, example_policy, gpuuser, workspace
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, wait_for
 
@@ -31,20 +30,12 @@ def security_policy() -> dict:
 
 @pytest.fixture(scope="module")
 def sec(tmp_path_factory):
-    needs_root()
-    workdir = tmp_path_factory.mktemp("security")
-    with Lab((NodeSpec(NODE, "h100-balanced"),), security_policy(), workdir / "lab") as lab:
-        agent = node_agent(lab, workdir / "host", NODE).start()
+    with lab_with_agent(tmp_path_factory.mktemp("security"), NODE, security_policy()) as (lab, agent):
         lab.add_users(gpuuser("alice"), gpuuser("bob"))
         configs = {"admin": None, "alice": lab.cluster.user_kubeconfig("alice"),
                    "bob": lab.cluster.user_kubeconfig("bob"),
                    "mallory": lab.cluster.user_kubeconfig("mallory", ("labkeeper:users",))}
-        try:
-            yield lab, agent, configs
-        finally:
-            agent.kill()
-            print(lab.log_tail())
-            print(agent.log_tail())
+        yield lab, agent, configs
 
 
 # (verb, resource, namespace or "" for cluster scope) → who may: admin, alice, bob, mallory
