@@ -14,7 +14,7 @@ CACHE_ROOT="${LABKEEPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/labkeeper}"
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
 BIN="$CACHE_ROOT/bin/$KEY"
 WORK="$CACHE_ROOT/build/$KEY"
-TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm)
 
 all_present() {
   for t in "${TOOLS[@]}"; do [[ -x "$BIN/$t" ]] || return 1; done
@@ -32,7 +32,7 @@ log() { echo "k8s-bin: $*" >&2; }
 
 build_kubernetes() {
   local mod="$WORK/kubernetes" minor major gomod
-  [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/kube-scheduler" && -x "$BIN/kubectl" ]] && return 0
+  [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/kube-scheduler" && -x "$BIN/kubectl" && -x "$BIN/kubelet" && -x "$BIN/kube-proxy" ]] && return 0
   mkdir -p "$mod"
   gomod="$(cd "$mod" && GOFLAGS= go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
   major="${K8S_VERSION#v}"; major="${major%%.*}"
@@ -57,12 +57,14 @@ build_kubernetes() {
     ldflags+=" -X $p.gitVersion=${K8S_VERSION} -X $p.gitMajor=${major} -X $p.gitMinor=${minor}"
     ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ${K8S_VERSION}"
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy ${K8S_VERSION}"
   (cd "$mod" && go build -mod=mod -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$BIN/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler \
-      k8s.io/kubernetes/cmd/kubectl)
+      k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet \
+      k8s.io/kubernetes/cmd/kube-proxy)
 }
 
 build_etcd() {
