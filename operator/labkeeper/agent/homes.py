@@ -11,6 +11,7 @@ from labkeeper.agent.hostops import Owner
 from labkeeper.agent.model import HostUser, Report, SharedTree
 
 STATE_DIR = ".labkeeper"
+KUBECONFIG_PATH = (".kube", "config")  # the user's client-certificate kubeconfig, written by the agent
 
 
 def state_dir(data_fd: int) -> int:
@@ -56,9 +57,9 @@ def ensure_home(data_fd: int, home_link_fd: int, state_fd: int, user: HostUser, 
                                   Owner(user.uid, user.gid, 0o600)):
                 report.did(f"home {user.name}: authorized_keys ({len(user.ssh_keys)} keys)")
         if user.kubeconfig is not None:
-            kube_fd, _ = hostops.ensure_dir(home_fd, ".kube", private, replace_symlink=True)
+            kube_fd, _ = hostops.ensure_dir(home_fd, KUBECONFIG_PATH[0], private, replace_symlink=True)
             with hostops.opened(kube_fd):
-                if hostops.write_file(kube_fd, "config", user.kubeconfig, Owner(user.uid, user.gid, 0o600)):
+                if hostops.write_file(kube_fd, KUBECONFIG_PATH[1], user.kubeconfig, Owner(user.uid, user.gid, 0o600)):
                     report.did(f"home {user.name}: .kube/config written")
     try:
         if hostops.ensure_symlink(home_link_fd, user.name, link_target):

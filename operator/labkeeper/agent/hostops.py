@@ -190,6 +190,31 @@ def create_file(dir_fd: int, name: str, data: bytes, want: Owner) -> bool:
         os.unlink(temp, dir_fd=dir_fd)
 
 
+def create_exclusive(dir_fd: int, name: str, want: Owner) -> int:
+    """A new, empty regular file opened for reading and writing; fails if anything by that name exists."""
+    fd = os.open(check_component(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                 dir_fd=dir_fd)
+    try:
+        os.fchown(fd, want.uid, want.gid)
+        os.fchmod(fd, want.mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def publish_exclusive(dir_fd: int, temp: str, name: str) -> bool:
+    """Give the finished file `temp` the name `name` only if nothing has it (a hard link never replaces), then
+    drop `temp`; False when the name is taken, and `temp` stays."""
+    try:
+        os.link(check_component(temp), check_component(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                follow_symlinks=False)
+    except FileExistsError:
+        return False
+    os.unlink(temp, dir_fd=dir_fd)
+    return True
+
+
 def ensure_symlink(dir_fd: int, name: str, target: str) -> bool:
     """`name` → `target`; an old symlink is swapped atomically, anything else in its place is refused."""
     check_component(name)

@@ -150,7 +150,8 @@ class Agent:
         want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid())
         want.lab = dataclasses.replace(want.lab, toolchains=toolchains.from_policy(self.policy().toolchains))
         started = time.monotonic()
-        result = reconcile_host(self.host, want.lab, want.departures, self.clock().date())
+        now = self.clock()
+        result = reconcile_host(self.host, want.lab, want.departures, now.date(), now)
         self.last_result = result
         if result.report.done or result.report.failed:
             log.info("pass in %.3fs: did %s; failed %s", time.monotonic() - started, result.report.done,

@@ -54,8 +54,9 @@ class Host:
 
 
 def reconcile_host(host: Host, lab: LabHost, departures: tuple[Departure, ...] = (),
-                   today: dt.date | None = None) -> HostResult:
-    today = today or dt.datetime.now(dt.UTC).date()
+                   today: dt.date | None = None, now: dt.datetime | None = None) -> HostResult:
+    now = now or dt.datetime.now(dt.UTC)
+    today = today or now.date()
     report = Report()
     result = HostResult(report)
     with hostops.opened(accounts.open_etc(host.host_fd)) as etc_fd:
@@ -106,7 +107,7 @@ def reconcile_host(host: Host, lab: LabHost, departures: tuple[Departure, ...] =
         for gone in departures:
             try:
                 offboard.offboard_data(host.data_fd, home_link_fd, gone.name, host.host_path(f"users/{gone.name}"),
-                                       gone.data_policy, today, report)
+                                       gone.data_policy, now, report)
                 if gone.data_policy != "Keep":
                     homes.forget_skeleton(state_fd, gone.name)
             except (OSError, UnsafeName) as err:
