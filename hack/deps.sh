@@ -6,6 +6,15 @@ command -v setfacl >/dev/null || need+=(acl)
 command -v useradd >/dev/null || need+=(passwd)
 command -v tmux >/dev/null || need+=(tmux)
 command -v go >/dev/null || need+=(golang-go)
+# the real test node (make e2e): a container runtime, the CNI plugins, and what the kubelet calls
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null || need+=(iptables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v socat >/dev/null || need+=(socat)
+command -v ethtool >/dev/null || need+=(ethtool)
+command -v busybox >/dev/null || need+=(busybox-static)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "deps: missing ${need[*]}; install them as root (apt-get install ${need[*]})" >&2

@@ -1,0 +1,218 @@
+"""A stand-in for NVIDIA's device plugin on a real test node: a gRPC server speaking the kubelet's
+device-plugin API (v1beta1) that advertises MIG devices with stable ids and answers `Allocate` as
+NVIDIA's plugin does in its "envvar" list strategy (`NVIDIA_VISIBLE_DEVICES=<device ids>`), so the
+kubelet's own device manager decides which container gets which device.
+
+The messages are described here with protobuf's descriptor API instead of generated code: only the
+field numbers and types go over the wire, and they are those of the kubelet's
+`pkg/apis/deviceplugin/v1beta1/api.proto`."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+API_VERSION = "v1beta1"
+KUBELET_SOCKET = "kubelet.sock"
+HEALTHY = "Healthy"
+
+_F = descriptor_pb2.FieldDescriptorProto
+_STRING, _BOOL, _INT32, _INT64, _MESSAGE = _F.TYPE_STRING, _F.TYPE_BOOL, _F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_MESSAGE
+_REPEATED, _OPTIONAL = _F.LABEL_REPEATED, _F.LABEL_OPTIONAL
+
+# message name -> fields (name, number, type, label, message type); the maps are proto3 map entries
+_MESSAGES: dict[str, list[tuple]] = {
+    "DevicePluginOptions": [("pre_start_required", 1, _BOOL, _OPTIONAL, None),
+                            ("get_preferred_allocation_available", 2, _BOOL, _OPTIONAL, None)],
+    "RegisterRequest": [("version", 1, _STRING, _OPTIONAL, None), ("endpoint", 2, _STRING, _OPTIONAL, None),
+                        ("resource_name", 3, _STRING, _OPTIONAL, None),
+                        ("options", 4, _MESSAGE, _OPTIONAL, "DevicePluginOptions")],
+    "Empty": [],
+    "ListAndWatchResponse": [("devices", 1, _MESSAGE, _REPEATED, "Device")],
+    "TopologyInfo": [("nodes", 1, _MESSAGE, _REPEATED, "NUMANode")],
+    "NUMANode": [("ID", 1, _INT64, _OPTIONAL, None)],
+    "Device": [("ID", 1, _STRING, _OPTIONAL, None), ("health", 2, _STRING, _OPTIONAL, None),
+               ("topology", 3, _MESSAGE, _OPTIONAL, "TopologyInfo")],
+    "PreStartContainerRequest": [("devices_ids", 1, _STRING, _REPEATED, None)],
+    "PreStartContainerResponse": [],
+    "PreferredAllocationRequest": [("container_requests", 1, _MESSAGE, _REPEATED,
+                                    "ContainerPreferredAllocationRequest")],
+    "ContainerPreferredAllocationRequest": [("available_deviceIDs", 1, _STRING, _REPEATED, None),
+                                            ("must_include_deviceIDs", 2, _STRING, _REPEATED, None),
+                                            ("allocation_size", 3, _INT32, _OPTIONAL, None)],
+    "PreferredAllocationResponse": [("container_responses", 1, _MESSAGE, _REPEATED,
+                                     "ContainerPreferredAllocationResponse")],
+    "ContainerPreferredAllocationResponse": [("deviceIDs", 1, _STRING, _REPEATED, None)],
+    "AllocateRequest": [("container_requests", 1, _MESSAGE, _REPEATED, "ContainerAllocateRequest")],
+    "ContainerAllocateRequest": [("devices_ids", 1, _STRING, _REPEATED, None)],
+    "AllocateResponse": [("container_responses", 1, _MESSAGE, _REPEATED, "ContainerAllocateResponse")],
+    "ContainerAllocateResponse": [("envs", 1, _MESSAGE, _REPEATED, "ContainerAllocateResponse.EnvsEntry"),
+                                  ("annotations", 4, _MESSAGE, _REPEATED,
+                                   "ContainerAllocateResponse.AnnotationsEntry")],
+}
+_MAP_ENTRIES = {"ContainerAllocateResponse": ("EnvsEntry", "AnnotationsEntry")}
+
+
+def _build_messages() -> dict[str, type]:
+    proto = descriptor_pb2.FileDescriptorProto(name="labkeeper_deviceplugin_v1beta1.proto", package=API_VERSION,
+                                               syntax="proto3")
+    for name, fields in _MESSAGES.items():
+        msg = proto.message_type.add(name=name)
+        for entry in _MAP_ENTRIES.get(name, ()):
+            nested = msg.nested_type.add(name=entry)
+            nested.options.map_entry = True
+            nested.field.add(name="key", number=1, type=_STRING, label=_OPTIONAL)
+            nested.field.add(name="value", number=2, type=_STRING, label=_OPTIONAL)
+        for fname, number, ftype, label, type_name in fields:
+            field = msg.field.add(name=fname, number=number, type=ftype, label=label)
+            if type_name:
+                field.type_name = f".{API_VERSION}.{type_name}"
+    pool = descriptor_pool.DescriptorPool()
+    file = pool.Add(proto)
+    del file
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{API_VERSION}.{name}"))
+            for name in _MESSAGES}
+
+
+M = _build_messages()
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    """One MIG instance as NVIDIA's plugin names it: `MIG-<uuid>` ids are stable across restarts."""
+
+    profile: str
+    id: str
+
+    @property
+    def resource(self) -> str:
+        return f"nvidia.com/mig-{self.profile}"
+
+
+def mig_devices(layout: Mapping[str, int], gpu: str = "GPU-5f0c6a62-9d6e-4b7a-8a51-labkeeper000") -> list[MigDevice]:
+    """Devices for a MIG layout such as {"1g.10gb": 2, "2g.20gb": 1}; the ids depend only on the GPU and
+    the layout, so a restarted plugin advertises the same ones (as MIG UUIDs do until a reboot)."""
+    return [MigDevice(profile, f"MIG-{uuid.uuid5(uuid.NAMESPACE_URL, f'{gpu}/{profile}/{index}')}")
+            for profile in sorted(layout) for index in range(layout[profile])]
+
+
+def _rpc(handler, request: str, response: str, stream: bool = False):
+    make = grpc.unary_stream_rpc_method_handler if stream else grpc.unary_unary_rpc_method_handler
+    return make(handler, request_deserializer=M[request].FromString,
+                response_serializer=M[response].SerializeToString)
+
+
+class _ResourcePlugin:
+    """The DevicePlugin service for one resource name, served on its own socket."""
+
+    def __init__(self, resource: str, devices: Sequence[MigDevice], socket: Path) -> None:
+        self.resource = resource
+        self.devices = list(devices)
+        self.socket = socket
+        self.allocations: list[list[str]] = []
+        self._stop = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(f"{API_VERSION}.DevicePlugin", {
+            "GetDevicePluginOptions": _rpc(self.options, "Empty", "DevicePluginOptions"),
+            "ListAndWatch": _rpc(self.list_and_watch, "Empty", "ListAndWatchResponse", stream=True),
+            "GetPreferredAllocation": _rpc(self.preferred, "PreferredAllocationRequest", "PreferredAllocationResponse"),
+            "Allocate": _rpc(self.allocate, "AllocateRequest", "AllocateResponse"),
+            "PreStartContainer": _rpc(self.pre_start, "PreStartContainerRequest", "PreStartContainerResponse"),
+        })])
+        self.server.add_insecure_port(f"unix://{socket}")
+
+    def options(self, request, context):
+        return M["DevicePluginOptions"](pre_start_required=False, get_preferred_allocation_available=True)
+
+    def list_and_watch(self, request, context) -> Iterator:
+        yield M["ListAndWatchResponse"](devices=[M["Device"](ID=d.id, health=HEALTHY) for d in self.devices])
+        # the device list never changes; the kubelet keeps the stream open for the plugin's lifetime
+        while context.is_active() and not self._stop.wait(0.5):
+            pass
+
+    def preferred(self, request, context):
+        # as NVIDIA's plugin without topology: the lowest ids first, so a device is chosen deterministically
+        responses = []
+        for req in request.container_requests:
+            chosen = list(req.must_include_deviceIDs)
+            for dev in sorted(req.available_deviceIDs):
+                if len(chosen) >= req.allocation_size:
+                    break
+                if dev not in chosen:
+                    chosen.append(dev)
+            responses.append(M["ContainerPreferredAllocationResponse"](deviceIDs=chosen))
+        return M["PreferredAllocationResponse"](container_responses=responses)
+
+    def allocate(self, request, context):
+        known = {d.id for d in self.devices}
+        responses = []
+        for req in request.container_requests:
+            ids = list(req.devices_ids)
+            unknown = [i for i in ids if i not in known]
+            if unknown:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{self.resource}: unknown device ids {unknown}; known: {sorted(known)}")
+            self.allocations.append(ids)
+            responses.append(M["ContainerAllocateResponse"](envs={"NVIDIA_VISIBLE_DEVICES": ",".join(ids)}))
+        return M["AllocateResponse"](container_responses=responses)
+
+    def pre_start(self, request, context):
+        return M["PreStartContainerResponse"]()
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.stop(grace=0)
+
+
+class FakeNvidiaDevicePlugin:
+    """Serves one socket per MIG resource in `plugin_dir` (the kubelet's device-plugins directory as this
+    process sees it) and registers each with the kubelet's `Registration` service in that directory."""
+
+    def __init__(self, plugin_dir: Path, devices: Sequence[MigDevice]) -> None:
+        self.plugin_dir = Path(plugin_dir)
+        self.devices = list(devices)
+        self.plugins: list[_ResourcePlugin] = []
+
+    @property
+    def allocations(self) -> list[list[str]]:
+        return [ids for plugin in self.plugins for ids in plugin.allocations]
+
+    def start(self, timeout: float = 30.0) -> FakeNvidiaDevicePlugin:
+        by_resource: dict[str, list[MigDevice]] = {}
+        for device in self.devices:
+            by_resource.setdefault(device.resource, []).append(device)
+        for resource, devices in sorted(by_resource.items()):
+            socket = self.plugin_dir / f"labkeeper-{resource.split('/', 1)[1]}.sock"
+            socket.unlink(missing_ok=True)
+            plugin = _ResourcePlugin(resource, devices, socket)
+            plugin.start()
+            self.plugins.append(plugin)
+            self._register(plugin, timeout)
+        return self
+
+    def _register(self, plugin: _ResourcePlugin, timeout: float) -> None:
+        kubelet = self.plugin_dir / KUBELET_SOCKET
+        with grpc.insecure_channel(f"unix://{kubelet}") as channel:
+            register = channel.unary_unary(f"/{API_VERSION}.Registration/Register",
+                                           request_serializer=M["RegisterRequest"].SerializeToString,
+                                           response_deserializer=M["Empty"].FromString)
+            options = M["DevicePluginOptions"](get_preferred_allocation_available=True)
+            register(M["RegisterRequest"](version=API_VERSION, endpoint=plugin.socket.name,
+                                          resource_name=plugin.resource, options=options),
+                     timeout=timeout, wait_for_ready=True)
+
+    def stop(self) -> None:
+        for plugin in self.plugins:
+            plugin.stop()
+            plugin.socket.unlink(missing_ok=True)
+        self.plugins.clear()

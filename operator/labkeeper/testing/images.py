@@ -1,0 +1,211 @@
+"""Container images for a real test node, made from this machine's own files (nothing can be pulled):
+a single-layer docker-archive tarball per image, cached by the hash of everything that goes into it,
+outside the repo like the Go builds, so a warm run builds nothing.
+
+- the workspace image: bash, coreutils, python3 (the standard library and its shared libraries), a
+  tiny HTTP server as its default command, and an /etc/passwd that knows only root and nobody, as a
+  stock image that has never heard of a lab user;
+- the pause image: a static busybox that sleeps, used as containerd's sandbox image and under the
+  name of labkeeper's hold image."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RECIPE_VERSION = "1"
+PYTHON = "/usr/bin/python3"
+WORKSPACE_TOOLS = ("bash", "sh", "ls", "cat", "id", "whoami", "stat", "touch", "rm", "mkdir", "env", "sleep",
+                   "echo", "head", "tail", "cut", "tr", "wc", "sort", "date", "chmod", "cp", "mv", "ln", "true",
+                   "false", "test", "pwd", "dirname", "basename", "printenv", "hostname", "ps", "kill", "groups",
+                   "readlink", "realpath", "tee", "uname", "df", "du", "mktemp", "seq", "grep")
+PYTHON_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "unittest",
+               "config-3.11-x86_64-linux-gnu", "site-packages", "dist-packages"}
+WORKSPACE_PORT = 8000
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("LABKEEPER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labkeeper"
+    return Path(base) / "images"
+
+
+@dataclass
+class Rootfs:
+    """Files to copy from this machine (image path -> host path), links, directories and literal files."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    dirs: dict[str, int] = field(default_factory=dict)
+    literal: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+
+    def add_host_path(self, path: str) -> None:
+        """Adds a host file under its own path, following symlinks (each link stays a link)."""
+        p = Path(path)
+        parent = Path(os.path.realpath(p.parent))
+        here = parent / p.name
+        key = str(here)
+        if key in self.files or key in self.links:
+            return
+        if here.is_symlink():
+            target = os.readlink(here)
+            self.links[key] = target
+            self.add_host_path(str(parent / target) if not target.startswith("/") else target)
+        elif here.is_file():
+            self.files[key] = key
+
+    def add_with_libraries(self, binaries: Iterable[str]) -> None:
+        binaries = list(binaries)
+        for binary in binaries:
+            self.add_host_path(binary)
+        for lib in _shared_libraries(binaries):
+            self.add_host_path(lib)
+
+    def digest(self) -> str:
+        h = hashlib.sha256(RECIPE_VERSION.encode())
+        for path in sorted(self.files):
+            h.update(path.encode() + b"\0")
+            h.update(hashlib.sha256(Path(self.files[path]).read_bytes()).digest())
+        for table in (self.links, self.dirs):
+            h.update(json.dumps(table, sort_keys=True).encode())
+        for path in sorted(self.literal):
+            data, mode = self.literal[path]
+            h.update(path.encode() + b"\0" + data + str(mode).encode())
+        return h.hexdigest()
+
+    def layer(self) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            parents: set[str] = set()
+
+            def dir_entry(path: str, mode: int = 0o755) -> None:
+                if path in parents or path in ("", "/"):
+                    return
+                dir_entry(str(Path(path).parent), 0o755)
+                parents.add(path)
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.type, info.mode = tarfile.DIRTYPE, self.dirs.get(path, mode)
+                tar.addfile(info)
+
+            for path in sorted(self.dirs):
+                dir_entry(path, self.dirs[path])
+            for path in sorted(self.links):
+                dir_entry(str(Path(path).parent))
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.type, info.linkname = tarfile.SYMTYPE, self.links[path]
+                tar.addfile(info)
+            for path in sorted(self.files):
+                dir_entry(str(Path(path).parent))
+                host = Path(self.files[path])
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size, info.mode = host.stat().st_size, host.stat().st_mode & 0o7777
+                with host.open("rb") as fh:
+                    tar.addfile(info, fh)
+            for path in sorted(self.literal):
+                dir_entry(str(Path(path).parent))
+                data, mode = self.literal[path]
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+
+def _shared_libraries(binaries: Sequence[str]) -> set[str]:
+    libs: set[str] = set()
+    for binary in binaries:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if "=>" in parts and len(parts) > parts.index("=>") + 1 and parts[parts.index("=>") + 1].startswith("/"):
+                libs.add(parts[parts.index("=>") + 1])
+            elif parts and parts[0].startswith("/"):
+                libs.add(parts[0])
+    return libs
+
+
+def _merged_usr(rootfs: Rootfs) -> None:
+    for top in ("bin", "lib", "lib64", "sbin"):
+        rootfs.links[f"/{top}"] = f"usr/{top}"
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    tarball: Path
+
+
+def docker_archive(rootfs: Rootfs, repository: str, config: dict, cache: Path | None = None) -> Image:
+    """The image `repository:<content hash>` as a docker-archive tarball in the cache (built if missing)."""
+    digest = rootfs.digest()
+    tag = digest[:16]
+    name = f"{repository}:{tag}"
+    cache = cache or cache_root()
+    tarball = cache / f"{repository.replace('/', '_')}-{tag}.tar"
+    if tarball.exists():
+        return Image(name, tarball)
+    cache.mkdir(parents=True, exist_ok=True)
+    layer = rootfs.layer()
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    image_config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "history": [{"created_by": "labkeeper.testing.images"}],
+    }, sort_keys=True).encode()
+    config_name = hashlib.sha256(image_config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [name], "Layers": ["layer.tar"]}]).encode()
+    partial = tarball.with_suffix(f".partial-{os.getpid()}")
+    with tarfile.open(partial, "w") as out:
+        for member, data in (("layer.tar", layer), (config_name, image_config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    partial.rename(tarball)
+    return Image(name, tarball)
+
+
+def workspace_image(cache: Path | None = None) -> Image:
+    rootfs = Rootfs()
+    _merged_usr(rootfs)
+    tools = [shutil.which(t) or f"/usr/bin/{t}" for t in WORKSPACE_TOOLS]
+    python = os.path.realpath(PYTHON)
+    version = Path(python).name  # python3.11
+    stdlib = Path("/usr/lib") / version
+    extensions = sorted(str(p) for p in (stdlib / "lib-dynload").glob("*.so"))
+    rootfs.add_with_libraries([t for t in tools if Path(t).exists()] + [PYTHON, *extensions])
+    for path in sorted(stdlib.rglob("*")):
+        rel = path.relative_to(stdlib)
+        if rel.parts[0] in PYTHON_SKIP or "__pycache__" in rel.parts:
+            continue
+        if path.is_file() and not path.is_symlink():
+            rootfs.files[str(path)] = str(path)
+    rootfs.links["/usr/bin/sh"] = "bash"
+    rootfs.dirs.update({"/tmp": 0o1777, "/home": 0o755, "/root": 0o700, "/proc": 0o555, "/sys": 0o555,
+                        "/dev": 0o755, "/etc": 0o755, "/var/tmp": 0o1777, "/srv": 0o755})
+    rootfs.literal.update({
+        "/etc/passwd": (b"root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", 0o644),
+        "/etc/group": (b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+        # Debian's prompt: her name in it shows whether the container knows who she is
+        "/etc/bash.bashrc": (b"PS1='\\u@\\h:\\w\\$ '\n", 0o644),
+        "/etc/hostname": (b"workspace\n", 0o644),
+    })
+    config = {"Env": [PATH_ENV, "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
+              "Cmd": [PYTHON, "-m", "http.server", str(WORKSPACE_PORT)], "WorkingDir": "/"}
+    return docker_archive(rootfs, "labkeeper.local/workspace", config, cache)
+
+
+def pause_image(cache: Path | None = None) -> Image:
+    rootfs = Rootfs()
+    _merged_usr(rootfs)
+    busybox = os.path.realpath(shutil.which("busybox") or "/bin/busybox")
+    rootfs.add_with_libraries([busybox])  # busybox-static has none
+    rootfs.dirs.update({"/proc": 0o555, "/sys": 0o555, "/dev": 0o755, "/etc": 0o755})
+    # PID 1 ignores SIGTERM without a handler; the runtime SIGKILLs a sandbox on stop anyway
+    config = {"Entrypoint": [busybox, "sleep", "2147483647"], "Env": [PATH_ENV]}
+    return docker_archive(rootfs, "labkeeper.local/pause", config, cache)
