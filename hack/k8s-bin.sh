@@ -25,6 +25,15 @@ if all_present; then
   exit 0
 fi
 
+# one build at a time: a second caller waits for the first and then finds the cache warm
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.build.lock"
+flock 9
+if all_present; then
+  echo "$BIN"
+  exit 0
+fi
+
 command -v go >/dev/null || { echo "k8s-bin: Go is required to build the control plane" >&2; exit 1; }
 mkdir -p "$BIN" "$WORK"
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath"
