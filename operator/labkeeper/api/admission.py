@@ -1,0 +1,298 @@
+"""Who gets the next GPU device: the admission decision, a pure function of what each node offers,
+what is bound, pinned or held there, and who waits.
+
+The operator acts on it (it creates a waiting workspace's pod only when this admits it, pinned to the
+node chosen here) and labctl's board sorts its queue with the same key, so both tell the same story.
+A held device is counted as in use for everyone but its holder, so it is never offered to anyone else."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from labkeeper.api.units import parse_time
+
+Slot = tuple[str, str]  # (node, resource)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Devices one workspace has on a node: its pod (bound there, or pinned there and waiting for the
+    scheduler) or, with `held_until`, the hold that keeps them for it after a stop."""
+
+    owner: str  # "namespace/name" of the Workspace
+    node: str
+    resource: str
+    count: int
+    held_until: dt.datetime | None = None
+    priority: int = 0
+    terminating: bool = False
+
+    @property
+    def is_hold(self) -> bool:
+        return self.held_until is not None
+
+
+@dataclass(frozen=True)
+class Waiter:
+    owner: str
+    resource: str
+    count: int
+    priority: int
+    waiting_since: dt.datetime
+    may_preempt: bool = False
+
+
+def queue_key(priority: int, waiting_since: dt.datetime, owner: str) -> tuple:
+    """Tier priority first, then first come, first served. Fair share (decayed usage) will sit between them."""
+    return (-priority, waiting_since, owner)
+
+
+def device_words(resource: str, count: int = 1) -> str:
+    """`1g.10gb slice`, `2 full GPUs`: a device as the lab speaks of it."""
+    if resource == "nvidia.com/gpu":
+        return "full GPU" if count == 1 else f"{count} full GPUs"
+    profile = resource.removeprefix("nvidia.com/mig-")
+    return f"{profile} slice" if count == 1 else f"{count} {profile} slices"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why a workspace still waits, in numbers the message is made of."""
+
+    owner: str
+    resource: str
+    count: int
+    offered: int  # devices of this kind on open nodes
+    in_use: int
+    held_until: tuple[dt.datetime, ...]
+    ahead: int
+
+    def message(self) -> str:
+        what = device_words(self.resource, self.count)
+        if self.offered == 0:
+            return f"no node offers a {what}" if self.count == 1 else f"no node offers {what}"
+        wanted = f"free {what}" if self.count == 1 else f"{what} free on one node"
+        parts = [f"{self.in_use} in use"]
+        if self.held_until:
+            first = min(self.held_until).strftime("%H:%M:%S UTC")
+            parts.append(f"{len(self.held_until)} held until {first}" if len(self.held_until) == 1
+                         else f"{len(self.held_until)} held, the first until {first}")
+        queue = (f"{self.ahead} workspace{'s' if self.ahead != 1 else ''} ahead of you" if self.ahead
+                 else "you are next")
+        return f"no {wanted} ({', '.join(parts)}); {queue}"
+
+    def short(self) -> str:
+        """The same, for a line that already names the device (labctl's board)."""
+        if self.offered == 0:
+            return "no node offers it"
+        held = f", {len(self.held_until)} held until {min(self.held_until).strftime('%H:%M')}" if self.held_until else ""
+        return f"{self.in_use} in use{held}; " + (f"{self.ahead} ahead" if self.ahead else "next in line")
+
+
+@dataclass
+class Admission:
+    admitted: dict[str, str] = field(default_factory=dict)  # owner → node its pod is pinned to
+    preempting: set[str] = field(default_factory=set)  # admitted owners that need the scheduler to preempt
+    waiting: dict[str, Wait] = field(default_factory=dict)
+    lost_holds: list[Claim] = field(default_factory=list)
+
+
+@dataclass
+class Usage:
+    """What a node's devices are taken by: pods, and holds beyond what their holder's pod already covers."""
+
+    pods: dict[Slot, int] = field(default_factory=dict)
+    held: dict[Slot, int] = field(default_factory=dict)
+    holds: dict[str, Claim] = field(default_factory=dict)  # owner → its hold, still good
+    extra: dict[str, int] = field(default_factory=dict)  # owner → devices only its hold keeps
+    lost: list[Claim] = field(default_factory=list)
+
+    def used(self, slot: Slot) -> int:
+        return self.pods.get(slot, 0) + self.held.get(slot, 0)
+
+
+def usage(capacity: Mapping[Slot, int], claims: Iterable[Claim]) -> Usage:
+    """A workspace's pod and its hold on the same node are one set of devices (the hold is taken while
+    the pod terminates, and dropped once the next pod is pinned), so each owner counts once, at the
+    larger. Pods are facts; where pods and holds together exceed what a node offers, the holds taken
+    last are the ones lost."""
+    per_owner: dict[tuple[str, str, str], list[Claim]] = {}
+    for claim in claims:
+        per_owner.setdefault((claim.node, claim.resource, claim.owner), []).append(claim)
+    result = Usage()
+    extras: dict[Slot, list[tuple[Claim, int]]] = {}
+    for (node, resource, _owner), group in per_owner.items():
+        pods = sum(c.count for c in group if not c.is_hold)
+        result.pods[(node, resource)] = result.pods.get((node, resource), 0) + pods
+        for hold in (c for c in group if c.is_hold):
+            extras.setdefault((node, resource), []).append((hold, max(0, hold.count - pods)))
+    for slot, entries in sorted(extras.items()):
+        for hold, extra in sorted(entries, key=lambda e: (e[0].held_until, e[0].owner)):
+            if extra and result.used(slot) + extra > capacity.get(slot, 0):
+                result.lost.append(hold)
+                continue
+            result.held[slot] = result.held.get(slot, 0) + extra
+            result.holds[hold.owner] = hold
+            result.extra[hold.owner] = extra
+    return result
+
+
+def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Iterable[Waiter],
+           closed: frozenset[str] = frozenset()) -> Admission:
+    """Admits waiting workspaces in queue order onto free devices; `closed` nodes take no new pod.
+
+    A holder coming back gets its own held devices, whatever its place in the queue. Everyone else takes
+    only devices that are neither in use nor held; once one waiter for a kind of device cannot be placed,
+    nobody behind it gets that kind (no overtaking). A waiter whose tier may preempt, with nothing free,
+    is pinned to a node where lower-priority pods hold enough devices and nothing of that kind is held,
+    so the scheduler's preemption can only ever take from those pods, never from a hold."""
+    claims = list(claims)
+    taken = usage(capacity, claims)
+    holds = taken.holds
+    result = Admission(lost_holds=taken.lost)
+    free = {slot: capacity.get(slot, 0) - taken.used(slot) for slot in capacity}
+    victims: dict[Slot, list[Claim]] = {}
+    for claim in claims:
+        if not claim.is_hold and not claim.terminating:
+            victims.setdefault((claim.node, claim.resource), []).append(claim)
+    held_slots = {(c.node, c.resource) for c in holds.values()}
+    ordered = sorted(waiters, key=lambda w: queue_key(w.priority, w.waiting_since, w.owner))
+    blocked: set[str] = set()
+    behind: dict[str, int] = {}
+    for waiter in ordered:
+        own = holds.get(waiter.owner)
+        if own is not None and own.resource == waiter.resource and own.count >= waiter.count \
+                and own.node not in closed:
+            result.admitted[waiter.owner] = own.node
+            continue
+        node = None
+        if waiter.resource not in blocked:
+            fits = [(free[slot], slot[0]) for slot in free
+                    if slot[1] == waiter.resource and slot[0] not in closed and free[slot] >= waiter.count]
+            if fits:
+                node = min(fits)[1]  # the tightest fit keeps larger free blocks for larger requests
+                free[(node, waiter.resource)] -= waiter.count
+            elif waiter.may_preempt:
+                node = _preemption_target(waiter, free, victims, held_slots, closed)
+                if node is not None:
+                    result.preempting.add(waiter.owner)
+        if node is not None:
+            result.admitted[waiter.owner] = node
+            continue
+        blocked.add(waiter.resource)
+        ahead = behind.get(waiter.resource, 0)
+        behind[waiter.resource] = ahead + 1
+        open_slots = [s for s in capacity if s[1] == waiter.resource and s[0] not in closed]
+        held = tuple(sorted(c.held_until for c in holds.values() if (c.node, c.resource) in open_slots
+                            for _ in range(taken.extra[c.owner])))
+        result.waiting[waiter.owner] = Wait(
+            waiter.owner, waiter.resource, waiter.count, offered=sum(capacity[s] for s in open_slots),
+            in_use=sum(taken.pods.get(s, 0) for s in open_slots), held_until=held, ahead=ahead)
+    return result
+
+
+def _preemption_target(waiter: Waiter, free: dict[Slot, int], victims: dict[Slot, list[Claim]],
+                       held_slots: set[Slot], closed: frozenset[str]) -> str | None:
+    options = []
+    for slot, pods in victims.items():
+        node, resource = slot
+        if resource != waiter.resource or node in closed or slot in held_slots:
+            continue
+        lower = [c for c in pods if c.priority < waiter.priority]
+        if max(0, free.get(slot, 0)) + sum(c.count for c in lower) >= waiter.count:
+            options.append((sum(c.count for c in lower), node))
+    if not options:
+        return None
+    _fewest, node = min(options)
+    victims[(node, waiter.resource)] = []  # one preemptor per node and kind at a time
+    return node
+
+
+# ---- from API objects ---------------------------------------------------------------------------
+# labels and fields shared by the operator, which writes them, and labctl, which reads them
+LABEL_WORKSPACE = "labkeeper.io/workspace"
+LABEL_ROLE = "labkeeper.io/role"
+
+
+def is_device(resource: str) -> bool:
+    return resource == "nvidia.com/gpu" or resource.startswith("nvidia.com/mig-")
+
+
+def capacity_of(nodes: Iterable[dict]) -> tuple[dict[Slot, int], frozenset[str]]:
+    """Devices each node offers, and the nodes that take no new pod (cordoned or not Ready)."""
+    capacity: dict[Slot, int] = {}
+    closed = set()
+    for node in nodes:
+        name = node["metadata"]["name"]
+        for resource, qty in ((node.get("status") or {}).get("allocatable") or {}).items():
+            if is_device(resource) and str(qty).isdigit() and int(qty) > 0:
+                capacity[(name, resource)] = int(qty)
+        ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+        if (node.get("spec") or {}).get("unschedulable") or (ready is not None and ready.get("status") != "True"):
+            closed.add(name)
+    return capacity, frozenset(closed)
+
+
+def pinned_node(pod: dict) -> str | None:
+    """The node a pod is bound to, or the one node its required affinity allows."""
+    spec = pod.get("spec") or {}
+    if spec.get("nodeName"):
+        return spec["nodeName"]
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    for term in required.get("nodeSelectorTerms") or []:
+        for expr in (term.get("matchFields") or []) + (term.get("matchExpressions") or []):
+            if expr.get("key") in ("metadata.name", "kubernetes.io/hostname") and expr.get("operator") == "In" \
+                    and len(expr.get("values") or []) == 1:
+                return expr["values"][0]
+    return (spec.get("nodeSelector") or {}).get("kubernetes.io/hostname")
+
+
+def pod_devices(pod: dict) -> list[tuple[str, int]]:
+    out = []
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for resource, qty in ((container.get("resources") or {}).get("limits") or {}).items():
+            if is_device(resource):
+                out.append((resource, int(qty)))
+    return out
+
+
+def owner_of(pod: dict) -> str:
+    meta = pod["metadata"]
+    return f"{meta.get('namespace')}/{(meta.get('labels') or {}).get(LABEL_WORKSPACE) or meta['name']}"
+
+
+def pod_claims(pods: Iterable[dict]) -> list[Claim]:
+    """Devices of every pod that is bound or pinned to a node and not finished."""
+    claims = []
+    for pod in pods:
+        node = pinned_node(pod)
+        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for resource, count in pod_devices(pod):
+            claims.append(Claim(owner_of(pod), node, resource, count, priority=int(pod["spec"].get("priority") or 0),
+                                terminating=bool(pod["metadata"].get("deletionTimestamp"))))
+    return claims
+
+
+def hold_claim(ws: dict, now: dt.datetime) -> Claim | None:
+    """The hold a stopped workspace's status records (holdNode, holdResource, holdCount, holdUntil), if
+    it has not expired."""
+    status = ws.get("status") or {}
+    until = parse_time(status.get("holdUntil"))
+    if not status.get("holdNode") or not status.get("holdResource") or until is None or until <= now:
+        return None
+    meta = ws["metadata"]
+    return Claim(f"{meta.get('namespace')}/{meta['name']}", status["holdNode"], status["holdResource"],
+                 int(status.get("holdCount") or 1), held_until=until)
+
+
+def waiting_since(ws: dict) -> dt.datetime | None:
+    return parse_time((ws.get("status") or {}).get("waitingSince"))
+
+
+def format_waiting_since(t: dt.datetime) -> str:
+    """To the microsecond: two workspaces that begin to wait in the same second keep their order."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
