@@ -53,6 +53,19 @@ def test_a_cache_with_an_unsafe_path_is_refused_with_a_reason():
     assert want.lab.trees == () and "agent's own users/" in want.invalid["SharedCache/evil"]
 
 
+def test_the_agent_refuses_env_and_groups_the_api_refuses_even_when_an_older_object_carries_them():
+    # stored before the CRD's rules existed: nothing of it may reach /etc/profile.d or /etc/group
+    preload = {"metadata": {"name": "pip"}, "spec": {"type": "pip", "path": "cache/pip", "env": [
+        {"name": "PIP_CACHE_DIR", "value": "$(PATH)"}, {"name": "LD_PRELOAD", "value": "$(PATH)/x.so"}]}}
+    store = {"metadata": {"name": "hf"}, "spec": {"type": "huggingface", "path": "models/hf",
+                                                  "env": [{"name": "HF_HUB_CACHE", "value": "$(PATH)"}]}}
+    sudoer = {"metadata": {"name": "mallory"}, "spec": {"groups": ["sudo"]}, "status": {"uid": 20009, "gid": 20009}}
+    want = desired.desired_state([sudoer], [preload], [store], {}, 2000)
+    assert [t.name for t in want.lab.trees] == ["hf"] and want.lab.users == ()
+    assert "'LD_PRELOAD' does not point a tool at a cache" in want.invalid["SharedCache/pip"]
+    assert "group 'sudo' is a privileged or system group" in want.invalid["GPUUser/mallory"]
+
+
 def test_status_is_rewritten_only_when_this_nodes_entry_changes():
     now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
     entry = {"node": "n1", "state": "Provisioned", "message": "ok"}

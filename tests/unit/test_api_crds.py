@@ -37,7 +37,8 @@ def test_every_kind_has_its_short_name_category_status_and_age_column():
         assert version["subresources"] == {"status": {}}
         assert version["additionalPrinterColumns"][-1]["name"] == "Age"
         assert spec["names"]["plural"] == KINDS[info.kind.kind].plural
-    assert shorts == {"GPUUser": ["gu"], "SharedCache": ["sc"], "ModelStore": ["ms"], "Workspace": ["ws"]}
+    # `sc` is StorageClass's short name: kubectl get sc listed StorageClasses, never a SharedCache
+    assert shorts == {"GPUUser": ["gu"], "SharedCache": ["scache"], "ModelStore": ["ms"], "Workspace": ["ws"]}
     assert crd(KINDS_INFO["Workspace"])["spec"]["scope"] == "Namespaced"
     assert crd(KINDS_INFO["GPUUser"])["spec"]["scope"] == "Cluster"
 

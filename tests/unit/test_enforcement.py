@@ -44,14 +44,38 @@ def test_after_an_operator_restart_the_idle_clock_starts_from_the_restart():
     assert clock.idle_deadline == T0 + 57 * MIN
 
 
-def test_keep_alive_within_the_cap_postpones_the_stop_and_beyond_it_is_refused():
+def test_keep_alive_within_the_cap_postpones_the_stop_and_beyond_it_is_capped_from_when_it_was_asked():
     kept = clock_at(T0 + 45 * MIN, keep_alive=T0 + 120 * MIN)
-    assert kept.stop_reason() is None and kept.idle_deadline == T0 + 120 * MIN
-    refused = clock_at(T0 + 45 * MIN, keep_alive=T0 + 48 * 60 * MIN)
-    assert refused.stop_reason() == "Idle"
-    assert "beyond the policy cap" in refused.keep_alive_refused
+    assert kept.stop_reason() is None and kept.idle_deadline == T0 + 120 * MIN and kept.keep_alive_refused is None
+    # 48h asked at T0+45m with a 24h cap: kept until T0+45m+24h, and the status says it was cut
+    asked = T0 + 48 * 60 * MIN
+    capped = clock_at(T0 + 45 * MIN, keep_alive=asked)
+    assert capped.stop_reason() is None and capped.keep_alive_until == T0 + 45 * MIN + 24 * 60 * MIN
+    assert "beyond the policy cap of 24h00m" in capped.keep_alive_refused
+    grant = capped.status()["keepAliveGrant"]
+    assert grant == {"requested": fmt(asked), "until": fmt(T0 + 45 * MIN + 24 * 60 * MIN)}
+    # later passes keep the grant made when the request was first seen: the cap never slides
+    later = T0 + 45 * MIN + 24 * 60 * MIN + MIN
+    status = {"lastActivity": None, "keepAliveGrant": grant}
+    desired = {"runningSince": fmt(T0), "runtimeSeconds": 0}
+    after = enforcement_clock(status, desired, later, T0 - 60 * MIN, 30 * MIN, None,
+                              keep_alive_until=asked, keep_alive_cap=24 * 60 * MIN)
+    assert after.keep_alive_until is None and after.stop_reason() == "Idle"
+    assert after.status()["keepAliveUntil"] is None and after.status()["keepAliveGrant"] == grant
     expired = clock_at(T0 + 45 * MIN, keep_alive=T0 + 40 * MIN)
     assert expired.stop_reason() == "Idle"
+
+
+def test_idle_since_is_never_in_the_future_while_a_keep_alive_counts_the_workspace_active():
+    status = {"lastActivity": fmt(T0 + 10 * MIN), "activityReason": "cpu 0.00 cores"}
+    desired = {"runningSince": fmt(T0), "runtimeSeconds": 0}
+    kept = enforcement_clock(status, desired, T0 + 20 * MIN, T0 - 60 * MIN, 30 * MIN, None,
+                             keep_alive_until=None, keep_alive_cap=24 * 60 * MIN, keep_alive=60 * MIN)
+    # kubectl prints a future idleSince as <invalid>; kept active until 70m, the workspace is not idle yet
+    assert kept.status()["idleSince"] is None
+    assert kept.status()["keepAliveUntil"] == fmt(T0 + 70 * MIN)
+    idle = clock_at(T0 + 20 * MIN, last_activity=T0 + 10 * MIN)
+    assert idle.status()["idleSince"] == fmt(T0 + 10 * MIN) and idle.status()["keepAliveUntil"] is None
 
 
 def test_runtime_counts_every_segment_not_just_the_last():

@@ -62,6 +62,7 @@ def test_the_worst_disk_alert_names_its_node_and_the_size_is_the_largest_copy():
     assert (disk["status"], disk["reason"]) == ("True", "Critical")
     assert disk["message"].startswith(f"node-a: Critical, 900 bytes, {FS}; node-b: Warning")
     assert status["sizeBytes"] == 2000
+    assert status["size"] == "2Ki", "kubectl get shows the size column from status.size"
     assert "sizeBytes" not in status["nodes"][2], "node-c has not measured yet"
 
 

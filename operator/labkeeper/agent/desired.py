@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from labkeeper.agent.model import HostUser, LabHost, Members, SharedTree, UnsafeName
 from labkeeper.agent.recovery import Departure, HostResult
+from labkeeper.api.units import format_size
 from labkeeper.kube.client import condition
 
 KUBECONFIG_SECRET = "kubeconfig-{user}"
@@ -131,6 +132,7 @@ def tree_summary(nodes: list[dict], previous: list[dict], now: dt.datetime) -> d
         # one figure for the tree: on shared storage every node measures the same files, on local disks the
         # largest copy is the one nearest its limit
         summary["sizeBytes"] = max(sizes)
+        summary["size"] = format_size(summary["sizeBytes"])  # what `kubectl get sharedcaches` shows
     cleaned = [n for n in nodes if n.get("lastCleanup")]
     if cleaned:
         latest = max(cleaned, key=lambda n: str(n["lastCleanup"].get("time") or ""))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from labkeeper.api.names import RELATIVE_PATH_PATTERN, InvalidName, validate_username
+from labkeeper.api.names import (
+    RELATIVE_PATH_PATTERN,
+    InvalidName,
+    validate_cache_env_name,
+    validate_group,
+    validate_username,
+)
 
 # subtrees of the data root that belong to the agent, never to a SharedCache or ModelStore
 RESERVED_TOP_DIRS = frozenset({"users", "archive", "apps", ".labkeeper"})
@@ -67,6 +73,10 @@ class SharedTree:
         for env_name, value in self.env:
             if not _ENV_NAME.match(env_name):
                 raise UnsafeName(f"{self.kind} {self.name!r}: env name {env_name!r} is not a shell variable name")
+            try:  # the API refuses these at apply; an object stored before that rule must not reach root's shell
+                validate_cache_env_name(env_name)
+            except InvalidName as err:
+                raise UnsafeName(f"{self.kind} {self.name!r}: env {err}") from err
             if "\0" in value or "\n" in value:
                 raise UnsafeName(f"{self.kind} {self.name!r}: env {env_name} has a line break or NUL")
 
@@ -112,8 +122,8 @@ class Report:
 
 def check_username(name: str, *, what: str = "user") -> str:
     try:
-        if what == "group" and name == LAB_GROUP_NAME:
-            return name
+        if what == "group":
+            return name if name == LAB_GROUP_NAME else validate_group(name)
         return validate_username(name)
     except InvalidName as err:
         raise UnsafeName(f"{what} name rejected: {err}") from err

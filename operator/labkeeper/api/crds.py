@@ -35,10 +35,12 @@ CRDS = (
     CrdInfo(MODELSTORE, ModelStore, (
         ("Type", "string", ".spec.type"), ("Path", "string", ".spec.path"), ("Size", "string", ".status.size"),
         ("Phase", "string", ".status.phase"))),
+    # date columns show the time since: how long this run has lasted and how long it has been idle; both are
+    # set only while the pod runs, and idleSince never lies in the future (kubectl prints that as <invalid>)
     CrdInfo(WORKSPACE, Workspace, (
         ("State", "string", ".spec.state"), ("Phase", "string", ".status.phase"),
-        ("GPU", "string", ".spec.gpu.profile"), ("Idle For", "date", ".status.idleSince"),
-        ("Runtime(s)", "integer", ".status.runtimeSeconds"))),
+        ("GPU", "string", ".spec.gpu.profile"), ("Running For", "date", ".status.runningSince"),
+        ("Idle For", "date", ".status.idleSince"), ("Kept Until", "string", ".status.keepAliveUntil"))),
 )
 
 

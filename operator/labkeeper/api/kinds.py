@@ -29,8 +29,9 @@ class Kind:
         return f"{self.plural}.{self.group}"
 
 
+# short names clash with nothing in Kubernetes, k3s or the NVIDIA GPU Operator (`sc` is StorageClass's)
 GPUUSER = Kind("GPUUser", "gpuusers", "gpuuser", "gu", namespaced=False)
-SHAREDCACHE = Kind("SharedCache", "sharedcaches", "sharedcache", "sc", namespaced=False)
+SHAREDCACHE = Kind("SharedCache", "sharedcaches", "sharedcache", "scache", namespaced=False)
 MODELSTORE = Kind("ModelStore", "modelstores", "modelstore", "ms", namespaced=False)
 WORKSPACE = Kind("Workspace", "workspaces", "workspace", "ws", namespaced=True)
 

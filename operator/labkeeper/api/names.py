@@ -1,4 +1,5 @@
-"""Username rules, in one place: the CRD patterns, the policy, the importers, labctl and the agent all use these."""
+"""Names the lab accepts, in one place: usernames, host groups and the environment variables of shared trees.
+The CRD patterns and CEL rules, the policy, the importers, labctl and the agent all use these."""
 
 from __future__ import annotations
 
@@ -21,8 +22,52 @@ RESERVED_USERNAMES = frozenset({
 })
 
 
+# host groups that would hand a lab member root or the machine: never granted through spec.groups
+PRIVILEGED_GROUPS = frozenset({
+    "root", "sudo", "wheel", "admin", "adm", "disk", "docker", "lxd", "incus", "incus-admin", "libvirt", "kvm",
+    "shadow", "staff", "kmem", "tty", "utmp", "systemd-journal", "containerd", "microk8s", "k3s",
+})
+# neither a privileged group nor one belonging to a system account (daemon, mail, sshd, ...)
+REFUSED_GROUPS = PRIVILEGED_GROUPS | (RESERVED_USERNAMES - {"lab-users"})
+
+# Environment variables a SharedCache or ModelStore may set in every login shell (/etc/profile.d) and every
+# workspace: only names that point a tool at a cache or a model tree. Anything else (LD_PRELOAD, PATH,
+# PYTHONPATH, BASH_ENV, HF_HOME, whose token must stay private) would change what root's shell runs.
+CACHE_ENV_NAMES = frozenset({
+    "PIP_CACHE_DIR", "CONDA_PKGS_DIRS", "UV_CACHE_DIR", "UV_LINK_MODE", "npm_config_cache", "NPM_CONFIG_CACHE",
+    "YARN_CACHE_FOLDER", "PNPM_STORE_DIR", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE",
+    "HF_ASSETS_CACHE", "HF_XET_CACHE", "TRANSFORMERS_CACHE", "SENTENCE_TRANSFORMERS_HOME", "TORCH_HOME",
+    "TORCH_EXTENSIONS_DIR", "KERAS_HOME", "TFHUB_CACHE_DIR", "OLLAMA_MODELS", "COMFYUI_MODELS", "FLUX_MODELS",
+})
+# a lab's own trees (type custom / generic) name theirs like the known ones: upper case, ending in one of these
+CACHE_ENV_SUFFIX_PATTERN = r"^[A-Z][A-Z0-9_]*_(CACHE|CACHE_DIR|MODELS|MODELS_DIR)$"
+CACHE_ENV_RULE_TEXT = (f"one of {', '.join(sorted(CACHE_ENV_NAMES, key=lambda n: (n.lower(), n)))}, or an upper-case name ending "
+                       "in _CACHE, _CACHE_DIR, _MODELS or _MODELS_DIR")
+
+
 class InvalidName(ValueError):
     pass
+
+
+def is_cache_env_name(name: str) -> bool:
+    return name in CACHE_ENV_NAMES or re.fullmatch(CACHE_ENV_SUFFIX_PATTERN, name) is not None
+
+
+def validate_cache_env_name(name: str) -> str:
+    """Returns the name, or raises InvalidName naming what may be set instead."""
+    if not is_cache_env_name(name):
+        raise InvalidName(f"{name!r} does not point a tool at a cache or a model tree; allowed: {CACHE_ENV_RULE_TEXT}")
+    return name
+
+
+def validate_group(name: str) -> str:
+    """An extra host group for a lab member: a valid group name that is neither privileged nor a system account's."""
+    if name in REFUSED_GROUPS:
+        raise InvalidName(f"group {name!r} is a privileged or system group on the host; labkeeper never grants it")
+    if not isinstance(name, str) or len(name) > USERNAME_MAX or not re.fullmatch(USERNAME_PATTERN, name):
+        raise InvalidName(f"group {name!r} is not valid: a lowercase letter first, then lowercase letters, digits "
+                          f"or '-', not ending in '-', at most {USERNAME_MAX} characters")
+    return name
 
 
 def validate_username(name: str, *, existing_system_accounts: frozenset[str] = frozenset()) -> str:

@@ -4,6 +4,8 @@ durations, warning points and activity thresholds. Lives in the ConfigMap `labke
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
@@ -34,7 +36,7 @@ from labkeeper.api.units import (
 __all__ = [
     "LIMIT_FIELDS", "POLICY_CONFIGMAP", "POLICY_KEY", "Activity", "LabPolicy", "LimitValue", "PolicyError", "Tier",
     "Toolchain",
-    "effective_limits", "gpu_equivalents", "load_policy", "parse_cpu", "parse_duration", "parse_memory",
+    "effective_limits", "gpu_equivalents", "load_policy", "not_entitled", "parse_cpu", "parse_duration", "parse_memory",
     "parse_quantity", "policy_configmap",
 ]
 
@@ -79,12 +81,12 @@ class FullLimits(Limits):
 class Tier(Limits):
     """A tier: the limits it changes from the defaults, its PriorityClass value and whether it may preempt.
 
-    Limits may be written flat on the tier or under `limits:`; both read the same."""
+    Limits may be written flat on the tier or under `limits:`; both read the same. The tier's PriorityClass
+    is always labkeeper-<tier>, made by labkeeper from `priority` and `preempt`: the user's namespace may
+    run pods of that class only, so there is no name to choose."""
 
     priority: int = Field(default=10000, ge=0, le=1000000000)
     preempt: bool = False
-    priority_class_name: str | None = Field(default=None, max_length=253,
-                                            description="default: labkeeper-<tier>")
 
     @model_validator(mode="before")
     @classmethod
@@ -314,10 +316,6 @@ class LabPolicy(_Policy):
     def check_interval(self) -> dt.timedelta:
         return self.activity.check_interval
 
-    def priority_class_name(self, tier: str) -> str:
-        chosen = self.tiers.get(tier)
-        return (chosen.priority_class_name if chosen else None) or f"labkeeper-{tier}"
-
     def effective_limits(self, username: str, tier: str | None = None,
                          user_overrides: Limits | dict | None = None) -> dict[str, LimitValue]:
         """Each limit with where it came from: the user's own overrides (GPUUser spec.limits, then the
@@ -351,6 +349,26 @@ def gpu_equivalents(profile: str, count: int, policy: LabPolicy) -> float:
     if profile == "none":
         return 0.0
     return policy.gpu_weights.get(profile, 1.0) * count
+
+
+def not_entitled(spec: dict, *, tier: str, cpu: str, memory: str, allowed_profiles: Sequence[str],
+                 allowed_images: Sequence[str] = ()) -> str | None:
+    """Why a Workspace spec asks for more than the user's tier allows, or None. The operator's NotEntitled
+    status and labctl's refusal before it applies anything both say exactly this."""
+    gpu = spec.get("gpu") or {}
+    profile = gpu.get("profile") or "none"
+    if profile != "none" and profile not in allowed_profiles:
+        return (f"spec.gpu.profile {profile!r} is not allowed for tier {tier}; "
+                f"allowed: {', '.join(allowed_profiles) or 'none'}")
+    image = spec.get("image", "")
+    patterns = [p for p in allowed_images if p]
+    if patterns and not any(fnmatch.fnmatch(image, p) for p in patterns):
+        return f"spec.image {image!r} is not allowed for tier {tier}; allowed: {', '.join(patterns)}"
+    for field, limit, parse in (("cpu", cpu, parse_cpu), ("memory", memory, parse_memory)):
+        value = spec.get(field)
+        if value is not None and parse(str(value)) > parse(str(limit)):
+            return f"spec.{field} {value} exceeds the tier {tier} limit of {limit}"
+    return None
 
 
 def effective_limits(policy: LabPolicy, username: str, tier: str | None = None,

@@ -19,11 +19,17 @@ from pydantic.alias_generators import to_camel
 
 from labkeeper.api.kinds import API_VERSION
 from labkeeper.api.names import (
+    CACHE_ENV_NAMES,
+    CACHE_ENV_RULE_TEXT,
+    CACHE_ENV_SUFFIX_PATTERN,
     DNS_LABEL_PATTERN,
     ENV_NAME_PATTERN,
+    REFUSED_GROUPS,
     RELATIVE_PATH_PATTERN,
     RESERVED_USERNAMES,
     USERNAME_PATTERN,
+    validate_cache_env_name,
+    validate_group,
     validate_username,
 )
 from labkeeper.api.units import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
@@ -119,6 +125,19 @@ Quantity = Annotated[str, BeforeValidator(_quantity_text), Field(pattern=QUANTIT
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN, max_length=32)]
 DnsName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
 GroupName = Annotated[str, Field(pattern=USERNAME_PATTERN, max_length=32)]
+
+
+def _cel_list(names) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in sorted(names)) + "]"
+
+
+# an extra host group of a GPUUser: never one that hands out root or the machine
+HostGroup = Annotated[str, AfterValidator(validate_group), Field(
+    pattern=USERNAME_PATTERN, max_length=32,
+    json_schema_extra=validations(cel(
+        f"!(self in {_cel_list(REFUSED_GROUPS)})",
+        "is a privileged or system group on the host (root, sudo, adm, disk, docker, ...); labkeeper never grants it",
+        reason="FieldValueForbidden")))]
 GpuProfile = Literal["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full", "none"]
 AllowedProfile = Literal["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full"]
 SshKey = Annotated[str, Field(
@@ -161,7 +180,13 @@ class Limits(Model):
 
 
 class EnvVar(Model):
-    name: str = Field(pattern=ENV_NAME_PATTERN, max_length=128)
+    name: Annotated[str, AfterValidator(validate_cache_env_name), Field(
+        pattern=ENV_NAME_PATTERN, max_length=128,
+        description="a variable that points a tool at the tree: " + CACHE_ENV_RULE_TEXT,
+        json_schema_extra=validations(cel(
+            f"self in {_cel_list(CACHE_ENV_NAMES)} || self.matches('{CACHE_ENV_SUFFIX_PATTERN}')",
+            "does not point a tool at a cache or a model tree; allowed: " + CACHE_ENV_RULE_TEXT,
+            reason="FieldValueForbidden")))]
     value: str = Field(default="", max_length=4096,
                        description="may use $(PATH) for the tree's absolute path on the host")
 
@@ -213,9 +238,9 @@ class GPUUserSpec(Model):
             "spec.uid is immutable once set", field_path=".uid")))
     display_name: str = Field(default="", max_length=128)
     tier: str = Field(default="student", pattern=DNS_LABEL_PATTERN, max_length=32)
-    groups: list[GroupName] = Field(default_factory=list, max_length=32,
+    groups: list[HostGroup] = Field(default_factory=list, max_length=32,
                                     json_schema_extra={"x-kubernetes-list-type": "set"},
-                                    description="extra Linux groups")
+                                    description="extra Linux groups; privileged and system groups are refused")
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=32)
     shell: str = Field(default="/bin/bash", pattern=r"^/[A-Za-z0-9_/.+-]*$", max_length=64,
                        json_schema_extra=validations(cel("!self.contains('..')", "must not contain '..'")))
@@ -343,7 +368,7 @@ class TreeNodeState(NodeState):
 class TreeStatus(Status):
     phase: str | None = None
     size_bytes: int | None = Field(default=None, description="the largest size any node measured")
-    size: str | None = None
+    size: str | None = Field(default=None, description="sizeBytes as a short quantity (12Mi, 1.5Gi) for kubectl get")
     last_cleanup: LastCleanup | None = Field(default=None, description="the most recent cleanup on any node")
     nodes: list[TreeNodeState] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
@@ -450,6 +475,12 @@ class WorkspaceStatus(Status):
     warnings: list[WorkspaceWarning] = Field(default_factory=list)
     hold_pod_name: str | None = None
     hold_until: dt.datetime | None = None
+    keep_alive_until: dt.datetime | None = Field(
+        default=None, description="the keep-alive in force: what spec.keepAliveUntil or spec.keepAlive asked, "
+                                  "within the policy's keepAliveMax (condition KeepAliveCapped says when it was cut)")
+    keep_alive_grant: dict[str, str] | None = Field(
+        default=None, description="spec.keepAliveUntil as the operator first saw it and the time granted for it; "
+                                  "the cap counts from that moment")
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

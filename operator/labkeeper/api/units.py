@@ -83,3 +83,15 @@ def human_duration(delta: dt.timedelta) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m"
     return f"{seconds}s"
+
+
+def format_size(size: int | None) -> str | None:
+    """Bytes as a short binary quantity for `kubectl get` columns: 512, 3.4Ki, 12Mi, 1.5Gi."""
+    if size is None:
+        return None
+    value = float(size)
+    for unit in ("", "Ki", "Mi", "Gi", "Ti", "Pi"):
+        if abs(value) < 1024 or unit == "Pi":
+            return f"{int(value)}" if not unit else (f"{value:.1f}".removesuffix(".0") + unit)
+        value /= 1024
+    return None

@@ -22,6 +22,45 @@ class Warning:
 
 
 @dataclass(frozen=True)
+class KeepAlive:
+    """The keep-alive in force and, when a request asked for more than the policy's keepAliveMax, why not."""
+
+    until: dt.datetime | None  # in force until then; None when no keep-alive is in force now
+    grant: dict | None  # status.keepAliveGrant: spec.keepAliveUntil as seen, and what was granted for it
+    capped: str | None
+
+    def status(self) -> dict:
+        return {"keepAliveUntil": format_time(self.until), "keepAliveGrant": self.grant}
+
+
+def keep_alive_in_force(*, requested_until: dt.datetime | None, requested_for: dt.timedelta | None,
+                        last_active: dt.datetime, grant: dict | None, now: dt.datetime,
+                        cap: dt.timedelta) -> KeepAlive:
+    """spec.keepAliveUntil counts from when the operator first saw it and spec.keepAlive from the last activity;
+    each is cut to the policy's cap. The grant for a keepAliveUntil is remembered in status, so the cap is
+    measured once from the request, not again from every pass (which would let it slide forever)."""
+    untils, capped = [], []
+    new_grant = None
+    if requested_until is not None:
+        asked = format_time(requested_until)
+        granted = parse_time((grant or {}).get("until")) if (grant or {}).get("requested") == asked else None
+        if granted is None:
+            granted = min(requested_until, now + cap)
+        new_grant = {"requested": asked, "until": format_time(granted)}
+        untils.append(granted)
+        if requested_until - granted > dt.timedelta(seconds=1):
+            capped.append(f"spec.keepAliveUntil {asked} is beyond the policy cap of {human_duration(cap)} "
+                          f"(keepAliveMax); kept alive until {format_time(granted)}")
+    if requested_for is not None:
+        untils.append(last_active + min(requested_for, cap))
+        if requested_for > cap:
+            capped.append(f"spec.keepAlive {human_duration(requested_for)} is beyond the policy cap of "
+                          f"{human_duration(cap)} (keepAliveMax); {human_duration(cap)} counts")
+    live = [u for u in untils if u > now]
+    return KeepAlive(max(live) if live else None, new_grant, "; ".join(capped) or None)
+
+
+@dataclass(frozen=True)
 class EnforcementClock:
     now: dt.datetime
     idle_since: dt.datetime
@@ -33,10 +72,14 @@ class EnforcementClock:
     activity_reason: str | None
     keep_alive_until: dt.datetime | None
     keep_alive_refused: str | None
+    keep_alive: KeepAlive | None = None
 
     def status(self) -> dict:
-        return {"idleSince": format_time(self.idle_since), "idleDeadline": format_time(self.idle_deadline),
-                "runtimeDeadline": format_time(self.runtime_deadline)}
+        # a workspace kept active by spec.keepAlive is not idle yet: no idleSince in the future
+        idle_since = self.idle_since if self.idle_since <= self.now else None
+        return {"idleSince": format_time(idle_since), "idleDeadline": format_time(self.idle_deadline),
+                "runtimeDeadline": format_time(self.runtime_deadline),
+                **(self.keep_alive.status() if self.keep_alive else {})}
 
     def due_warnings(self, idle_fractions: Sequence[float], runtime_fractions: Sequence[float]) -> list[Warning]:
         due = []
@@ -93,26 +136,22 @@ def enforcement_clock(status: dict, desired: dict, now: dt.datetime, started_at:
                       keep_alive: dt.timedelta | None = None) -> EnforcementClock:
     running_since = parse_time(desired.get("runningSince")) or now
     last_activity = parse_time(status.get("lastActivity"))
+    kept = keep_alive_in_force(requested_until=keep_alive_until, requested_for=keep_alive,
+                               last_active=last_activity or running_since, grant=status.get("keepAliveGrant"),
+                               now=now, cap=keep_alive_cap)
     if keep_alive:
         # spec.keepAlive: the workspace counts as active this long after its last activity, within the cap
         last_activity = (last_activity or running_since) + min(keep_alive, keep_alive_cap)
     # idle time counts from the latest of: activity, this run's start, the operator's own start
     idle_since = max(t for t in (last_activity, running_since, started_at) if t is not None)
-    refused = None
-    if keep_alive_until is not None and keep_alive_until > now + keep_alive_cap:
-        refused = (f"spec.keepAliveUntil {format_time(keep_alive_until)} is beyond the policy cap of "
-                   f"{human_duration(keep_alive_cap)} from now; it is ignored")
-        keep_alive_until = None
-    if keep_alive_until is not None and keep_alive_until <= now:
-        keep_alive_until = None
     idle_deadline = idle_since + idle_timeout if idle_timeout else None
-    if idle_deadline and keep_alive_until:
-        idle_deadline = max(idle_deadline, keep_alive_until)
+    if idle_deadline and kept.until:
+        idle_deadline = max(idle_deadline, kept.until)
     runtime = dt.timedelta(seconds=int(desired.get("runtimeSeconds") or 0)) + (now - running_since)
     runtime_deadline = running_since + (max_runtime - dt.timedelta(seconds=int(desired.get("runtimeSeconds") or 0))) \
         if max_runtime else None
     return EnforcementClock(now, idle_since, idle_timeout, idle_deadline, runtime, max_runtime, runtime_deadline,
-                            status.get("activityReason"), keep_alive_until, refused)
+                            status.get("activityReason"), kept.until, kept.capped, kept)
 
 
 def status_message(node: str | None, clock: EnforcementClock) -> str:

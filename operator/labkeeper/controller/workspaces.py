@@ -7,7 +7,6 @@ quota check and the pod creation one step, so concurrent applies never overshoot
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,6 +87,8 @@ class WorkspaceReconciler:
         if not want_running:
             return self._stop(ws, desired, pod, hold, request, now,
                               reason="UserSuspended" if user_state != "Active" else "Stopped")
+        # idle and runtime clocks describe a running pod; a workspace waiting to run shows none (_enforce sets them)
+        desired.update({"idleSince": None, "idleDeadline": None, "runtimeDeadline": None})
 
         entitlement = self.policy.entitlement(username, user.get("spec") or {})
         problem = self._entitlement_problem(spec, request, entitlement, policy)
@@ -120,20 +121,11 @@ class WorkspaceReconciler:
 
     # ---- decisions --------------------------------------------------------------------------
     def _entitlement_problem(self, spec: dict, request: GpuRequest, entitlement, policy) -> str | None:
-        allowed = entitlement.access.allowed_profiles
-        if request.profile != "none" and request.profile not in allowed:
-            return (f"spec.gpu.profile {request.profile!r} is not allowed for tier {entitlement.tier}; "
-                    f"allowed: {', '.join(allowed) or 'none'}")
-        patterns = list(entitlement.allowed_images)
-        image = spec.get("image", "")
-        if patterns and not any(fnmatch.fnmatch(image, p) for p in patterns):
-            return f"spec.image {image!r} is not allowed for tier {entitlement.tier}; allowed: {', '.join(patterns)}"
-        for field, limit, parse in (("cpu", entitlement.access.cpu, api_policy.parse_cpu),
-                                    ("memory", entitlement.access.memory, api_policy.parse_memory)):
-            value = spec.get(field)
-            if value is not None and parse(str(value)) > parse(str(limit)):
-                return f"spec.{field} {value} exceeds the tier {entitlement.tier} limit of {limit}"
-        return None
+        # the same words labctl uses to refuse before it applies anything
+        return api_policy.not_entitled(spec, tier=entitlement.tier, cpu=entitlement.access.cpu,
+                                       memory=entitlement.access.memory,
+                                       allowed_profiles=entitlement.access.allowed_profiles,
+                                       allowed_images=entitlement.allowed_images)
 
     def _start(self, ws: dict, desired: dict, user: dict, entitlement, request: GpuRequest, hold: dict | None,
                now: dt.datetime) -> Outcome:
@@ -253,7 +245,11 @@ class WorkspaceReconciler:
         phase = "IdleWarning" if any(w["key"].startswith("idle-") for w in warnings) else "Running"
         reason = "IdleWarning" if phase == "IdleWarning" else "PodRunning"
         message = status_message(node, clock)
-        return self._set(ws, desired, phase, reason, message, now, ready=True,
+        capped = condition("KeepAliveCapped", bool(clock.keep_alive_refused),
+                           "Capped" if clock.keep_alive_refused else "WithinCap",
+                           clock.keep_alive_refused or "no keep-alive asks for more than the policy's keepAliveMax",
+                           status.get("conditions") or [], now)
+        return self._set(ws, desired, phase, reason, message, now, ready=True, extra_conditions=[capped],
                          requeue=clock.next_check(now, policy.warnings.idle, policy.warnings.runtime))
 
     def _stop(self, ws: dict, desired: dict, pod: dict | None, hold: dict | None, request: GpuRequest,
@@ -409,7 +405,7 @@ class WorkspaceReconciler:
 
     def _set(self, ws: dict, desired: dict, phase: str, reason: str, message: str, now: dt.datetime, *,
              requeue: float | None = None, ready: bool = False, scheduled: bool | None = None,
-             within_quota: bool = True) -> Outcome:
+             within_quota: bool = True, extra_conditions: list[dict] | None = None) -> Outcome:
         status = ws.get("status") or {}
         previous = status.get("conditions") or []
         scheduled = ready or bool(desired.get("node")) if scheduled is None else scheduled
@@ -423,6 +419,7 @@ class WorkspaceReconciler:
                 condition("Ready", ready, "PodRunning" if ready else reason, message, previous, now),
                 condition("WithinQuota", within_quota, "WithinQuota" if within_quota else "QuotaExceeded",
                           message if not within_quota else "within the user's GPU-equivalent cap", previous, now),
+                *(extra_conditions or []),
             ],
         })
         if phase != status.get("phase") and phase in ("Running", "Stopped", "Failed"):
