@@ -212,6 +212,7 @@ class LocalCluster:
         detach: bool = False,
         preload: Sequence[Path] = (),
         streaming: bool = True,
+        pod_address: str | None = None,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="labkeeper-cluster-"))
@@ -225,7 +226,11 @@ class LocalCluster:
         # of custom resources) sees them from the first sync
         self.preload = list(preload)
         self.streaming = streaming
+        # where pods of a real node reach the apiserver (an address on a bridge the run creates, relayed to
+        # loopback): the apiserver then advertises it and keeps the `kubernetes` Service's endpoints
+        self.pod_address = pod_address
         self.processes: list[_Process] = []
+        self.real_nodes: list = []
         self.ca = CertificateAuthority()
         self.server = ""
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -267,6 +272,9 @@ class LocalCluster:
         return self
 
     def stop(self) -> None:
+        for node in reversed(self.real_nodes):
+            node.cleanup()
+        self.real_nodes.clear()
         for proc in reversed(self.processes):
             self._terminate(proc)
         self.processes.clear()
@@ -334,7 +342,8 @@ class LocalCluster:
         serving = self.ca.issue(
             "kube-apiserver",
             server_names=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                          "kubernetes.default.svc.cluster.local", "10.96.0.1"),
+                          "kubernetes.default.svc.cluster.local", "10.96.0.1",
+                          *([self.pod_address] if self.pod_address else [])),
             client=False,
         )
         self.serving_cert, self.serving_key = serving.write(pki, "apiserver")
@@ -354,8 +363,8 @@ class LocalCluster:
             "kube-apiserver",
             [
                 "kube-apiserver", f"--etcd-servers={self.etcd_url}", "--bind-address=127.0.0.1",
-                f"--secure-port={self.apiserver_port}", "--advertise-address=127.0.0.1",
-                "--endpoint-reconciler-type=none", f"--cert-dir={self.workdir / 'pki'}",
+                f"--secure-port={self.apiserver_port}", f"--advertise-address={self.pod_address or '127.0.0.1'}",
+                f"--endpoint-reconciler-type={'lease' if self.pod_address else 'none'}", f"--cert-dir={self.workdir / 'pki'}",
                 f"--tls-cert-file={self.serving_cert}", f"--tls-private-key-file={self.serving_key}",
                 f"--client-ca-file={self.ca_cert}", f"--service-account-key-file={self.sa_pub}",
                 f"--service-account-signing-key-file={self.sa_key}",
@@ -366,6 +375,8 @@ class LocalCluster:
                 "ValidatingAdmissionPolicy,NodeRestriction",
                 "--allow-privileged=true", f"--kubelet-client-certificate={self.kubelet_client_cert}",
                 f"--kubelet-client-key={self.kubelet_client_key}", f"--kubelet-certificate-authority={self.ca_cert}",
+                # a node's address, never its name: a name would be looked up in this machine's DNS
+                "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
                 "--profiling=false", "--v=1",
             ],
         )
@@ -424,6 +435,13 @@ class LocalCluster:
                 "--cidr=10.244.0.1/16", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40", *streaming,
             ],
         )
+
+    def add_real_node(self, node, timeout: float = 120.0):
+        """Joins a `labkeeper.testing.realnode.RealNode` (a kubelet, containerd and runc) to this running
+        cluster; `stop()` stops it first. Returns the node once it is Ready with its devices allocatable."""
+        node.start(self, timeout)
+        self.real_nodes.append(node)
+        return node
 
     # ---- readiness ---------------------------------------------------------------------------
     def _check_alive(self) -> None:
