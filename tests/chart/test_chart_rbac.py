@@ -102,15 +102,17 @@ def test_the_operator_on_its_chart_account_runs_a_workspace_and_follows_a_policy
     wait_for(lambda: status(cluster, "workspace", "box", namespace).get("phase") == "Running", timeout=90,
              what=lambda: f"workspace Running\n{op.log_tail()}")
 
-    # stopping keeps the GPU with a hold pod; starting again hands it back through the node taint
+    # stopping keeps the GPU as a hold that admission counts (it reads nodes, pods and every Workspace);
+    # starting again gives it back to its holder
     cluster.kubectl("patch", "workspace", "box", "-n", namespace, "--type=merge", "-p",
                     '{"spec": {"state": "Stopped"}}')
-    wait_for(lambda: cluster.kubectl("get", "pod", "hold-box", "-n", namespace, check=False).returncode == 0,
-             timeout=60, what=lambda: f"hold pod\n{op.log_tail()}")
+    wait_for(lambda: status(cluster, "workspace", "box", namespace).get("phase") == "Stopped"
+             and status(cluster, "workspace", "box", namespace).get("holdNode"),
+             timeout=60, what=lambda: f"workspace Stopped with a hold\n{op.log_tail()}")
     cluster.kubectl("patch", "workspace", "box", "-n", namespace, "--type=merge", "-p",
                     '{"spec": {"state": "Running"}}')
     wait_for(lambda: status(cluster, "workspace", "box", namespace).get("phase") == "Running"
-             and cluster.kubectl("get", "pod", "hold-box", "-n", namespace, check=False).returncode != 0,
+             and not status(cluster, "workspace", "box", namespace).get("holdNode"),
              timeout=90, what=lambda: f"workspace Running again, hold released\n{op.log_tail()}")
 
     # helm upgrade with a changed policy: the operator applies it and re-derives alice's limits

@@ -4,7 +4,6 @@ stop and a lifecycle. One lab for this module: an all-balanced H100 and an all-1
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import threading
 import time
 from pathlib import Path
@@ -123,7 +122,9 @@ def test_sixteen_users_race_for_eleven_slices_and_no_device_is_bound_twice(lab: 
     assert len(waiting) == 5
     for i in waiting:
         status = lab.status("workspace", "race", f"lab-racer{i:02d}")
-        assert status["phase"] == "Pending" and status["reason"] in ("Unschedulable", "Scheduling"), status
+        # waiting in the lab's queue, with no pod of its own for the scheduler to place
+        assert status["phase"] == "Pending" and status["reason"] == "WaitingForDevice", status
+        assert not lab.items("pods", "-n", f"lab-racer{i:02d}", "-l", "labkeeper.io/role=workspace")
     # a slice frees up: a waiting 1g.10gb racer starts on it
     runner = next(i for i in range(8, 16) if phases[i] == "Running")
     lab.kubectl("patch", "workspace", "race", "-n", f"lab-racer{runner:02d}", "--type=merge",
@@ -213,8 +214,8 @@ def test_a_hold_keeps_the_gpu_for_a_quick_restart_then_releases_it(lab: Lab):
     lab.apply(workspace("exp", "holder", profile="2g.20gb"))
     lab.wait_phase("exp", "holder", "Running")
     lab.kubectl("patch", "workspace", "exp", "-n", "lab-holder", "--type=merge", "-p", '{"spec":{"state":"Stopped"}}')
-    lab.wait_phase("exp", "holder", "Stopped")
-    assert lab.get("pod", "hold-exp", "lab-holder") is not None
+    stopped = lab.wait_phase("exp", "holder", "Stopped")
+    assert stopped.get("holdNode") == "h100-balanced" and stopped.get("holdUntil"), stopped
     lab.apply(workspace("exp", "waiter", profile="2g.20gb"))
     time.sleep(2)
     assert lab.status("workspace", "exp", "lab-waiter")["phase"] == "Pending"
@@ -228,51 +229,7 @@ def test_a_hold_keeps_the_gpu_for_a_quick_restart_then_releases_it(lab: Lab):
     started = time.monotonic()
     lab.wait_phase("exp", "waiter", "Running", timeout=HOLD + 30)
     assert time.monotonic() - started >= HOLD - 1, "the hold was released before its window ended"
-    assert lab.get("pod", "hold-exp", "lab-holder") is None
-    delete_all_workspaces(lab)
-
-
-def test_a_hold_the_status_lost_track_of_is_kept_for_its_window_not_released_at_once(lab: Lab):
-    """A crash between creating the hold and recording it, or a pass on a stale read, leaves a hold the
-    status does not name: its own creation time decides when it goes, never an early release."""
-    lab.add_users(gpuuser("forgot", "researcher"))
-    lab.apply(workspace("exp", "forgot", profile="1g.10gb"))
-    lab.wait_phase("exp", "forgot", "Running")
-    lab.kubectl("patch", "workspace", "exp", "-n", "lab-forgot", "--type=merge", "-p", '{"spec":{"state":"Stopped"}}')
-    stopped = lab.wait_phase("exp", "forgot", "Stopped")
-    hold = lab.get("pod", "hold-exp", "lab-forgot")
-    assert hold is not None and stopped.get("holdUntil"), stopped
-    lab.kubectl("patch", "workspace", "exp", "-n", "lab-forgot", "--subresource=status", "--type=merge", "-p",
-                '{"status":{"holdUntil":null,"holdPodName":null}}')
-    # the operator reacts to the status change; the hold stays and its window is recorded again
-    recorded = wait_for(lambda: lab.status("workspace", "exp", "lab-forgot").get("holdUntil"), timeout=HOLD - 2,
-                        what="holdUntil recorded again")
-    assert lab.get("pod", "hold-exp", "lab-forgot") is not None, "the hold was released early"
-    created = dt.datetime.fromisoformat(hold["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-    assert recorded == (created + dt.timedelta(seconds=HOLD)).strftime("%Y-%m-%dT%H:%M:%SZ"), recorded
-    wait_for(lambda: lab.get("pod", "hold-exp", "lab-forgot") is None, timeout=HOLD + 15, what="hold released")
-    delete_all_workspaces(lab)
-
-
-def test_a_hold_the_api_refuses_does_not_block_the_stop(lab: Lab):
-    """Without the hold PriorityClass the API refuses the placeholder: the stop goes ahead, the GPU is
-    released and the user is told why, instead of the workspace hanging in Stopping."""
-    lab.add_users(gpuuser("unheld", "researcher"))
-    lab.apply(workspace("exp", "unheld", profile="1g.10gb"))
-    lab.wait_phase("exp", "unheld", "Running")
-    saved = lab.get("priorityclass", "labkeeper-hold")
-    for key in ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"):
-        saved["metadata"].pop(key, None)
-    lab.kubectl("delete", "priorityclass", "labkeeper-hold")
-    try:
-        lab.kubectl("patch", "workspace", "exp", "-n", "lab-unheld", "--type=merge", "-p",
-                    '{"spec":{"state":"Stopped"}}')
-        stopped = lab.wait_phase("exp", "unheld", "Stopped", timeout=30)
-    finally:
-        lab.apply(saved)
-    assert lab.get("pod", "hold-exp", "lab-unheld") is None and not stopped.get("holdPodName"), stopped
-    refused = [e for e in lab.items("events", "-n", "lab-unheld") if e["reason"] == "HoldRefused"]
-    assert refused and "labkeeper-hold" in refused[0]["message"], refused
+    assert not lab.status("workspace", "exp", "lab-holder").get("holdNode")
     delete_all_workspaces(lab)
 
 

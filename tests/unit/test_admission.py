@@ -146,3 +146,9 @@ def test_a_waiting_workspaces_record_and_pin_are_read_back_from_api_objects():
     assert pinned_node(pinned) == "h100"
     assert pinned_node({"spec": {"nodeName": "n2"}}) == "n2"
     assert pinned_node({"spec": {}}) is None
+
+
+def test_a_slice_given_to_the_first_in_line_counts_as_in_use_for_the_next_before_its_pod_exists():
+    decision = decide(BALANCED, [pod("a")], [waiter("first", since=0), waiter("second", since=1)])
+    assert decision.admitted == {"lab-first/ws": "h100"}
+    assert decision.waiting["lab-second/ws"].message() == "no free 1g.10gb slice (2 in use); you are next"

@@ -84,3 +84,29 @@ def test_ten_users_and_twenty_workspaces_fit_80x24_with_counts_of_what_is_cut():
 def test_a_cluster_without_gpus_says_so_on_the_board():
     lines = board.render_lines(board.board_model([node("cpu-node")], [], [], [], NOW), 80, 24)
     assert any("no node advertises GPUs" in text for text, _ in lines)
+
+
+def test_the_queue_reads_in_the_order_admission_serves_it_and_a_held_slice_shows_its_holder():
+    pods = [pod("grace", "a", "gpu-node-1", "nvidia.com/mig-1g.10gb")]
+    workspaces = [workspace("grace", "a", "Running", runningSince="2026-03-01T11:00:00Z"),
+                  # frank stopped; the hold is the record in his status, there is no hold pod
+                  workspace("frank", "slice", "Stopped", holdNode="gpu-node-1", holdResource="nvidia.com/mig-1g.10gb",
+                            holdCount=1, holdUntil="2026-03-01T12:06:00Z"),
+                  workspace("ivan", "late-experiment-with-a-long-name", "Pending", reason="WaitingForDevice",
+                            waitingSince="2026-03-01T11:50:00Z", message="no free 1g.10gb slice"),
+                  workspace("heidi", "early", "Pending", reason="WaitingForDevice",
+                            waitingSince="2026-03-01T11:30:00Z", message="no free 1g.10gb slice"),
+                  workspace("judy", "quota", "Pending", reason="QuotaExceeded", message="0.57 + 0.14 > cap 0.57")]
+    data = board.board_model(NODES, pods, workspaces, [], NOW)
+    slots = {(s.node, s.device): s for s in data.slots}
+    assert (slots["gpu-node-1", "1g.10gb #2"].user, slots["gpu-node-1", "1g.10gb #2"].state) == \
+        ("frank", "held until 12:06")
+    assert data.queue[0] == "heidi/early 1g.10gb, 30m: 1 in use, 1 held until 12:06; next in line"
+    assert data.queue[1] == "ivan/late-experiment-with-a-long-name 1g.10gb, 10m: 1 in use, 1 held until 12:06; 1 ahead"
+    assert data.queue[2].startswith("judy/quota 1g.10gb QuotaExceeded")
+    texts = [t for t, _ in board.render_lines(data, 60, 24)]
+    assert all(len(t) <= 59 for t in texts)
+    # wrapped onto a second line, never cut off mid-reason
+    start = texts.index(next(t for t in texts if t.startswith("  ivan/")))
+    assert (texts[start] + " " + texts[start + 1].strip()).strip() == data.queue[1]
+    assert "GPU SLICES 6: 1 in use, 1 held, 4 free" in texts[1]

@@ -1,6 +1,6 @@
 """The workspace pod is built by a pure function; these tests compare the built object."""
 
-from labkeeper.render.pod import Mount, PodInputs, hold_pod, workspace_pod
+from labkeeper.render.pod import Mount, PodInputs, workspace_pod
 
 OWNER = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "Workspace", "name": "train", "uid": "u-1",
          "controller": True, "blockOwnerDeletion": True}
@@ -67,10 +67,9 @@ def test_a_full_gpu_is_requested_as_nvidia_gpu():
     assert limits["nvidia.com/gpu"] == "2"
 
 
-def test_the_hold_keeps_the_same_device_on_the_same_node_at_hold_priority():
-    hold = hold_pod(alice(gpu_profile="3g.40gb"), "gpu-node-1")
-    assert hold["metadata"]["name"] == "hold-train"
-    assert hold["metadata"]["labels"]["labkeeper.io/role"] == "hold"
-    assert hold["spec"]["priorityClassName"] == "labkeeper-hold"
-    assert hold["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "gpu-node-1"}
-    assert hold["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == "1"
+def test_an_admitted_pod_is_pinned_to_the_node_admission_chose_by_name():
+    pod = workspace_pod(alice(gpu_profile="3g.40gb", node_name="gpu-node-1"))
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == {"nodeSelectorTerms": [{"matchFields": [
+        {"key": "metadata.name", "operator": "In", "values": ["gpu-node-1"]}]}]}
+    assert "affinity" not in workspace_pod(alice(gpu_profile="3g.40gb"))["spec"]

@@ -161,6 +161,7 @@ def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Itera
     ordered = sorted(waiters, key=lambda w: queue_key(w.priority, w.waiting_since, w.owner))
     blocked: set[str] = set()
     behind: dict[str, int] = {}
+    granted: dict[Slot, int] = {}  # devices given in this decision to waiters whose pods are not there yet
     for waiter in ordered:
         own = holds.get(waiter.owner)
         if own is not None and own.resource == waiter.resource and own.count >= waiter.count \
@@ -180,6 +181,7 @@ def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Itera
                     result.preempting.add(waiter.owner)
         if node is not None:
             result.admitted[waiter.owner] = node
+            granted[(node, waiter.resource)] = granted.get((node, waiter.resource), 0) + waiter.count
             continue
         blocked.add(waiter.resource)
         ahead = behind.get(waiter.resource, 0)
@@ -189,7 +191,7 @@ def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Itera
                             for _ in range(taken.extra[c.owner])))
         result.waiting[waiter.owner] = Wait(
             waiter.owner, waiter.resource, waiter.count, offered=sum(capacity[s] for s in open_slots),
-            in_use=sum(taken.pods.get(s, 0) for s in open_slots), held_until=held, ahead=ahead)
+            in_use=sum(taken.pods.get(s, 0) + granted.get(s, 0) for s in open_slots), held_until=held, ahead=ahead)
     return result
 
 

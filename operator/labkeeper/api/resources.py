@@ -473,7 +473,12 @@ class WorkspaceStatus(Status):
     stop_reason: str | None = None
     stopped_at: dt.datetime | None = None
     warnings: list[WorkspaceWarning] = Field(default_factory=list)
-    hold_pod_name: str | None = None
+    waiting_since: dt.datetime | None = Field(default=None, description="when it began to wait for a device; "
+                                              "the queue is served in this order within a tier")
+    hold_node: str | None = Field(default=None, description="a stopped workspace's devices are held on this node "
+                                  "until holdUntil; admission offers them to nobody else")
+    hold_resource: str | None = None
+    hold_count: int | None = None
     hold_until: dt.datetime | None = None
     keep_alive_until: dt.datetime | None = Field(
         default=None, description="the keep-alive in force: what spec.keepAliveUntil or spec.keepAlive asked, "

@@ -5,18 +5,23 @@ terminal: in 80x24 every section shows what fits and says how many more there ar
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 
+import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from labkeeper.api import admission
+from labkeeper.api.policy import LabPolicy
 from labkeeper.cli import views
 from labkeeper.cli.doctor import gpu_resources
-from labkeeper.cli.session import Session
+from labkeeper.cli.session import SYSTEM_NAMESPACE, Session
 
 LABEL_WORKSPACE = "labkeeper.io/workspace"
 LABEL_ROLE = "labkeeper.io/role"
@@ -41,7 +46,7 @@ class BoardData:
     workspaces: int = 0
     phases: dict[str, int] = field(default_factory=dict)
     slots: list[Slot] = field(default_factory=list)
-    queue: list[str] = field(default_factory=list)
+    queue: list[str] = field(default_factory=list)  # in the order admission serves it, then the rest waiting
     alerts: list[str] = field(default_factory=list)
     cpu_only: int = 0
 
@@ -60,7 +65,7 @@ def _pod_devices(pod: dict) -> list[tuple[str, int]]:
 
 
 def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], users: list[dict],
-                now: dt.datetime) -> BoardData:
+                now: dt.datetime, tier_priority: dict[str, int] | None = None) -> BoardData:
     data = BoardData(now=now, users=len(users), workspaces=len(workspaces))
     by_key = {(w["metadata"].get("namespace"), w["metadata"]["name"]): w for w in workspaces}
     free: dict[tuple[str, str], list[Slot]] = {}
@@ -83,13 +88,15 @@ def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], use
                 slot.user = labels.get(LABEL_USER) or pod["metadata"].get("namespace", "").removeprefix("lab-")
                 slot.workspace = labels.get(LABEL_WORKSPACE) or pod["metadata"]["name"]
                 slot.state, slot.style = _slot_state(labels.get(LABEL_ROLE), ws, now)
+    decision = _mark_holds_and_decide(data, free, nodes, pods, workspaces, users, now, tier_priority or {})
     for ws in workspaces:
         phase = views.phase_of(ws)
         data.phases[phase] = data.phases.get(phase, 0) + 1
         spec, status = ws.get("spec") or {}, ws.get("status") or {}
         who = f"{ws['metadata'].get('namespace', '').removeprefix('lab-')}/{ws['metadata']['name']}"
         gpu = views.gpu_label(spec)
-        if phase in QUEUED_PHASES and spec.get("state", "Running") == "Running":
+        if phase in QUEUED_PHASES and spec.get("state", "Running") == "Running" \
+                and admission.owner_of(ws) not in decision:
             data.queue.append(f"{who} {gpu if gpu != '-' else 'cpu'} {status.get('reason') or 'waiting'}: "
                               f"{status.get('message') or ''}".rstrip(": "))
         if phase == "Failed":
@@ -103,6 +110,51 @@ def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], use
             if "Disk" in (cond.get("type") or "") and cond.get("status") == "True":
                 data.alerts.append(f"{user['metadata']['name']} disk: {cond.get('message') or cond.get('reason')}")
     return data
+
+
+def _mark_holds_and_decide(data: BoardData, free: dict[tuple[str, str], list[Slot]], nodes: list[dict],
+                           pods: list[dict], workspaces: list[dict], users: list[dict], now: dt.datetime,
+                           tier_priority: dict[str, int]) -> set[str]:
+    """Marks the slices that holds keep and puts the device queue first, in the order admission serves it,
+    each entry with its own numbers; returns who is in that queue."""
+    capacity, closed = admission.capacity_of(nodes)
+    claims = admission.pod_claims(pods)
+    by_owner = {admission.owner_of(w): w for w in workspaces}
+    for ws in workspaces:
+        hold = admission.hold_claim(ws, now)
+        if hold is not None:
+            claims.append(hold)
+    taken = admission.usage(capacity, claims)
+    for owner, hold in sorted(taken.holds.items()):
+        for _ in range(taken.extra.get(owner, 0)):
+            if not free.get((hold.node, hold.resource)):
+                break
+            slot = free[(hold.node, hold.resource)].pop(0)
+            namespace, _, slot.workspace = owner.partition("/")
+            slot.user = namespace.removeprefix("lab-")
+            slot.state, slot.style = f"held until {hold.held_until.strftime('%H:%M')}", "yellow"
+    with_pod = {admission.owner_of(p) for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "workspace"}
+    tiers = {u["metadata"]["name"]: (u.get("spec") or {}).get("tier") for u in users}
+    waiters = []
+    for ws in workspaces:
+        gpu = (ws.get("spec") or {}).get("gpu") or {}
+        since = admission.waiting_since(ws)
+        if since is None or admission.owner_of(ws) in with_pod or (gpu.get("profile") or "none") == "none" \
+                or (ws.get("spec") or {}).get("state", "Running") != "Running":
+            continue
+        profile = gpu["profile"]
+        resource = "nvidia.com/gpu" if profile == "full" else f"nvidia.com/mig-{profile}"
+        priority = tier_priority.get(tiers.get(ws["metadata"]["namespace"].removeprefix("lab-")) or "", 0)
+        waiters.append(admission.Waiter(admission.owner_of(ws), resource, int(gpu.get("count") or 1), priority, since))
+    decision = admission.decide(capacity, claims, waiters, closed)
+    for waiter in sorted(waiters, key=lambda w: admission.queue_key(w.priority, w.waiting_since, w.owner)):
+        namespace, _, name = waiter.owner.partition("/")
+        ws = by_owner[waiter.owner]
+        wait = decision.waiting.get(waiter.owner)
+        why = wait.short() if wait else f"starting on {decision.admitted.get(waiter.owner)}"
+        data.queue.append(f"{namespace.removeprefix('lab-')}/{name} {views.gpu_label(ws.get('spec') or {})}, "
+                          f"{views.human_duration(now - waiter.waiting_since)}: {why}")
+    return {w.owner for w in waiters}
 
 
 def _slot_state(role: str | None, ws: dict | None, now: dt.datetime) -> tuple[str, str]:
@@ -135,6 +187,20 @@ def _allocate(needs: list[int], available: int) -> list[int]:
     return alloc
 
 
+def _wrapped(items: list[str], room: int, width: int) -> list[tuple[str, str]]:
+    """Whole entries, each wrapped onto indented lines rather than cut mid-word, while they fit."""
+    lines: list[tuple[str, str]] = []
+    for i, item in enumerate(items):
+        wrapped = textwrap.wrap(item, width, initial_indent="  ", subsequent_indent="      ") or [""]
+        rest = len(items) - i
+        if len(lines) + len(wrapped) > room - (1 if rest > 1 else 0):
+            if room > len(lines):
+                lines.append((f"  … and {rest} more", "dim"))
+            break
+        lines += [(line, "") for line in wrapped]
+    return lines
+
+
 def _section(items: list[tuple[str, str]], room: int, width: int) -> list[tuple[str, str]]:
     if len(items) <= room:
         return [(_fit(t, width), s) for t, s in items]
@@ -156,7 +222,7 @@ def render_lines(data: BoardData, width: int = 80, height: int = 24) -> list[tup
     fmt = f"{{:<{node_w}}} {{:<{dev_w}}} {{:<{user_w}}} {{:<{ws_w}}} {{}}"
     slot_lines = [(fmt.format(_fit(s.node, node_w), _fit(s.device, dev_w), _fit(s.user or "-", user_w),
                               _fit(s.workspace or "-", ws_w), s.state), s.style) for s in data.slots]
-    queue_lines = [(f"  {q}", "") for q in data.queue]
+    queue_lines = _wrapped(data.queue, len(data.queue) * 4, width)
     alert_lines = [(f"  ! {a}", "red") for a in data.alerts]
     fixed = [
         (_fit(header, width), "bold"),
@@ -168,18 +234,28 @@ def render_lines(data: BoardData, width: int = 80, height: int = 24) -> list[tup
     ]
     room = max(0, height - len(fixed))
     slots_n, queue_n, alerts_n = _allocate([len(slot_lines), len(queue_lines), len(alert_lines)], room)
-    lines = fixed[:3] + _section(slot_lines, slots_n, width) + [fixed[3]] + _section(queue_lines, queue_n, width) \
+    lines = fixed[:3] + _section(slot_lines, slots_n, width) + [fixed[3]] + _wrapped(data.queue, queue_n, width) \
         + [fixed[4]] + _section(alert_lines, alerts_n, width)
     if not data.slots:
         lines[2] = ("  no node advertises GPUs or MIG slices (labctl admin doctor)", "yellow")
     return lines[:height]
 
 
+def tier_priorities(kube) -> dict[str, int]:
+    """Each tier's priority from the policy in force (the built-in tiers where the ConfigMap is missing or
+    broken, as the operator does): the queue is shown in the order admission serves it."""
+    policy = LabPolicy()
+    configmap = kube.get("ConfigMap", "labkeeper-policy", SYSTEM_NAMESPACE) or {}
+    with contextlib.suppress(ValueError, yaml.YAMLError):
+        policy = LabPolicy.model_validate(yaml.safe_load((configmap.get("data") or {}).get("policy.yaml") or "") or {})
+    return {name: tier.priority for name, tier in policy.tiers.items()}
+
+
 def collect(s: Session, now: dt.datetime | None = None) -> BoardData:
     kube = s.kube
     pods = kube.list("Pod", label_selector="app.kubernetes.io/managed-by=labkeeper")
     return board_model(kube.list("Node"), pods, kube.list("Workspace"), kube.list("GPUUser"),
-                       now or dt.datetime.now(dt.UTC))
+                       now or dt.datetime.now(dt.UTC), tier_priorities(kube))
 
 
 def frame(data: BoardData, width: int, height: int) -> Text:

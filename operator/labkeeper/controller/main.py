@@ -107,6 +107,8 @@ class Operator:
         self._passes: set[asyncio.Task] = set()
         # (namespace, name) of the Workspaces last seen in a waiting phase
         self.waiting: set[tuple[str, str]] = set()
+        # those of them in the device queue (status.waitingSince): when one leaves it, the rest move up
+        self.queued_for_device: set[tuple[str, str]] = set()
 
     async def reconcile_user(self, name: str, body: dict | None = None) -> None:
         key = ("GPUUser", name)
@@ -163,6 +165,10 @@ class Operator:
             self.requeue.schedule(key, outcome.requeue_after, lambda: self.workspace_changed(namespace, name))
         else:
             self.requeue.cancel(key)
+        for namespace_, name_ in outcome.wake:
+            self.workspace_changed(namespace_, name_)
+        if outcome.freed:
+            self.device_freed(namespace, name)
 
     def stop(self) -> None:
         """No pass starts once kopf is stopping; it would only fail against a closed executor."""
@@ -170,11 +176,24 @@ class Operator:
         for task in list(self._passes):
             task.cancel()
 
-    def workspace_seen(self, namespace: str, name: str, phase: str | None) -> None:
+    def workspace_seen(self, namespace: str, name: str, phase: str | None, queued: bool | None = None) -> None:
+        """`queued`: whether its status says it waits for a device (None: not known from this sighting)."""
         if phase in WAITING_PHASES:
             self.waiting.add((namespace, name))
         else:
             self.waiting.discard((namespace, name))
+        if queued:
+            self.queued_for_device.add((namespace, name))
+        elif (queued is not None or phase is None) and (namespace, name) in self.queued_for_device:
+            # it started, stopped or went away: everyone behind it is one place further up, and the kind of
+            # device it blocked may now go to the next in line
+            self.queued_for_device.discard((namespace, name))
+            self.wake_waiting()
+
+    def wake_waiting(self) -> None:
+        """Every waiting Workspace gets a pass, and with it the admission step."""
+        for namespace, name in sorted(self.queued_for_device | self.waiting):
+            self.workspace_changed(namespace, name)
 
     def device_freed(self, namespace: str, workspace: str) -> None:
         """A deleted pod may free a device or quota: every waiting Workspace, of any user, gets a pass."""
@@ -226,7 +245,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             operator.workspace_seen(namespace, name, None)
             operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
             return
-        operator.workspace_seen(namespace, name, (body.get("status") or {}).get("phase"))
+        status = body.get("status") or {}
+        operator.workspace_seen(namespace, name, status.get("phase"), bool(status.get("waitingSince")))
         operator.workspace_changed(namespace, name)
 
     @kopf.on.event("", "v1", "pods", registry=registry, labels={"app.kubernetes.io/managed-by": "labkeeper"})

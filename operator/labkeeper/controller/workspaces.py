@@ -2,30 +2,40 @@
 
 Level-based: each pass reads the Workspace, its user, its pod and its hold, decides the one next
 step, and writes status only when it changed. A per-user lock in the caller makes the weighted
-quota check and the pod creation one step, so concurrent applies never overshoot the cap."""
+quota check and the pod creation one step, so concurrent applies never overshoot the cap. A workspace
+that asks for a GPU gets no pod until admission (controller/admission.py) gives it a device: until then
+it waits in the lab's queue with no pod for the scheduler to place."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api import admission as api_admission
 from labkeeper.api import policy as api_policy
 from labkeeper.api.units import format_time, parse_time
+from labkeeper.controller.admission import Admissions, LabView, owner_key
 from labkeeper.controller.enforcement import enforcement_clock, status_message
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, api_error_message, condition, is_conflict, owner_reference
 from labkeeper.render import pod as render_pod
-from labkeeper.render.access import priority_class_for
+from labkeeper.render.access import gpu_resource, priority_class_for
 from labkeeper.render.toolchains import toolchain_mounts
 
 FAILED_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                           "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+NO_HOLD = {"holdNode": None, "holdResource": None, "holdCount": None, "holdUntil": None}
+
+
 @dataclass
 class Outcome:
     requeue_after: float | None = None
+    wake: tuple[tuple[str, str], ...] = ()  # (namespace, name) of Workspaces admission let start
+    freed: bool = False  # a device came free: whoever waits gets a pass
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class WorkspaceReconciler:
         self.lab_users_gid = lab_users_gid
         # idle clocks never start before this process did: no mass culling after a restart
         self.started_at = clock()
+        self.admissions = Admissions(kube, policy)
 
     # ---- entry ------------------------------------------------------------------------------
     def reconcile(self, ws: dict, *, lost_pod: dict | None = None) -> Outcome:
@@ -72,7 +83,9 @@ class WorkspaceReconciler:
         policy = self.policy.current
         request = gpu_request(spec)
         desired: dict = {"observedGeneration": meta.get("generation"), "podName": render_pod.pod_name(name),
-                         "gpuEquivalents": round(request.equivalents(policy.gpu_weights), 4)}
+                         "gpuEquivalents": round(request.equivalents(policy.gpu_weights), 4),
+                         # kept only by a pass that finds the workspace still waiting for a device
+                         "waitingSince": None}
         runtime = self._runtime(status, pod, now)
         desired.update(runtime)
 
@@ -85,8 +98,10 @@ class WorkspaceReconciler:
         want_running = spec.get("state", "Running") == "Running" and user_state == "Active"
 
         if not want_running:
+            # a suspended or offboarded user cannot come back to a held device: hers are released at once
             return self._stop(ws, desired, pod, hold, request, now,
-                              reason="UserSuspended" if user_state != "Active" else "Stopped")
+                              reason="UserSuspended" if user_state != "Active" else "Stopped",
+                              hold_device=user_state == "Active")
         # idle and runtime clocks describe a running pod; a workspace waiting to run shows none (_enforce sets them)
         desired.update({"idleSince": None, "idleDeadline": None, "runtimeDeadline": None})
 
@@ -138,6 +153,12 @@ class WorkspaceReconciler:
         running = [p for p in others if p["metadata"]["labels"].get(render_pod.LABEL_ROLE) == "workspace"]
         cap = entitlement.access.max_gpu_equivalents
         in_use = sum(_pod_equivalents(p, policy.gpu_weights) for p in others)
+        # a device she holds after a stop is still hers
+        holding = {p["metadata"].get("labels", {}).get(render_pod.LABEL_WORKSPACE) for p in others}
+        for other in self.kube.list("Workspace", namespace):
+            held = api_admission.hold_claim(other, now)
+            if held is not None and other["metadata"]["name"] not in holding | {name}:
+                in_use += _resource_equivalents(held.resource, held.count, policy.gpu_weights)
         asked = request.equivalents(policy.gpu_weights)
         if asked > 0 and in_use + asked > cap + 1e-9:
             message = (f"{in_use:.2f} GPU equivalents in use + {asked:.2f} requested > cap {cap:.2f} "
@@ -151,20 +172,46 @@ class WorkspaceReconciler:
             return self._set(ws, desired, "Pending", "QuotaExceeded", message, now, within_quota=False)
 
         inputs = self.pod_inputs(ws, user, entitlement)
+        if request.profile == "none":
+            return self._create(ws, desired, inputs, request, hold, now)
+        me = owner_key(ws)
+        freed = False
+        status = ws.get("status") or {}
+        if status.get("holdNode") and (status.get("holdResource"), status.get("holdCount")) \
+                != (gpu_resource(request.profile), request.count):
+            # it asks for other devices now: the ones it held go back to the queue
+            self.kube.event(ws, "HoldReleased", f"the {self._held_words(status)} held on {status['holdNode']} was "
+                            f"released: spec.gpu now asks for {request.count} x {request.profile}")
+            desired.update(NO_HOLD)
+            freed = True
+        with self.admissions.lock:
+            since = api_admission.waiting_since(ws) or now
+            view = self.admissions.view(now, me=ws, my_since=since)
+            decision = view.decide()
+            # those ahead that may start now get a pass of their own, whoever's pass found out
+            wake = tuple(tuple(o.split("/", 1)) for o in decision.admitted if o != me and o not in view.pods_of)
+            lost = self._lost_hold(ws, desired, decision, view)
+            node = decision.admitted.get(me)
+            if node is not None:
+                outcome = self._create(ws, desired, dataclasses.replace(inputs, node_name=node), request, hold, now)
+                outcome.wake, outcome.freed = wake, freed
+                return outcome
+        message = decision.waiting[me].message()
+        if lost:
+            message = f"{lost}; {message}"
+        elif (ws.get("status") or {}).get("holdNode") and api_admission.hold_claim(ws, now) is None:
+            desired.update(NO_HOLD)  # its window ran out while it waited
+        if api_admission.waiting_since(ws) is None:
+            self.kube.event(ws, "Waiting", f"waiting for a device: {message}")
+        desired["waitingSince"] = api_admission.format_waiting_since(since)
+        # level-based: a missed wake-up costs at most this long
+        outcome = self._set(ws, desired, "Pending", "WaitingForDevice", message, now, requeue=30.0)
+        outcome.wake, outcome.freed = wake, freed
+        return outcome
+
+    def _create(self, ws: dict, desired: dict, inputs: render_pod.PodInputs, request: GpuRequest,
+                hold: dict | None, now: dt.datetime) -> Outcome:
         body = render_pod.workspace_pod(inputs)
-        held_node = None
-        if hold is not None and not hold["metadata"].get("deletionTimestamp"):
-            held_node = hold["spec"].get("nodeName")
-        handover = None
-        if held_node:
-            # take the held device back without a scheduling cycle in which a waiting pod could grab
-            # it: fence the node, release the hold, bind straight to the node, lift the fence
-            handover = handover_taint(ws)
-            set_node_taint(self.kube, held_node, handover, present=True)
-            self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
-            body["spec"]["nodeName"] = held_node
-            body["spec"].pop("nodeSelector", None)
-            body["spec"]["tolerations"] = [{"key": handover["key"], "operator": "Exists", "effect": "NoSchedule"}]
         try:
             created = self.kube.create(body)
             desired["podUID"] = created["metadata"]["uid"]
@@ -174,19 +221,35 @@ class WorkspaceReconciler:
             message = api_error_message(err)
             reason = "QuotaExceeded" if err.status == 403 and "quota" in message.lower() else "PodRejected"
             return self._set(ws, desired, "Pending", reason, message, now, requeue=5.0)
-        finally:
-            if handover is not None:
-                set_node_taint(self.kube, held_node, handover, present=False)
-        if hold is not None and not held_node:
-            self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
+        if hold is not None:  # a hold pod of an older labkeeper: the record replaced it
+            self.kube.delete("Pod", hold["metadata"]["name"], inputs.namespace, grace_seconds=0)
         self.kube.event(ws, "Starting", f"pod {body['metadata']['name']} created"
-                        + (f" with {request.count} x {request.profile}" if request.profile != "none" else ""))
-        desired["holdPodName"] = None
-        desired["holdUntil"] = None
+                        + (f" with {request.count} x {request.profile}" if request.profile != "none" else "")
+                        + (f" on {inputs.node_name}" if inputs.node_name else ""))
+        # the pod now holds what the hold kept: the record goes (admission counts each owner once meanwhile)
+        desired.update(NO_HOLD)
+        desired["waitingSince"] = None
         desired["stopReason"] = None
         return self._set(ws, desired, "Starting", "PodCreated", "waiting for the scheduler", now)
 
+    def _lost_hold(self, ws: dict, desired: dict, decision: api_admission.Admission,
+                   view: LabView) -> str | None:
+        """A hold that no longer fits its node (a pod the lab did not admit took the device, the node shrank
+        or went away) is dropped, with a Warning: the status never promises a device that is gone."""
+        mine = [c for c in decision.lost_holds if c.owner == owner_key(ws)]
+        if not mine:
+            return None
+        hold = mine[0]
+        offered = view.capacity.get((hold.node, hold.resource), 0)
+        message = (f"the {api_admission.device_words(hold.resource, hold.count)} held on {hold.node} until "
+                   f"{format_time(hold.held_until)} was lost: {hold.node} offers {offered} and pods now use "
+                   f"{sum(c.count for c in view.claims if not c.is_hold and (c.node, c.resource) == (hold.node, hold.resource))}")
+        self.kube.event(ws, "HoldLost", message + "; starting again waits for a free device", type_="Warning")
+        desired.update(NO_HOLD)
+        return message
+
     def _observe_pod(self, ws: dict, desired: dict, pod: dict, hold: dict | None, now: dt.datetime) -> Outcome:
+        desired.update(NO_HOLD)  # the pod has the devices now (a pass killed after creating it left the record)
         pod_status = pod.get("status") or {}
         node = pod["spec"].get("nodeName")
         desired["node"] = node
@@ -253,7 +316,7 @@ class WorkspaceReconciler:
                          requeue=clock.next_check(now, policy.warnings.idle, policy.warnings.runtime))
 
     def _stop(self, ws: dict, desired: dict, pod: dict | None, hold: dict | None, request: GpuRequest,
-              now: dt.datetime, *, reason: str) -> Outcome:
+              now: dt.datetime, *, reason: str, hold_device: bool = True) -> Outcome:
         meta = ws["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         status = ws.get("status") or {}
@@ -263,24 +326,20 @@ class WorkspaceReconciler:
         if pod is not None:
             node = pod["spec"].get("nodeName")
             terminating = bool(pod["metadata"].get("deletionTimestamp"))
-            if request.profile != "none" and node and hold is None and not terminating \
+            devices = api_admission.pod_devices(pod)
+            if devices and node and not status.get("holdNode") and not terminating and hold_device \
                     and policy.gpu_hold_after_stop.total_seconds() > 0:
-                # the hold goes up before the pod goes down, so nobody slips in between
-                holder = render_pod.hold_pod(self._hold_inputs(ws, request), node)
-                try:
-                    self.kube.create(holder)
-                    held = True
-                except ApiException as err:
-                    if err.status is None or err.status >= 500:
-                        raise  # the API is unwell: retry, the pod stays until the hold is up
-                    held = is_conflict(err)
-                    if not held:
-                        # refused for good (quota, admission): the stop the user asked for goes ahead
-                        self.kube.event(ws, "HoldRefused", f"the GPU cannot be held after stop, it is released: "
-                                        f"{api_error_message(err)}", type_="Warning")
-                if held:
-                    desired["holdPodName"] = holder["metadata"]["name"]
-                    desired["holdUntil"] = format_time(now + policy.gpu_hold_after_stop)
+                # The hold is a record in this status, counted by admission, not a placeholder pod: a pod
+                # would wait Pending for the scheduler while this one terminates, and the scheduler may give
+                # the device to any pod pending beside it. Admission creates every GPU pod of the lab and
+                # counts a recorded hold as taken for all but its holder, so nothing can slip in. It is
+                # written before the pod is deleted: killed between the two, the next pass finds both.
+                resource, count = devices[0]
+                record = {"holdNode": node, "holdResource": resource, "holdCount": count,
+                          "holdUntil": format_time(now + policy.gpu_hold_after_stop)}
+                self.kube.patch_status("Workspace", ws, record)
+                ws["status"] = {**status, **record}
+                desired.update(record)
             if not terminating:
                 self.kube.delete("Pod", pod["metadata"]["name"], namespace,
                                  grace_seconds=int(policy.termination_grace.total_seconds()))
@@ -288,24 +347,40 @@ class WorkspaceReconciler:
             return self._set(ws, desired, "Stopping", stop_reason, "pod is terminating", now, requeue=1.0)
 
         requeue = None
-        hold_until = parse_time(status.get("holdUntil"))
-        if hold is not None and hold_until is None and not hold["metadata"].get("deletionTimestamp"):
-            # a status that does not know the hold yet (a stale read, a crash between creating the hold and
-            # recording it): the hold's own age decides, it is never released early
-            created = parse_time(hold["metadata"].get("creationTimestamp")) or now
-            hold_until = created + policy.gpu_hold_after_stop
-            desired["holdPodName"] = hold["metadata"]["name"]
-            desired["holdUntil"] = format_time(hold_until)
-        still_held = False
+        freed = False
+        reason, note = stop_reason, ""
         if hold is not None:
-            if hold_until is None or now >= hold_until:
-                self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
-                self.kube.event(ws, "HoldReleased", "the GPU held after stop was released")
-                desired["holdPodName"] = None
-                desired["holdUntil"] = None
+            # a hold pod of an older labkeeper: its device is kept as a record for what is left of its window
+            created = parse_time(hold["metadata"].get("creationTimestamp")) or now
+            node = api_admission.pinned_node(hold)
+            devices = api_admission.pod_devices(hold)
+            if not status.get("holdNode") and node and devices and hold_device:
+                record = {"holdNode": node, "holdResource": devices[0][0], "holdCount": devices[0][1],
+                          "holdUntil": format_time(created + policy.gpu_hold_after_stop)}
+                self.kube.patch_status("Workspace", ws, record)
+                ws["status"] = status = {**status, **record}
+                desired.update(record)
+            self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
+        hold_until = parse_time(status.get("holdUntil"))
+        still_held = False
+        if status.get("holdNode"):
+            if hold_until is None or now >= hold_until or not hold_device:
+                desired.update(NO_HOLD)
+                self.kube.event(ws, "HoldReleased", f"the {self._held_words(status)} held on {status['holdNode']} "
+                                "after stop was released")
+                freed = True
             else:
-                still_held = True
-                requeue = (hold_until - now).total_seconds()
+                with self.admissions.lock:
+                    view = self.admissions.view(now)
+                    lost = self._lost_hold(ws, desired, view.decide(), view)
+                if lost:
+                    reason, note = "HoldLost", f"; {lost}"
+                else:
+                    still_held = True
+                    # a hold is checked again now and then: a device it keeps can vanish (the node shrinks)
+                    requeue = min((hold_until - now).total_seconds(), 30.0)
+        elif status.get("reason") == "HoldLost":
+            reason, note = "HoldLost", (status.get("message") or "").removeprefix("stopped")
         retention = policy.stopped_retention
         stopped_at = parse_time(status.get("stoppedAt")) or now
         desired["stoppedAt"] = format_time(stopped_at)
@@ -316,8 +391,15 @@ class WorkspaceReconciler:
                 return Outcome()
             wait = (expires - now).total_seconds()
             requeue = min(requeue, wait) if requeue is not None else wait
-        message = "stopped" + (f"; GPU held until {format_time(hold_until)}" if still_held else "")
-        return self._set(ws, desired, "Stopped", stop_reason, message, now, requeue=requeue)
+        if still_held:
+            note = f"; {self._held_words(status)} held on {status['holdNode']} until {format_time(hold_until)}"
+        outcome = self._set(ws, desired, "Stopped", reason, "stopped" + note, now, requeue=requeue)
+        outcome.freed = freed
+        return outcome
+
+    @staticmethod
+    def _held_words(status: dict) -> str:
+        return api_admission.device_words(status.get("holdResource") or "nvidia.com/gpu", int(status.get("holdCount") or 1))
 
     def _preempted(self, pod: dict) -> bool:
         if _was_preempted(pod):
@@ -364,15 +446,6 @@ class WorkspaceReconciler:
             caches=caches,
             model_stores=stores,
             toolchains=toolchains,
-        )
-
-    def _hold_inputs(self, ws: dict, request: GpuRequest) -> render_pod.PodInputs:
-        meta = ws["metadata"]
-        return render_pod.PodInputs(
-            workspace=meta["name"], namespace=meta["namespace"], owner=owner_reference(ws),
-            username=username_for(meta["namespace"]) or "", uid=0, gid=0, supplemental_gids=(),
-            home_host_path="", image="", gpu_profile=request.profile, gpu_count=request.count,
-            runtime_class=self.policy.current.runtime_class_name or None,
         )
 
     def _mounts(self, kind: str, wanted: list[str] | None, username: str, *, writable_default: bool):
@@ -444,11 +517,6 @@ def _within(requested, entitled) -> dt.timedelta | None:
 HANDOVER_PREFIX = "handover.labkeeper.io/"
 
 
-def handover_taint(ws: dict) -> dict:
-    return {"key": HANDOVER_PREFIX + ws["metadata"]["uid"][:8], "value": ws["metadata"]["name"][:63],
-            "effect": "NoSchedule"}
-
-
 def set_node_taint(kube: Kube, node_name: str, taint: dict, *, present: bool) -> None:
     for _attempt in range(10):
         node = kube.get("Node", node_name)
@@ -469,7 +537,8 @@ def set_node_taint(kube: Kube, node_name: str, taint: dict, *, present: bool) ->
 
 
 def clear_stale_handovers(kube: Kube) -> int:
-    """A fence left by an operator killed mid-handover is lifted at the next start."""
+    """A fence an older labkeeper put up to hand a hold pod's device back (holds are records now) is lifted
+    at the next start."""
     cleared = 0
     for node in kube.list("Node"):
         for taint in node["spec"].get("taints") or []:
@@ -498,15 +567,13 @@ def _waiting_reason(pod_status: dict) -> tuple[str, str] | None:
     return None
 
 
+def _resource_equivalents(resource: str, count: int, weights: dict[str, float]) -> float:
+    profile = "full" if resource == "nvidia.com/gpu" else resource.removeprefix("nvidia.com/mig-")
+    return weights.get(profile, 1.0) * count
+
+
 def _pod_equivalents(pod: dict, weights: dict[str, float]) -> float:
-    total = 0.0
-    for container in pod["spec"].get("containers", []):
-        for resource, qty in ((container.get("resources") or {}).get("limits") or {}).items():
-            if resource == "nvidia.com/gpu":
-                total += weights.get("full", 1.0) * int(qty)
-            elif resource.startswith("nvidia.com/mig-"):
-                total += weights.get(resource.removeprefix("nvidia.com/mig-"), 1.0) * int(qty)
-    return total
+    return sum(_resource_equivalents(r, n, weights) for r, n in api_admission.pod_devices(pod))
 
 
 def _devices(pod: dict) -> list[str]:

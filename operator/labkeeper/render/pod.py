@@ -1,17 +1,15 @@
-"""The workspace pod and its GPU hold placeholder, built by pure functions from plain inputs
-(as kubespawner's make_pod): unit-tested by comparing the built object."""
+"""The workspace pod, built by a pure function from plain inputs (as kubespawner's make_pod): unit-tested
+by comparing the built object. A GPU held after stop is a record that admission counts, not a pod."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from labkeeper.render.access import HOLD_PRIORITY_CLASS, LABEL_MANAGED, LABEL_USER, MANAGED_BY, gpu_resource
+from labkeeper.render.access import LABEL_MANAGED, LABEL_USER, MANAGED_BY, gpu_resource
 
 LABEL_WORKSPACE = "labkeeper.io/workspace"
 LABEL_ROLE = "labkeeper.io/role"
-# the pause image k3s itself runs; a hold never starts anything else
-HOLD_IMAGE = "rancher/mirrored-pause:3.6"
 
 
 def pod_name(workspace: str) -> str:
@@ -148,7 +146,10 @@ def workspace_pod(inputs: PodInputs) -> dict:
     if inputs.runtime_class:
         spec["runtimeClassName"] = inputs.runtime_class
     if inputs.node_name:
-        spec["nodeSelector"] = {"kubernetes.io/hostname": inputs.node_name}
+        # admission chose the node and counted its device there: the scheduler may bind it nowhere else
+        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [inputs.node_name]}]}]}}}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -159,35 +160,4 @@ def workspace_pod(inputs: PodInputs) -> dict:
             "ownerReferences": [inputs.owner],
         },
         "spec": spec,
-    }
-
-
-def hold_pod(inputs: PodInputs, node_name: str) -> dict:
-    """Keeps the stopped workspace's device request on its node, at the hold priority."""
-    resources = {"cpu": "1m", "memory": "1Mi", **gpu_limits(inputs.gpu_profile, inputs.gpu_count)}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": hold_name(inputs.workspace),
-            "namespace": inputs.namespace,
-            "labels": _labels(inputs, "hold"),
-            "ownerReferences": [inputs.owner],
-        },
-        "spec": {
-            "containers": [{
-                "name": "hold",
-                "image": HOLD_IMAGE,
-                "resources": {"requests": dict(resources), "limits": dict(resources)},
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                    "runAsNonRoot": True, "runAsUser": 65535},
-            }],
-            "priorityClassName": HOLD_PRIORITY_CLASS,
-            "nodeSelector": {"kubernetes.io/hostname": node_name},
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 0,
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-            **({"runtimeClassName": inputs.runtime_class} if inputs.runtime_class else {}),
-        },
     }

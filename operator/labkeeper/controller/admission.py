@@ -1,0 +1,90 @@
+"""The admission step: reads the lab from the API (nodes, labkeeper's pods, Workspaces, users) and asks
+the pure decision in api/admission.py who may have which device now.
+
+Everything it decides from lives in the API — pods, Workspace status (waitingSince, the hold record)
+and the policy — so an operator that restarts decides exactly as the one before it. One lock serializes
+every decision together with the pod creation it allows, so two passes can never count the same free
+device: the next pass reads the pod the previous one created."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+
+from labkeeper.api import admission as api_admission
+from labkeeper.controller.policy import PolicyStore
+from labkeeper.kube.client import Kube
+from labkeeper.render.access import gpu_resource
+
+
+@dataclass(frozen=True)
+class LabView:
+    capacity: dict[api_admission.Slot, int]
+    closed: frozenset[str]
+    claims: list[api_admission.Claim]
+    waiters: list[api_admission.Waiter]
+    pods_of: frozenset[str]  # owners with a workspace pod
+
+    def decide(self) -> api_admission.Admission:
+        return api_admission.decide(self.capacity, self.claims, self.waiters, self.closed)
+
+
+def owner_key(ws: dict) -> str:
+    return f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
+
+
+class Admissions:
+    def __init__(self, kube: Kube, policy: PolicyStore) -> None:
+        self.kube = kube
+        self.policy = policy
+        # one decision (and the pod it admits) at a time, for the whole lab
+        self.lock = threading.Lock()
+
+    def tier_of(self, user: dict | None) -> tuple[int, bool]:
+        """The tier's priority and whether it may preempt; an unknown tier waits behind every known one."""
+        policy = self.policy.current
+        tier = policy.tiers.get(((user or {}).get("spec") or {}).get("tier") or policy.default_tier)
+        return (tier.priority, tier.preempt) if tier is not None else (0, False)
+
+    def waiter(self, ws: dict, user: dict | None, since: dt.datetime) -> api_admission.Waiter | None:
+        gpu = (ws.get("spec") or {}).get("gpu") or {}
+        profile = gpu.get("profile") or "none"
+        if profile == "none":
+            return None
+        priority, preempt = self.tier_of(user)
+        return api_admission.Waiter(owner_key(ws), gpu_resource(profile), int(gpu.get("count") or 1), priority,
+                                    since, preempt)
+
+    def view(self, now: dt.datetime, *, me: dict | None = None, my_since: dt.datetime | None = None) -> LabView:
+        """The whole lab as admission sees it; `me`, a workspace asking now, waits since `my_since`."""
+        capacity, closed = api_admission.capacity_of(self.kube.list("Node"))
+        pods = self.kube.list("Pod", label_selector="app.kubernetes.io/managed-by=labkeeper")
+        claims = api_admission.pod_claims(pods)
+        pods_of = frozenset(api_admission.owner_of(p) for p in pods
+                            if (p["metadata"].get("labels") or {}).get(api_admission.LABEL_ROLE) == "workspace")
+        users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
+        waiters = []
+        mine = owner_key(me) if me is not None else None
+        for ws in self.kube.list("Workspace"):
+            key = owner_key(ws)
+            hold = api_admission.hold_claim(ws, now)
+            if hold is not None:
+                claims.append(hold)
+            if key == mine:
+                continue
+            user = users.get(ws["metadata"]["namespace"].removeprefix("lab-"))
+            since = api_admission.waiting_since(ws)
+            state = (user or {}).get("spec", {}).get("state", "Active")
+            if since is None or key in pods_of or state != "Active" \
+                    or (ws.get("spec") or {}).get("state", "Running") != "Running" \
+                    or ws["metadata"].get("deletionTimestamp"):
+                continue
+            waiter = self.waiter(ws, user, since)
+            if waiter is not None:
+                waiters.append(waiter)
+        if me is not None and my_since is not None:
+            waiter = self.waiter(me, users.get(me["metadata"]["namespace"].removeprefix("lab-")), my_since)
+            if waiter is not None:
+                waiters.append(waiter)
+        return LabView(capacity, closed, claims, waiters, pods_of)
