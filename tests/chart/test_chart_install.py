@@ -153,7 +153,7 @@ def test_the_operator_account_can_grant_a_user_her_role(installed, unique):
     namespace = access.namespace_for(user)
     cluster.kubectl("create", "namespace", namespace)
     try:
-        docs = [access.user_role(user), access.user_role_binding(user)]
+        docs = [access.user_role(user), access.user_role_binding(user, access.access_group(user, "chart"))]
         # server-side apply under the operator's field manager, as the operator does it
         result = cluster.kubectl("apply", "--server-side", "--field-manager=labkeeper-operator", f"--as={OPERATOR_SA}",
                                  "-f", "-", input=manifest(*docs), check=False)

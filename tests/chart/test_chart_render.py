@@ -193,7 +193,7 @@ def test_without_a_runtime_class_the_agent_asks_for_no_gpu_visibility(render):
 def test_the_operator_holds_every_permission_it_grants_users(render):
     """RBAC refuses a Role that grants more than its creator holds; the operator must hold all of it."""
     operator_rules = render().one("ClusterRole", "labkeeper-operator")["rules"]
-    granted = [*user_access.user_role("alice")["rules"], *user_access.self_reader_role("alice")[0]["rules"]]
+    granted = [*user_access.user_role("alice")["rules"], *user_access.self_reader_role("alice", "labkeeper:alice:x")[0]["rules"]]
     for rule in granted:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:

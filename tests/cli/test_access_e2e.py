@@ -77,7 +77,7 @@ def lab(tmp_path_factory) -> Iterator[LocalCluster]:
             cluster.kubectl("create", "namespace", f"lab-{user}")
             cluster.kubectl("apply", "-f", "-", input=json.dumps({
                 "apiVersion": "v1", "kind": "List",
-                "items": [render_access.user_role(user), render_access.user_role_binding(user)]}))
+                "items": [render_access.user_role(user), render_access.user_role_binding(user, render_access.access_group(user, "e2e"))]}))
         yield cluster
 
 
@@ -151,12 +151,12 @@ def http_get(url: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def alice(lab) -> Path:
-    return lab.user_kubeconfig("alice")
+    return lab.user_kubeconfig("alice", (render_access.access_group("alice", "e2e"),))
 
 
 @pytest.fixture(scope="module")
 def bob(lab) -> Path:
-    return lab.user_kubeconfig("bob")
+    return lab.user_kubeconfig("bob", (render_access.access_group("bob", "e2e"),))
 
 
 @pytest.fixture

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +77,14 @@ def test_gpuuser_to_account_report_reboot_and_archive(crds, agent_host, unique):
     wait_for(lambda: (get(crds, "sharedcache", f"pip-{unique}").get("status") or {}).get("phase") == "Ready",
              timeout=30, what="cache Ready")
     (root / "data/users" / name / "thesis.tex").write_text("chapter 1")
+
+    # the node's entry declares how much her home takes there, and `labctl admin user ls` shows it as DISK
+    wait_for(lambda: node_entry(crds, name, node).get("homeBytes"), timeout=30, what="her home measured")
+    listing = subprocess.run([str(Path(sys.executable).parent / "labctl"), "admin", "user", "ls"], text=True,
+                             capture_output=True, timeout=60, env={**os.environ, "KUBECONFIG": str(crds.kubeconfig),
+                                                                   "COLUMNS": "200", "NO_COLOR": "1"})
+    row = next(line.split() for line in listing.stdout.splitlines() if line.split()[:1] == [name])
+    assert row[-1].endswith("KiB") or row[-1].endswith("MiB"), listing.stdout
 
     agent.kill()
     import shutil

@@ -12,6 +12,7 @@ import os
 import pytest
 from chaos_support import lab_with_agent, provisioned
 
+from labkeeper.render.access import access_group
 from labkeeper.testing.lab import API_VERSION, Lab, example_policy, gpuuser, workspace
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, wait_for
 
@@ -32,8 +33,9 @@ def security_policy() -> dict:
 def sec(tmp_path_factory):
     with lab_with_agent(tmp_path_factory.mktemp("security"), NODE, security_policy()) as (lab, agent):
         lab.add_users(gpuuser("alice"), gpuuser("bob"))
-        configs = {"admin": None, "alice": lab.cluster.user_kubeconfig("alice"),
-                   "bob": lab.cluster.user_kubeconfig("bob"),
+        # a certificate in the group of each one's current incarnation, as the operator issues it
+        configs = {"admin": None, **{name: lab.cluster.user_kubeconfig(name, (
+                       access_group(name, lab.status("gpuuser", name)["incarnation"]),)) for name in ("alice", "bob")},
                    "mallory": lab.cluster.user_kubeconfig("mallory", ("labkeeper:users",))}
         yield lab, agent, configs
 

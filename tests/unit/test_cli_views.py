@@ -119,7 +119,8 @@ def test_ssh_key_files_keep_keys_and_skip_comments_but_refuse_private_keys():
 
 def test_status_puts_each_limit_beside_its_use():
     user = {"metadata": {"name": "alice"}, "spec": {"tier": "student"},
-            "status": {"phase": "Ready", "usage": {"gpuEquivalents": 1.5, "diskBytes": 2 * 1024**3},
+            "status": {"phase": "Ready", "usage": {"gpuEquivalents": 1.5},
+                       "nodes": [{"node": "a", "homeBytes": 2 * 1024**3}, {"node": "b", "homeBytes": 1024}],
                        "effectiveLimits": {"maxGpuEquivalents": {"value": "2", "source": "tier"},
                                            "cpu": {"value": "32", "source": "tier"},
                                            "maxWorkspaces": {"value": "3", "source": "override"}}}}

@@ -47,10 +47,18 @@ def test_the_user_role_grants_workspaces_and_reading_pods_but_never_pod_creation
 
 
 def test_the_self_reader_role_names_only_her_own_gpuuser():
-    role, binding = render.self_reader_role("alice")
+    role, binding = render.self_reader_role("alice", render.access_group("alice", "1a2b3c4d"))
     assert role["rules"] == [{"apiGroups": ["labkeeper.io"], "resources": ["gpuusers"],
                               "resourceNames": ["alice"], "verbs": ["get", "watch"]}]
-    assert binding["subjects"][0]["name"] == "alice"
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "labkeeper:alice:1a2b3c4d"}]
+
+
+def test_rights_are_bound_to_her_incarnation_never_to_her_name():
+    """A client certificate cannot be revoked: one issued to an earlier alice must match no binding."""
+    for binding in (render.user_role_binding("alice", render.access_group("alice", "1a2b3c4d")),
+                    render.self_reader_role("alice", render.access_group("alice", "1a2b3c4d"))[1]):
+        assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("Group", "labkeeper:alice:1a2b3c4d")]
 
 
 def test_uids_are_never_reused_even_below_the_highest_issued():

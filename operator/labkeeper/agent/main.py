@@ -171,8 +171,12 @@ class Agent:
         meta, spec = user["metadata"], user.get("spec") or {}
         name = meta["name"]
         finalizers = meta.get("finalizers") or []
+        problems = result.report.problems.get(name)
         if meta.get("deletionTimestamp"):
-            if self.finalizer in finalizers and name not in result.report.problems:
+            if self.finalizer in finalizers and problems:
+                # the finalizer stays until the data policy is done; say why it is taking long
+                self._event(user, "OffboardingFailed", f"{self.node}: {'; '.join(problems)}", warning=True)
+            elif self.finalizer in finalizers:
                 self._event(user, "Offboarded", f"{self.node}: account removed, data policy {spec.get('dataPolicy', 'Keep')} applied")
                 self._patch(user, {"metadata": {"finalizers": [f for f in finalizers if f != self.finalizer],
                                                 "resourceVersion": meta["resourceVersion"]}})
@@ -182,9 +186,11 @@ class Agent:
                                             "resourceVersion": meta["resourceVersion"]}})
         state, message = desired.user_node_state(name, want, result, spec.get("state", "Active"))
         if spec.get("state") == "Offboarded":
-            state, message = "Offboarded", f"account removed; data policy {spec.get('dataPolicy', 'Keep')}"
+            # a home the archive could not be checked against stays, and the status says why
+            state, message = ("Failed", f"offboarding: {'; '.join(problems)}") if problems else (
+                "Offboarded", f"account removed; data policy {spec.get('dataPolicy', 'Keep')}")
         entry = {"node": self.node, "state": state, "message": message[:1000]}
-        size = self.scanner.get(f"users/{name}")
+        size = self.scanner.get(f"users/{name}") if spec.get("state") != "Offboarded" else None
         if size is not None:
             entry["homeBytes"] = size
         self._event(user, f"Host{state}", f"{self.node}: {message}", warning=state == "Failed")

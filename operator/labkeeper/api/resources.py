@@ -256,9 +256,16 @@ class LimitSource(Status):
 
 
 class Usage(Status):
-    gpu_equivalents: float = 0
-    workspaces: int = 0
-    disk_bytes: int = 0
+    """Written by the operator within seconds of a pod change; home bytes are per node, in nodes[].homeBytes."""
+
+    gpu_equivalents: float = Field(default=0, description="GPU equivalents of her pods and holds that hold devices")
+    workspaces: int = Field(default=0, description="her workspace pods that are not terminating")
+
+
+class UserNodeState(NodeState):
+    """One node's account and home of the user, written by that node's agent."""
+
+    home_bytes: int | None = Field(default=None, description="bytes her home takes on this node's data root")
 
 
 class GPUUserStatus(Status):
@@ -269,8 +276,11 @@ class GPUUserStatus(Status):
     phase: str | None = None
     kubeconfig_secret: str | None = None
     effective_limits: dict[str, LimitSource] = Field(default_factory=dict)
+    incarnation: str | None = Field(default=None, description=(
+        "this incarnation of the user: her certificate's group labkeeper:<name>:<incarnation> is what her "
+        "bindings name; a new one after offboarding, so an older certificate grants nothing"))
     usage: Usage | None = None
-    nodes: list[NodeState] = Field(default_factory=list)
+    nodes: list[UserNodeState] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

@@ -236,8 +236,6 @@ def disk(ctx: typer.Context, output: Format = OutputOption) -> None:
     status = user.get("status") or {}
     rows = [[f"home {status.get('home') or '/home/' + s.username}", n.get("node", "-"), views.human_bytes(n.get("homeBytes"))]
             for n in status.get("nodes") or [] if n.get("homeBytes") is not None]
-    if not rows and (status.get("usage") or {}).get("diskBytes") is not None:
-        rows.append([f"home {status.get('home') or '-'}", "-", views.human_bytes(status["usage"]["diskBytes"])])
     shared: list[dict] = []
     for kind in ("SharedCache", "ModelStore"):
         try:

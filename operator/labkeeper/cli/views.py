@@ -230,6 +230,12 @@ def limit_value(user: dict, field: str) -> str | None:
     return None if entry is None else str(entry.get("value"))
 
 
+def home_bytes(user: dict) -> int | None:
+    """Her home's size: the largest copy any node's agent measured (on shared storage they all measure the same)."""
+    sizes = [n["homeBytes"] for n in (user.get("status") or {}).get("nodes") or [] if n.get("homeBytes") is not None]
+    return max(sizes) if sizes else None
+
+
 def user_rows(users: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
     headers = ["NAME", "TIER", "STATE", "PHASE", "UID", "GPU EQ", "WORKSPACES", "DISK"]
     rows = []
@@ -243,7 +249,7 @@ def user_rows(users: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
             status.get("phase") or "Pending", str(status.get("uid") or "-"),
             f"{float(usage.get('gpuEquivalents') or 0):g}/{cap}" if cap else "-",
             f"{usage.get('workspaces') or 0}/{max_ws}" if max_ws else str(usage.get("workspaces") or 0),
-            human_bytes(usage.get("diskBytes")) if usage.get("diskBytes") is not None else "-",
+            human_bytes(home_bytes(user)),
         ])
     return headers, rows
 
@@ -277,7 +283,7 @@ def usage_summary(user: dict, workspaces: list[dict], quota: dict | None) -> dic
             ("CPU", used.get("requests.cpu", "-"), limit_value(user, "cpu") or "-"),
             ("memory", used.get("requests.memory", "-"), limit_value(user, "memory") or "-"),
             ("running workspaces", str(len(running)), limit_value(user, "maxWorkspaces") or "-"),
-            ("disk (home)", human_bytes(usage.get("diskBytes")) if usage.get("diskBytes") is not None else "-", "-"),
+            ("disk (home)", human_bytes(home_bytes(user)), "-"),
         ],
         "idleTimeout": limit_value(user, "idleTimeout"),
         "maxRuntime": limit_value(user, "maxRuntime"),

@@ -1,5 +1,10 @@
 """A user's client certificate through the CertificateSigningRequest API, and the kubeconfig
-Secret the agent places in her home."""
+Secret the agent places in her home.
+
+Kubernetes cannot revoke a client certificate, so the certificate's O carries the group of this
+incarnation of the user (render.access.access_group) and her bindings name that group, not her name:
+once she is offboarded and re-added, a certificate from before (one left in an archive or a copy of
+her old ~/.kube/config) still authenticates as her name but matches no binding."""
 
 from __future__ import annotations
 
@@ -43,9 +48,10 @@ def new_key_pem() -> bytes:
                              serialization.NoEncryption())
 
 
-def csr_pem(username: str, key_pem: bytes) -> bytes:
+def csr_pem(username: str, key_pem: bytes, group: str) -> bytes:
     key = serialization.load_pem_private_key(key_pem, password=None)
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, USERS_GROUP),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, group),
                          x509.NameAttribute(NameOID.COMMON_NAME, username)])
     return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256()).public_bytes(
         serialization.Encoding.PEM)
@@ -70,6 +76,11 @@ def kubeconfig(username: str, endpoint: ClusterEndpoint, cert_pem: bytes, key_pe
     })
 
 
+def cert_groups(cert_pem: bytes) -> set[str]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)}
+
+
 def needs_renewal(cert_pem: bytes, now: dt.datetime) -> bool:
     cert = x509.load_pem_x509_certificate(cert_pem)
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
@@ -92,13 +103,14 @@ class Credentials:
         self.endpoint = endpoint
         self.identity = operator_identity
 
-    def ensure(self, user: dict, now: dt.datetime) -> CredentialState:
+    def ensure(self, user: dict, now: dt.datetime, group: str) -> CredentialState:
+        """A valid certificate in `group`; one of an earlier incarnation (another group) is replaced."""
         username = user["metadata"]["name"]
         name = secret_name(username)
         secret = self.kube.get("Secret", name, self.namespace)
         data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
         cert = data.get("client.crt")
-        if cert and not needs_renewal(cert, now) and data.get("config"):
+        if cert and not needs_renewal(cert, now) and data.get("config") and group in cert_groups(cert):
             not_after = x509.load_pem_x509_certificate(cert).not_valid_after_utc.isoformat()
             return CredentialState(True, "client certificate valid", not_after)
 
@@ -110,12 +122,18 @@ class Credentials:
         request_name = csr_name(username, key)
         request = self.kube.get("CertificateSigningRequest", request_name)
         if request is None:
-            request = self.kube.create(self._csr(user, request_name, key))
+            request = self.kube.create(self._csr(user, request_name, key, group))
         issued = (request.get("status") or {}).get("certificate")
         if not issued:
             self._approve(request)
             return CredentialState(False, f"waiting for CertificateSigningRequest {request_name} to be signed")
         cert = base64.b64decode(issued)
+        if group not in cert_groups(cert):
+            # asked for before the incarnation changed: start over with a new key
+            self._write_secret(user, {k: v for k, v in data.items() if k != "pending.key"})
+            self.kube.delete("CertificateSigningRequest", request_name)
+            return CredentialState(False, f"CertificateSigningRequest {request_name} was for an earlier "
+                                          f"incarnation of {username}; asking again")
         config = kubeconfig(username, self.endpoint, cert, key, f"lab-{username}").encode()
         self._write_secret(user, {"client.crt": cert, "client.key": key, "config": config})
         self.kube.delete("CertificateSigningRequest", request_name)
@@ -125,7 +143,7 @@ class Credentials:
     def revoke(self, username: str) -> None:
         self.kube.delete("Secret", secret_name(username), self.namespace)
 
-    def _csr(self, user: dict, name: str, key: bytes) -> dict:
+    def _csr(self, user: dict, name: str, key: bytes, group: str) -> dict:
         username = user["metadata"]["name"]
         return {
             "apiVersion": "certificates.k8s.io/v1",
@@ -133,7 +151,7 @@ class Credentials:
             "metadata": {"name": name, "labels": {LABEL_USER: username, LABEL_MANAGED: MANAGED_BY},
                          "ownerReferences": [owner_reference(user, block=False)]},
             "spec": {
-                "request": _b64(csr_pem(username, key)),
+                "request": _b64(csr_pem(username, key, group)),
                 "signerName": SIGNER,
                 "usages": ["client auth"],
                 "expirationSeconds": int(CERT_LIFETIME.total_seconds()),

@@ -24,6 +24,7 @@ from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.leader import LeaderLease
 from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
 from labkeeper.controller.uids import UidLedger, UidRange
+from labkeeper.controller.usage import UsageWriter
 from labkeeper.controller.users import UserReconciler
 from labkeeper.controller.workspaces import WorkspaceReconciler, clear_stale_handovers
 from labkeeper.kube.client import Kube
@@ -100,6 +101,8 @@ class Operator:
             Credentials(kube, system_namespace, endpoint, kube.whoami()), clock, require_host=require_host,
         )
         self.workspaces = WorkspaceReconciler(kube, self.policy, clock, data_root=data_root)
+        self.usage = UsageWriter(kube, self.policy, clock)
+        self._usage_queued: set[str] = set()
         self.requeue = Requeue()
         # Workspaces with a pass queued but not yet started: events that arrive meanwhile fold into it
         self._queued: set[tuple[str, str]] = set()
@@ -170,6 +173,28 @@ class Operator:
         if outcome.freed:
             self.device_freed(namespace, name)
 
+    def usage_changed(self, namespace: str) -> None:
+        """Queues one usage pass for the namespace's user; the pod and user events of a burst fold into it."""
+        if not namespace.startswith("lab-"):
+            return
+        username = namespace.removeprefix("lab-")
+        if username in self._usage_queued:
+            return
+        self._usage_queued.add(username)
+        task = asyncio.get_running_loop().create_task(self.refresh_usage(username), context=contextvars.Context())
+        self._passes.add(task)
+        task.add_done_callback(self._passes.discard)
+
+    async def refresh_usage(self, username: str) -> None:
+        key = ("usage", username)
+        async with self.requeue.lock(key):
+            self._usage_queued.discard(username)
+            try:
+                await asyncio.to_thread(self.usage.refresh, username)
+            except Exception as err:  # retried; a usage figure must never kill the watch
+                log_failure(err, "GPUUser %s: usage failed: %s", username, err)
+                self.requeue.schedule(key, 5.0, lambda: self.usage_changed(f"lab-{username}"))
+
     def stop(self) -> None:
         """No pass starts once kopf is stopping; it would only fail against a closed executor."""
         self.requeue.cancel_all()
@@ -234,6 +259,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             operator.users.forget(name)
             return
         await operator.reconcile_user(name, dict(body))
+        operator.usage_changed(f"lab-{name}")
         # suspension, a tier change or a new uid can change what each of her workspaces may do
         items = await quietly("listing workspaces", operator.kube.list, "Workspace", f"lab-{name}") or []
         for ws in items:
@@ -244,10 +270,12 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         if event.get("type") == "DELETED":
             operator.workspace_seen(namespace, name, None)
             operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
+            operator.usage_changed(namespace)
             return
         status = body.get("status") or {}
         operator.workspace_seen(namespace, name, status.get("phase"), bool(status.get("waitingSince")))
         operator.workspace_changed(namespace, name)
+        operator.usage_changed(namespace)  # a hold after a stop is recorded in the Workspace's status
 
     @kopf.on.event("", "v1", "pods", registry=registry, labels={"app.kubernetes.io/managed-by": "labkeeper"})
     async def _pod_event(event: dict, body: kopf.Body, labels: dict, namespace: str, **_):
@@ -256,6 +284,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             return
         lost = dict(body) if event.get("type") == "DELETED" and labels.get("labkeeper.io/role") == "workspace" else None
         operator.workspace_changed(namespace, workspace, lost_pod=lost)
+        operator.usage_changed(namespace)
         if event.get("type") == "DELETED":
             operator.device_freed(namespace, workspace)
 

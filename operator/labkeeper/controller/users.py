@@ -8,13 +8,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from kubernetes.client.exceptions import ApiException
 
 from labkeeper.controller.credentials import Credentials
 from labkeeper.controller.policy import PolicyStore, UserEntitlement
 from labkeeper.controller.uids import LedgerFull, UidLedger
-from labkeeper.kube.client import Kube, condition, owner_reference
+from labkeeper.kube.client import Kube, condition, is_conflict, owner_reference
 from labkeeper.render import access as render
 
 FINALIZER = "labkeeper.io/operator"
@@ -60,19 +63,29 @@ class UserReconciler:
 
         entitlement = self.policy.entitlement(name, spec)
         state = spec.get("state", "Active")
-        self._apply_children(user, entitlement, active=state == "Active")
+        group = None
+        if state == "Active":
+            user, incarnation = self._incarnation(user)
+            group = render.access_group(name, incarnation)
+        if state == "Offboarded":
+            self._remove_namespace_and_access(name)
+        else:
+            self._apply_children(user, entitlement, group)
 
         access_ok, access_msg, requeue = True, "RoleBinding and kubeconfig in place", None
-        if state == "Active":
-            creds = self.credentials.ensure(user, now)
+        if group is not None:
+            creds = self.credentials.ensure(user, now, group)
             if not creds.ready:
                 access_ok, access_msg, requeue = False, creds.message, 1.0
         else:
             self.credentials.revoke(name)
             access_ok, access_msg = False, f"user is {state}: access removed"
 
-        quota_ok, quota_msg = self._quota_enforced(name, entitlement)
-        if not quota_ok:
+        if state == "Offboarded":
+            quota_ok, quota_msg = False, "offboarded: her namespace, workspaces and quota are removed"
+        else:
+            quota_ok, quota_msg = self._quota_enforced(name, entitlement)
+        if not quota_ok and state != "Offboarded":
             requeue = 1.0
         host_ok, host_msg = host_provisioned(status)
         host_ready = host_ok or not self.require_host
@@ -87,13 +100,19 @@ class UserReconciler:
         ready_reason = "Ready" if phase == "Ready" else ("Waiting" if phase == "Provisioning" else state)
         ready_msg = "user can log in and use the cluster" if phase == "Ready" else (
             access_msg if not access_ok else (quota_msg if not quota_ok else host_msg))
+        if phase == "Offboarded":
+            ready_msg = (f"offboarded: namespace, workspaces and access removed, data policy "
+                         f"{spec.get('dataPolicy', 'Keep')}; this GPUUser is kept as the record and uid {uid} "
+                         f"stays reserved")
         desired = {
             "uid": uid,
             "gid": uid,
-            "namespace": render.namespace_for(name),
+            "namespace": render.namespace_for(name) if state != "Offboarded" else None,
             "home": f"/home/{name}",
             "phase": phase,
             "kubeconfigSecret": f"{self.credentials.namespace}/kubeconfig-{name}" if state == "Active" else None,
+            # an offboarded user's incarnation ends: if she is ever re-added, she gets a new one
+            **({"incarnation": None} if state == "Offboarded" else {}),
             "effectiveLimits": entitlement.status_view(),
             "observedGeneration": meta.get("generation"),
             "conditions": [
@@ -102,7 +121,8 @@ class UserReconciler:
                           conditions, now),
                 condition("AccessGranted", access_ok, "Granted" if access_ok else "NotGranted", access_msg,
                           conditions, now),
-                condition("QuotaApplied", quota_ok, "Applied" if quota_ok else "Waiting",
+                condition("QuotaApplied", quota_ok, "Applied" if quota_ok else (
+                    "Offboarded" if state == "Offboarded" else "Waiting"),
                           f"tier {entitlement.tier}: {entitlement.summary()}" if quota_ok else quota_msg,
                           conditions, now),
             ],
@@ -111,20 +131,54 @@ class UserReconciler:
         return Outcome(requeue)
 
     # ---- children ---------------------------------------------------------------------------
-    def _apply_children(self, user: dict, entitlement: UserEntitlement, *, active: bool) -> None:
+    def _incarnation(self, user: dict) -> tuple[dict, str]:
+        """This incarnation's id, recorded in the status before any certificate or binding names it; a fresh read
+        under the resourceVersion, so that a stale body can never make a second one."""
+        name = user["metadata"]["name"]
+        for _attempt in range(5):
+            known = (user.get("status") or {}).get("incarnation")
+            if known:
+                return user, known
+            fresh = self.kube.get("GPUUser", name) or user
+            known = (fresh.get("status") or {}).get("incarnation")
+            if known:
+                return fresh, known
+            try:
+                user = self.kube.patch("GPUUser", name, {
+                    "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},
+                    "status": {"incarnation": secrets.token_hex(4)}}, subresource="status")
+            except ApiException as err:
+                if not is_conflict(err):
+                    raise
+                user = fresh
+        raise RuntimeError(f"GPUUser {name}: status kept changing while recording her incarnation")
+
+    def _remove_namespace_and_access(self, name: str) -> None:
+        """Offboarded: her namespace goes, and with it her workspaces, pods, holds, bindings and quota; the GPUUser
+        stays as the record and her uid stays reserved."""
+        if self._applied.get(name) == "offboarded":
+            return
+        self.kube.delete("Namespace", render.namespace_for(name))
+        self.kube.delete("ClusterRoleBinding", f"labkeeper-user:{name}")
+        self.kube.delete("ClusterRole", f"labkeeper-user:{name}")
+        self._applied[name] = "offboarded"
+
+    def _apply_children(self, user: dict, entitlement: UserEntitlement, group: str | None) -> None:
+        """Namespace, role, quota and her own-GPUUser reader; the bindings only while she is active (`group`)."""
         name = user["metadata"]["name"]
         owner = owner_reference(user, block=False)
         grant = entitlement.access
+        active = group is not None
         children = [
             render.namespace(name, owner),
             render.user_role(name),
             render.resource_quota(grant),
             render.priority_quota(grant),
             render.limit_range(grant),
-            *render.self_reader_role(name, owner),
+            *render.self_reader_role(name, group or "", owner),
         ]
-        binding = render.user_role_binding(name)
-        fingerprint = hashlib.sha256(json.dumps([children, active], sort_keys=True).encode()).hexdigest()
+        binding = render.user_role_binding(name, group or "")
+        fingerprint = hashlib.sha256(json.dumps([children, binding, active], sort_keys=True).encode()).hexdigest()
         if self._applied.get(name) == fingerprint:
             return
         for child in children:

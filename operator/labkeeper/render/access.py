@@ -22,6 +22,17 @@ def namespace_for(username: str) -> str:
     return f"lab-{username}"
 
 
+def access_group(username: str, incarnation: str) -> str:
+    """The group in the user's client certificate that her bindings name. Kubernetes cannot revoke a client
+    certificate, so rights are bound to this incarnation of her, never to the name: a user re-added after
+    offboarding gets a new incarnation, and a certificate issued before it grants nothing."""
+    return f"labkeeper:{username}:{incarnation}"
+
+
+def _group_subject(group: str) -> list[dict]:
+    return [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]
+
+
 def priority_class_for(tier: str) -> str:
     return f"labkeeper-{tier}"
 
@@ -74,17 +85,17 @@ def user_role(username: str) -> dict:
     }
 
 
-def user_role_binding(username: str) -> dict:
+def user_role_binding(username: str, group: str) -> dict:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": {"name": ROLE_NAME, "namespace": namespace_for(username), "labels": _labels(username)},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_NAME},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": username}],
+        "subjects": _group_subject(group),
     }
 
 
-def self_reader_role(username: str, owner: dict | None = None) -> tuple[dict, dict]:
+def self_reader_role(username: str, group: str, owner: dict | None = None) -> tuple[dict, dict]:
     """A ClusterRole + binding that lets the user read her own GPUUser and nothing else cluster-wide."""
     name = f"labkeeper-user:{username}"
     meta: dict = {"name": name, "labels": _labels(username)}
@@ -102,7 +113,7 @@ def self_reader_role(username: str, owner: dict | None = None) -> tuple[dict, di
         "kind": "ClusterRoleBinding",
         "metadata": dict(meta),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": username}],
+        "subjects": _group_subject(group),
     }
     return role, binding
 

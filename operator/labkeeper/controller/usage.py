@@ -1,0 +1,69 @@
+"""GPUUser.status.usage from what labkeeper made in her namespace, counted the way her caps are enforced: GPU
+equivalents of every pod that still holds its devices (not terminating, not finished) plus the device a stopped
+workspace holds after its stop (a hold recorded in its status), and her workspace pods. Home bytes are per node,
+in status.nodes[].homeBytes, written by each node's agent; this write never waits for them, so each change is one
+status write."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from kubernetes.client.exceptions import ApiException
+
+from labkeeper.api import admission as api_admission
+from labkeeper.controller.policy import PolicyStore
+from labkeeper.kube.client import Kube
+from labkeeper.render.access import LABEL_MANAGED, MANAGED_BY, namespace_for
+from labkeeper.render.pod import LABEL_ROLE, LABEL_WORKSPACE
+
+MANAGED_PODS = f"{LABEL_MANAGED}={MANAGED_BY}"
+
+
+def resource_equivalents(resource: str, count: int, weights: dict[str, float]) -> float:
+    if resource == "nvidia.com/gpu":
+        return weights.get("full", 1.0) * count
+    if resource.startswith("nvidia.com/mig-"):
+        return weights.get(resource.removeprefix("nvidia.com/mig-"), 1.0) * count
+    return 0.0
+
+
+def usage_of(pods: list[dict], workspaces: list[dict], weights: dict[str, float], now: dt.datetime) -> dict:
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    gpus = sum(resource_equivalents(r, n, weights) for p in live for r, n in api_admission.pod_devices(p))
+    with_pod = {(p["metadata"].get("labels") or {}).get(LABEL_WORKSPACE) for p in live}
+    for ws in workspaces:
+        held = api_admission.hold_claim(ws, now)
+        if held is not None and ws["metadata"]["name"] not in with_pod:
+            gpus += resource_equivalents(held.resource, held.count, weights)
+    return {
+        "gpuEquivalents": round(gpus, 4),
+        "workspaces": sum(1 for p in live if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "workspace"),
+    }
+
+
+class UsageWriter:
+    def __init__(self, kube: Kube, policy: PolicyStore, clock) -> None:
+        self.kube = kube
+        self.policy = policy
+        self.clock = clock
+
+    def refresh(self, username: str) -> bool:
+        """Write her usage if it changed; returns whether a write was made."""
+        user = self.kube.get("GPUUser", username)
+        if user is None or user["metadata"].get("deletionTimestamp"):
+            return False
+        namespace = namespace_for(username)
+        pods = self.kube.list("Pod", namespace, label_selector=MANAGED_PODS)
+        workspaces = self.kube.list("Workspace", namespace)
+        usage = usage_of(pods, workspaces, self.policy.current.gpu_weights, self.clock())
+        current = (user.get("status") or {}).get("usage") or {}
+        if all(current.get(key) == value for key, value in usage.items()):
+            return False
+        try:
+            self.kube.patch("GPUUser", username, {"status": {"usage": usage}}, subresource="status")
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            return False
+        return True
