@@ -13,8 +13,8 @@ LABCTL = Path(sys.executable).parent / "labctl"
 
 
 def run_labctl(*args: str, kubeconfig: Path | str, input: str | None = None, timeout: float = 120,
-               home: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "COLUMNS": "200", "NO_COLOR": "1"}
+               home: Path | None = None, columns: str = "200") -> subprocess.CompletedProcess:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "COLUMNS": columns, "NO_COLOR": "1"}
     if home is not None:
         env["HOME"] = str(home)
     return subprocess.run([str(LABCTL), *args], input=input, capture_output=True, text=True, timeout=timeout,

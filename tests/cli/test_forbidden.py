@@ -17,6 +17,8 @@ def test_alice_reaching_into_bobs_namespace_reads_forbidden(cluster, labctl):
         assert lines[0].startswith("error: Forbidden: "), (args, result.stderr)
         assert 'User "alice" cannot' in lines[0] and 'in the namespace "lab-bob"' in lines[0]
         assert len(lines) == 2 and lines[1].startswith("hint: ")
+        # the hint names alice's own namespace, never the one she reached for
+        assert lines[1].endswith("your own namespace (lab-alice), not lab-bob"), (args, lines[1])
 
 
 def test_an_unreachable_api_server_is_one_line_not_a_traceback(cluster, labctl, tmp_path):

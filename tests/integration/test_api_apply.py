@@ -80,10 +80,11 @@ def test_every_example_applies_and_kubectl_get_shows_the_printer_columns(api):
     row = dict(zip(["NAME", "TIER"], lines[1].split()[:2], strict=True))
     assert row == {"NAME": "alice", "TIER": "student"} and "Active" in lines[1].split()
     workspaces = api.kubectl("get", "ws", "-n", "lab-alice").stdout
-    assert workspaces.split("\n")[0].split() == ["NAME", "STATE", "PHASE", "GPU", "IDLE", "FOR", "RUNTIME(S)", "AGE"]
+    assert workspaces.split("\n")[0].split() == ["NAME", "STATE", "PHASE", "GPU", "RUNNING", "FOR", "IDLE", "FOR",
+                                                  "KEPT", "UNTIL", "AGE"]
     assert "1g.10gb" in workspaces
-    # `sc` is also StorageClass's short name, so the category and the full plural are the reliable ways in
-    both = api.kubectl("get", "gu,ws,sharedcaches,ms", "-A").stdout
+    # what `make dev` prints: every short name reaches labkeeper's kind (`sc` would have listed StorageClasses)
+    both = api.kubectl("get", "gu,ws,scache,ms", "-A").stdout
     for name in ("gpuuser.labkeeper.io/alice", "workspace.labkeeper.io/pytorch", "sharedcache.labkeeper.io/pip",
                  "modelstore.labkeeper.io/huggingface"):
         assert name in both

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from labkeeper.api.names import (
     CACHE_ENV_NAMES,
+    ENV_NAME_PATTERN,
     REFUSED_GROUPS,
     RESERVED_USERNAMES,
     USERNAME_PATTERN,
@@ -92,12 +93,14 @@ def test_ordinary_groups_pass_and_the_crd_refuses_exactly_the_same_groups():
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     rule = spec["properties"]["groups"]["items"]["x-kubernetes-validations"][0]["rule"]
     assert set(re.findall(r"'([^']+)'", rule)) == REFUSED_GROUPS
+    assert spec["properties"]["groups"]["items"]["pattern"] == USERNAME_PATTERN  # the name rule stays beside it
 
 
 def test_the_crd_allows_exactly_the_cache_names():
     for kind in ("sharedcaches", "modelstores"):
         crd = yaml.safe_load((REPO_ROOT / "crds" / f"{kind}.labkeeper.io.yaml").read_text())
         spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        rule = spec["properties"]["env"]["items"]["properties"]["name"]["x-kubernetes-validations"][0]["rule"]
-        listed = rule.split(" || ")[0]
+        name = spec["properties"]["env"]["items"]["properties"]["name"]
+        listed = name["x-kubernetes-validations"][0]["rule"].split(" || ")[0]
         assert set(re.findall(r"'([^']+)'", listed)) == CACHE_ENV_NAMES
+        assert name["pattern"] == ENV_NAME_PATTERN

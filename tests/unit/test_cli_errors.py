@@ -22,12 +22,15 @@ def api_error(status: int, message: str) -> ApiException:
 def test_forbidden_names_the_verb_the_namespace_and_where_the_user_may_work():
     err = errors.from_api(api_error(403, 'workspaces.labkeeper.io "x" is forbidden: User "alice" cannot get resource '
                                          '"workspaces" in API group "labkeeper.io" in the namespace "lab-bob"'),
-                          namespace="lab-alice")
+                          namespace="lab-bob", own_namespace="lab-alice")
     assert err.lines() == [
         'error: Forbidden: workspaces.labkeeper.io "x" is forbidden: User "alice" cannot get resource "workspaces" '
         'in API group "labkeeper.io" in the namespace "lab-bob"',
-        "hint: ask the lab admin if you need this; you can use only your own namespace (lab-alice)"]
+        "hint: ask the lab admin if you need this; you can use only your own namespace (lab-alice), not lab-bob"]
     assert err.exit_code == 1
+    # carol acting with --user alice is told about her own namespace, never alice's
+    carol = errors.from_api(api_error(403, "forbidden"), namespace="lab-alice", own_namespace="lab-carol")
+    assert carol.hint.endswith("your own namespace (lab-carol), not lab-alice")
 
 
 def test_quota_refusals_and_unreachable_servers_read_plainly():

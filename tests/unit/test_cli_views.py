@@ -46,7 +46,11 @@ def test_ls_shows_idle_countdown_keepalive_and_the_reason_a_workspace_waits():
            idleDeadline="2026-03-01T12:25:00Z", message="running on gpu-node-1"),
         ws("eval", "Pending", reason="QuotaExceeded",
            message="2.00 GPU equivalents in use + 1.00 requested > cap 2.00 for tier student"),
-        ws("notebook", "Running", spec={"keepAliveUntil": "2026-03-01T15:00:00Z"}, idleDeadline="2026-03-01T15:00:00Z"),
+        ws("notebook", "Running", spec={"keepAliveUntil": "2026-03-01T15:00:00Z"}, idleDeadline="2026-03-01T15:00:00Z",
+           keepAliveUntil="2026-03-01T15:00:00Z"),
+        # asked for four days, granted the policy's cap: ls shows what the operator granted, not the spec
+        ws("greedy", "Running", spec={"keepAliveUntil": "2026-03-05T12:00:00Z"}, idleDeadline="2026-03-02T12:00:00Z",
+           keepAliveUntil="2026-03-02T12:00:00Z"),
     ]
     headers, rows = views.workspace_rows(items, NOW)
     table = {row[0]: dict(zip(headers, row, strict=True)) for row in rows}
@@ -56,6 +60,7 @@ def test_ls_shows_idle_countdown_keepalive_and_the_reason_a_workspace_waits():
     assert table["eval"]["PHASE"] == "Pending"
     assert table["eval"]["MESSAGE"].startswith("QuotaExceeded: 2.00 GPU equivalents in use")
     assert table["notebook"]["IDLE"] == "kept 3h00m"
+    assert table["greedy"]["IDLE"] == "kept 1d00h"
 
 
 def test_ls_across_users_names_each_workspace_owner():
@@ -81,6 +86,35 @@ def test_waiting_ends_well_when_running_and_badly_on_quota_with_the_numbers():
     assert failed.done and not failed.ok and "ErrImagePull: no such image" in failed.line
 
 
+def test_hints_after_waiting_fit_where_the_workspace_stood():
+    def hint(**status):
+        verdict = views.wait_verdict(ws("t", **status), "Running")
+        if not verdict.done:
+            verdict = views.Verdict(True, False, "timed out after 5s waiting for t to be Running; last seen: x",
+                                    verdict.phase, verdict.reason, verdict.current)
+        return views.wait_hint(verdict, "t")
+
+    waiting = hint(phase="Pending", reason="Unschedulable", message="0/2 nodes are available")
+    assert "waiting for a device" in waiting and "operator" not in waiting
+    assert "operator" in hint(phase="Stopped", generation=2, observed=1)
+    count = hint(phase="Pending", reason="QuotaExceeded", message="3 workspaces running, tier student allows 3")
+    assert "as many workspaces as your tier allows" in count and "GPUs" not in count
+    assert "free GPUs" in hint(phase="Pending", reason="QuotaExceeded", message="2.00 GPU equivalents in use")
+
+
+def test_labctl_refuses_beyond_the_tier_in_the_operators_words():
+    user = {"spec": {"tier": "student"}, "status": {"effectiveLimits": {
+        "cpu": {"value": "32"}, "memory": {"value": "32Gi"}, "allowedProfiles": {"value": "1g.10gb,2g.20gb"},
+        "allowedImages": {"value": ""}, "keepAliveMax": {"value": "24h"}}}}
+    assert views.entitlement_problem(user, {"image": "x", "cpu": "64"}) == \
+        "spec.cpu 64 exceeds the tier student limit of 32"
+    assert views.entitlement_problem(user, {"image": "x", "gpu": {"profile": "7g.80gb"}}).startswith(
+        "spec.gpu.profile '7g.80gb' is not allowed for tier student")
+    assert views.entitlement_problem(user, {"image": "x", "cpu": "4", "memory": "16Gi"}) is None
+    assert views.entitlement_problem({"spec": {}, "status": {}}, {"cpu": "999"}) is None  # no limits: operator decides
+    assert views.keep_alive_cap(user) == dt.timedelta(hours=24)
+
+
 def test_waiting_goes_on_while_unschedulable_and_idle_warning_counts_as_running():
     assert not views.wait_verdict(ws("t", "Pending", reason="Unschedulable", message="0/2 nodes"), "Running").done
     assert views.wait_verdict(ws("t", "IdleWarning"), "Running").ok
@@ -104,9 +138,13 @@ def test_gpuuser_manifest_refuses_names_that_cannot_be_a_namespace():
     body = views.gpuuser_manifest("carol", tier="researcher", groups=["vision"], ssh_keys=["ssh-ed25519 AAAA c@x"])
     assert body["spec"] == {"displayName": "carol", "tier": "researcher", "state": "Active", "groups": ["vision"],
                             "sshKeys": ["ssh-ed25519 AAAA c@x"]}
-    for bad in ("Carol", "carol_b", "1carol", "c" * 40):
+    for bad in ("Carol", "carol_b", "1carol", "c" * 40, "bob-", "c" * 33, "root"):
         with pytest.raises(ValueError, match="lab-"):
             views.gpuuser_manifest(bad, tier="student")
+    # the API's rule, not a second one: 32 characters are a valid username
+    assert views.gpuuser_manifest("c" * 32, tier="student")["metadata"]["name"] == "c" * 32
+    with pytest.raises(ValueError, match="group 'sudo' is a privileged or system group"):
+        views.gpuuser_manifest("carol", tier="student", groups=["sudo"])
 
 
 def test_ssh_key_files_keep_keys_and_skip_comments_but_refuse_private_keys():

@@ -132,12 +132,13 @@ def _cel_list(names) -> str:
 
 
 # an extra host group of a GPUUser: never one that hands out root or the machine
-HostGroup = Annotated[str, AfterValidator(validate_group), Field(
+# (Field before the validator: after it, pydantic leaves the pattern out of the JSON schema, so out of the CRD)
+HostGroup = Annotated[str, Field(
     pattern=USERNAME_PATTERN, max_length=32,
     json_schema_extra=validations(cel(
         f"!(self in {_cel_list(REFUSED_GROUPS)})",
         "is a privileged or system group on the host (root, sudo, adm, disk, docker, ...); labkeeper never grants it",
-        reason="FieldValueForbidden")))]
+        reason="FieldValueForbidden"))), AfterValidator(validate_group)]
 GpuProfile = Literal["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full", "none"]
 AllowedProfile = Literal["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full"]
 SshKey = Annotated[str, Field(
@@ -180,13 +181,13 @@ class Limits(Model):
 
 
 class EnvVar(Model):
-    name: Annotated[str, AfterValidator(validate_cache_env_name), Field(
+    name: Annotated[str, Field(
         pattern=ENV_NAME_PATTERN, max_length=128,
         description="a variable that points a tool at the tree: " + CACHE_ENV_RULE_TEXT,
         json_schema_extra=validations(cel(
             f"self in {_cel_list(CACHE_ENV_NAMES)} || self.matches('{CACHE_ENV_SUFFIX_PATTERN}')",
             "does not point a tool at a cache or a model tree; allowed: " + CACHE_ENV_RULE_TEXT,
-            reason="FieldValueForbidden")))]
+            reason="FieldValueForbidden"))), AfterValidator(validate_cache_env_name)]
     value: str = Field(default="", max_length=4096,
                        description="may use $(PATH) for the tree's absolute path on the host")
 

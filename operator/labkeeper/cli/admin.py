@@ -9,10 +9,11 @@ from pathlib import Path
 import typer
 import yaml
 
+from labkeeper.api.policy import PolicyError, load_policy
 from labkeeper.cli import board as board_view
 from labkeeper.cli import doctor as doctor_checks
 from labkeeper.cli import views
-from labkeeper.cli.app import OutputOption, admin_app, import_app, policy_app, session, user_app
+from labkeeper.cli.app import OutputOption, admin_app, cache_app, import_app, policy_app, session, user_app
 from labkeeper.cli.errors import EXIT_USAGE, LabctlError
 from labkeeper.cli.output import Format, as_list, console, dump, emit, table
 from labkeeper.cli.session import SYSTEM_NAMESPACE, Session, namespace_for
@@ -20,6 +21,7 @@ from labkeeper.kube.client import is_conflict
 
 POLICY_CONFIGMAP = "labkeeper-policy"
 POLICY_KEY = "policy.yaml"
+CLEAN_ANNOTATION = "labkeeper.io/clean-requested"
 
 
 def usage_error(message: str) -> LabctlError:
@@ -72,6 +74,9 @@ def user_add(
         sys.stdout.write(dump(body, Format.json if output == Format.json else Format.yaml))
         return
     s = session(ctx)
+    tiers = policy_tiers(s)
+    if tiers is not None and tier not in tiers:
+        raise usage_error(f"--tier {tier!r} is not a tier of the lab policy; valid: {', '.join(sorted(tiers))}")
     try:
         created = s.kube.create(body)
     except Exception as err:
@@ -172,6 +177,15 @@ def read_policy_text(s: Session) -> str:
         raise LabctlError(f"ConfigMap {SYSTEM_NAMESPACE}/{POLICY_CONFIGMAP} not found",
                           "the chart installs it from values.policy; the operator uses built-in defaults meanwhile")
     return (cm.get("data") or {}).get(POLICY_KEY, "")
+
+
+def policy_tiers(s: Session) -> set[str] | None:
+    """The tiers of the policy in force (the built-in ones without a ConfigMap); None when it cannot be read."""
+    cm = s.kube.get("ConfigMap", POLICY_CONFIGMAP, SYSTEM_NAMESPACE)
+    try:
+        return set(load_policy((cm.get("data") or {}).get(POLICY_KEY, "") if cm else "").tiers)
+    except PolicyError:  # a broken ConfigMap is the operator's to report; it keeps the last good policy
+        return None
 
 
 @policy_app.command("show")
@@ -314,3 +328,16 @@ def doctor(
             console().print(line, markup=False, highlight=False)
     if any(c.state == "fail" for c in checks):
         raise typer.Exit(1)
+
+
+# ---- shared caches -------------------------------------------------------------------------------
+@cache_app.command("clean")
+def cache_clean(ctx: typer.Context, name: str = typer.Argument(..., help="SharedCache name, e.g. pip")) -> None:
+    """Ask the node agents to clean a shared cache now, by its own cleanup policy (admins: it is cluster-wide)."""
+    s = session(ctx)
+    if s.kube.get("SharedCache", name) is None:
+        raise LabctlError(f"SharedCache {name} not found", "`kubectl get sharedcaches` lists the lab's caches")
+    stamp = views.rfc3339(views.dt.datetime.now(views.dt.UTC))
+    s.kube.patch("SharedCache", name, {"metadata": {"annotations": {CLEAN_ANNOTATION: stamp}}})
+    console().print(f"cleanup of cache {name} requested at {stamp}; the node agents report what they freed "
+                    f"in `kubectl get sharedcache {name} -o yaml` (status.lastCleanup)")

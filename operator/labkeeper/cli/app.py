@@ -24,11 +24,11 @@ user_app = typer.Typer(help="Lab members (GPUUser objects): add, list, show, sus
 policy_app = typer.Typer(help="The lab policy (ConfigMap labkeeper-policy): show it, explain a user's limits.",
                          no_args_is_help=True)
 import_app = typer.Typer(help="Bring users and limits over from the predecessor tools.", no_args_is_help=True)
-cache_app = typer.Typer(help="Shared package caches (SharedCache objects).", no_args_is_help=True)
+cache_app = typer.Typer(help="Shared package caches (SharedCache objects): clean one now.", no_args_is_help=True)
 
 app.add_typer(admin_app, name="admin")
-app.add_typer(cache_app, name="cache")
 admin_app.add_typer(user_app, name="user")
+admin_app.add_typer(cache_app, name="cache")
 admin_app.add_typer(policy_app, name="policy")
 admin_app.add_typer(import_app, name="import")
 

@@ -103,7 +103,7 @@ def check_agent(s: Session) -> Check:
            "DaemonSet); then kubectl -n labkeeper-system describe ds -l app.kubernetes.io/component=agent")
     daemonsets = k8s.AppsV1Api(s.kube.api).list_namespaced_daemon_set(SYSTEM_NAMESPACE, label_selector=AGENT_SELECTOR)
     if not daemonsets.items:
-        return Check("node agent", "fail", f"no agent DaemonSet in {SYSTEM_NAMESPACE}", fix)
+        return check_agent_processes(s, fix)
     problems = []
     for ds in daemonsets.items:
         st = ds.status
@@ -113,6 +113,34 @@ def check_agent(s: Session) -> Check:
         return Check("node agent", "fail", "; ".join(problems), fix)
     ready = sum(ds.status.number_ready or 0 for ds in daemonsets.items)
     return Check("node agent", "ok", f"{ready} agent pod(s) ready")
+
+
+def reporting_nodes(objects: list[dict]) -> set[str]:
+    """Nodes whose agent has written its entry into a GPUUser's, SharedCache's or ModelStore's status.nodes."""
+    return {n["node"] for o in objects for n in (o.get("status") or {}).get("nodes") or [] if n.get("node")}
+
+
+def check_agent_processes(s: Session, fix: str) -> Check:
+    """No DaemonSet: agents may run as processes outside the cluster (`make dev`, a systemd unit). Their only
+    trace in the API is each node's entry in the status of the objects they provision."""
+    objects: list[dict] = []
+    for kind in ("GPUUser", "SharedCache", "ModelStore"):
+        try:
+            objects += s.kube.list(kind)
+        except ApiException as err:
+            if err.status != 404:  # no CRD yet: the CRDs check says so
+                raise
+    reported = reporting_nodes(objects)
+    if not reported:
+        return Check("node agent", "fail", f"no agent DaemonSet in {SYSTEM_NAMESPACE}, and no agent running "
+                     "elsewhere has reported on any GPUUser, SharedCache or ModelStore", fix)
+    silent = sorted({n["metadata"]["name"] for n in s.kube.list("Node")} - reported)
+    where = f"no agent DaemonSet in {SYSTEM_NAMESPACE}; agents outside the cluster (as `make dev` runs them) " \
+            f"have reported for {', '.join(sorted(reported))}"
+    if silent:
+        return Check("node agent", "warn", f"{where}; none for {', '.join(silent)}",
+                     "start an agent for each node (python -m labkeeper agent --node NAME ...), or install the chart")
+    return Check("node agent", "ok", where)
 
 
 def gpu_resources(nodes: list[dict]) -> dict[str, dict[str, str]]:

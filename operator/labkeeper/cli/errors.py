@@ -32,7 +32,8 @@ def _server_message(err: ApiException) -> str:
         return err.reason or f"HTTP {err.status}"
 
 
-def from_api(err: ApiException, *, namespace: str | None = None) -> LabctlError:
+def from_api(err: ApiException, *, namespace: str | None = None, own_namespace: str | None = None) -> LabctlError:
+    """`namespace` is where the command acted (--user picks another); `own_namespace` the caller's own, if any."""
     message = _server_message(err)
     if err.status == 401:
         return LabctlError("the API server did not accept your credentials (Unauthorized)",
@@ -40,7 +41,9 @@ def from_api(err: ApiException, *, namespace: str | None = None) -> LabctlError:
     if err.status == 403:
         if "exceeded quota" in message:
             return LabctlError(f"QuotaExceeded: {message}", "stop a workspace (`labctl ls`, `labctl stop NAME`) first")
-        own = f"; you can use only your own namespace{f' ({namespace})' if namespace else ''}"
+        own = "; you can use only your own namespace" + (f" ({own_namespace})" if own_namespace else "")
+        if namespace and namespace != own_namespace:
+            own += f", not {namespace}"
         return LabctlError(f"Forbidden: {message}", "ask the lab admin if you need this" + own)
     if err.status == 404:
         return LabctlError(f"NotFound: {message}")

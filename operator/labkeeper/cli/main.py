@@ -19,11 +19,15 @@ def _report(error: LabctlError) -> int:
     return error.exit_code
 
 
-def _namespace() -> str | None:
-    try:
-        return CURRENT[-1].namespace if CURRENT else None
-    except Exception:  # naming the namespace is a courtesy in an error message, never a second failure
-        return None
+def _namespaces() -> dict[str, str | None]:
+    """Where the command acted and the caller's own namespace, for a Forbidden hint."""
+    found: dict[str, str | None] = {"namespace": None, "own_namespace": None}
+    for key, attr in (("namespace", "namespace"), ("own_namespace", "own_namespace")):
+        try:
+            found[key] = getattr(CURRENT[-1], attr) if CURRENT else None
+        except Exception:  # naming a namespace is a courtesy in an error message, never a second failure
+            found[key] = None
+    return found
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -36,7 +40,7 @@ def run(argv: list[str] | None = None) -> int:
     except LabctlError as err:
         return _report(err)
     except ApiException as err:
-        return _report(from_api(err, namespace=_namespace()))
+        return _report(from_api(err, **_namespaces()))
     except KeyboardInterrupt:
         err_console().print("interrupted")
         return 130

@@ -18,9 +18,14 @@ class Format(enum.StrEnum):
     yaml = "yaml"
 
 
+# into a file or a pipe there is no screen to fit: rows stay whole, as kubectl prints them, whatever COLUMNS says
+PIPE_WIDTH = 100_000
+
+
 def console() -> Console:
-    # soft_wrap keeps long messages on one line when output goes to a file or a pipe
-    return Console(soft_wrap=not sys.stdout.isatty(), highlight=False)
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(soft_wrap=True, highlight=False, width=PIPE_WIDTH)
 
 
 def err_console() -> Console:

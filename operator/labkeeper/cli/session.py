@@ -103,3 +103,9 @@ class Session:
     @property
     def namespace(self) -> str:
         return namespace_for(self.username)
+
+    @property
+    def own_namespace(self) -> str | None:
+        """The caller's own lab namespace, from her certificate's name, whatever --user or the context say."""
+        name = self.identity
+        return None if name.startswith("system:") or ":" in name else namespace_for(name)

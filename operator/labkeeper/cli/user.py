@@ -1,4 +1,4 @@
-"""What a lab member runs every day: up, ls, status, stop, start, down, keepalive, disk, cache clean."""
+"""What a lab member runs every day: up, ls, status, stop, start, down, keepalive, disk."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from collections.abc import Callable
 
 import typer
 
+from labkeeper.api.units import format_duration
 from labkeeper.cli import views
-from labkeeper.cli.app import OutputOption, app, cache_app, session
+from labkeeper.cli.app import OutputOption, app, session
 from labkeeper.cli.errors import EXIT_USAGE, LabctlError
 from labkeeper.cli.output import Format, as_list, console, emit, table
 from labkeeper.cli.session import Session
 
 DEFAULT_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
-CLEAN_ANNOTATION = "labkeeper.io/clean-requested"
 
 
 def now() -> dt.datetime:
@@ -57,7 +57,8 @@ def wait_for(s: Session, name: str, want: str, timeout: float, *, clock: Callabl
                 return verdict
             if clock() >= deadline:
                 return views.Verdict(True, False, f"timed out after {timeout:.0f}s waiting for {name} to be {want}; "
-                                     f"last seen: {verdict.line.split(': ', 1)[-1]}")
+                                     f"last seen: {verdict.line.split(': ', 1)[-1]}", verdict.phase, verdict.reason,
+                                     verdict.current)
             sleep(0.5)
     finally:
         if status_ctx:
@@ -66,12 +67,7 @@ def wait_for(s: Session, name: str, want: str, timeout: float, *, clock: Callabl
 
 def finish_wait(verdict: views.Verdict, name: str, want: str) -> None:
     if not verdict.ok:
-        hint = None
-        if "timed out" in verdict.line:
-            hint = "is the operator running? `labctl admin doctor` checks (or `kubectl get ws " + name + " -o yaml`)"
-        elif "QuotaExceeded" in verdict.line:
-            hint = f"it stays queued and starts when you free GPUs; `labctl down {name}` withdraws it"
-        raise LabctlError(verdict.line, hint)
+        raise LabctlError(verdict.line, views.wait_hint(verdict, name))
     console().print(verdict.line)
     if want == "Running":
         console().print(views.enter_hint(name))
@@ -97,22 +93,36 @@ def up(
     except ValueError as err:
         raise usage_error(str(err)) from err
     existing = s.kube.get("Workspace", name, s.namespace)
+    changes: dict = {"state": "Running"}
+    if existing is not None:
+        if gpu:
+            changes["gpu"] = {"profile": gpu, "count": gpu_count or 1}
+        for key, value in (("image", image), ("cpu", cpu), ("memory", memory)):
+            if value:
+                changes[key] = value
+    refuse_beyond_entitlement(s, name, body["spec"] if existing is None else {**existing.get("spec", {}), **changes})
     if existing is None:
         body["metadata"]["namespace"] = s.namespace
         s.kube.create(body)
         console().print(f"workspace {name} created in {s.namespace}"
                         f" ({views.gpu_label(body['spec']) if gpu not in (None, 'none') else 'no GPU'})")
     else:
-        changes: dict = {"state": "Running"}
-        if gpu:
-            changes["gpu"] = {"profile": gpu, "count": gpu_count or 1}
-        for key, value in (("image", image), ("cpu", cpu), ("memory", memory)):
-            if value:
-                changes[key] = value
         s.kube.patch("Workspace", name, {"spec": changes}, s.namespace)
         console().print(f"workspace {name} exists; starting it")
     if wait:
         finish_wait(wait_for(s, name, "Running", timeout), name, "Running")
+
+
+def refuse_beyond_entitlement(s: Session, name: str, spec: dict) -> None:
+    """Refuse what the operator would leave waiting as NotEntitled forever, in its words, before applying it."""
+    try:
+        user = s.kube.get("GPUUser", s.username)
+    except Exception:  # an admin's --user, or a user without her own GPUUser yet: the operator still decides
+        return
+    problem = views.entitlement_problem(user, spec) if user else None
+    if problem:
+        raise LabctlError(views.cannot_start(name, "NotEntitled", problem),
+                          "`labctl status` shows your limits; ask the lab admin if you need more")
 
 
 @app.command("ls")
@@ -220,10 +230,15 @@ def keepalive(
     except ValueError as err:
         raise usage_error(str(err)) from err
     get_workspace(s, name)
+    user = s.kube.get("GPUUser", s.username)
+    cap = views.keep_alive_cap(user) if user else None
+    if cap is not None and delta > cap:
+        raise usage_error(f"keep-alive {format_duration(delta)} for {name} is beyond the lab policy's cap of "
+                          f"{format_duration(cap)} (keepAliveMax); ask for at most {format_duration(cap)}")
     until = views.rfc3339(now() + delta)
     s.kube.patch("Workspace", name, {"spec": {"keepAliveUntil": until}}, s.namespace)
-    console().print(f"workspace {name} is kept alive until {until} ({views.human_duration(delta)}); "
-                    "the lab policy may cap this")
+    console().print(f"workspace {name} is kept alive until {until} ({views.human_duration(delta)})"
+                    + ("" if cap is not None else "; the lab policy may cap this (`labctl ls` shows what it granted)"))
 
 
 @app.command()
@@ -250,15 +265,3 @@ def disk(ctx: typer.Context, output: Format = OutputOption) -> None:
                                                               "sizeBytes": (o.get("status") or {}).get("sizeBytes")}
                                                              for o in shared]}
     emit(data, output, ["WHAT", "WHERE", "SIZE"], rows, empty="no disk usage reported yet (the node agent measures it)")
-
-
-@cache_app.command("clean")
-def cache_clean(ctx: typer.Context, name: str = typer.Argument(..., help="SharedCache name, e.g. pip")) -> None:
-    """Ask the node agent to clean a shared cache now (it follows the cache's cleanup policy)."""
-    s = session(ctx)
-    if s.kube.get("SharedCache", name) is None:
-        raise LabctlError(f"SharedCache {name} not found", "`kubectl get sharedcaches` lists the lab's caches")
-    stamp = views.rfc3339(now())
-    s.kube.patch("SharedCache", name, {"metadata": {"annotations": {CLEAN_ANNOTATION: stamp}}})
-    console().print(f"cleanup of cache {name} requested at {stamp}; the node agent reports what it freed "
-                    f"in `kubectl get sharedcache {name} -o yaml` (status.lastCleanup)")

@@ -7,14 +7,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from labkeeper.api.names import InvalidName, validate_group, validate_username
+from labkeeper.api.policy import not_entitled
 from labkeeper.api.units import format_time
+from labkeeper.api.units import parse_duration as parse_policy_duration
 
 API_VERSION = "labkeeper.io/v1alpha1"
 GPU_PROFILES = ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full", "none")
-# Linux username rules that also make a valid namespace name (lab-<u>): no underscores, no capitals
-USERNAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 WORKSPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -111,8 +112,8 @@ def idle_text(ws: dict, now: dt.datetime) -> str:
     status = ws.get("status") or {}
     if phase_of(ws) not in ("Running", "IdleWarning"):
         return "-"
-    keep = parse_time((ws.get("spec") or {}).get("keepAliveUntil"))
-    if keep and keep > now:
+    keep = kept_until(ws, now)
+    if keep:
         return f"kept {human_duration(keep - now)}"
     if status.get("idleDeadline"):
         return f"stop in {until(status['idleDeadline'], now)}"
@@ -120,6 +121,12 @@ def idle_text(ws: dict, now: dt.datetime) -> str:
         since = parse_time(status["idleSince"])
         return f"idle {human_duration(now - since)}" if since else "-"
     return "active"
+
+
+def kept_until(ws: dict, now: dt.datetime) -> dt.datetime | None:
+    """The keep-alive in force as the operator granted it (status), never what the spec asked beyond the cap."""
+    keep = parse_time((ws.get("status") or {}).get("keepAliveUntil"))
+    return keep if keep and keep > now else None
 
 
 def runtime_text(ws: dict, now: dt.datetime) -> str:
@@ -169,6 +176,10 @@ class Verdict:
     done: bool
     ok: bool
     line: str
+    # where the workspace stood, for the hint after a timeout
+    phase: str = field(default="", compare=False)
+    reason: str = field(default="", compare=False)
+    current: bool = field(default=True, compare=False)
 
 
 def wait_verdict(ws: dict | None, want: str) -> Verdict:
@@ -180,14 +191,40 @@ def wait_verdict(ws: dict | None, want: str) -> Verdict:
     phase, reason, message = phase_of(ws), status.get("reason") or "", status.get("message") or ""
     detail = f"{phase}" + (f" ({reason})" if reason else "") + (f": {message}" if message else "")
     if not status_is_current(ws):
-        return Verdict(False, False, f"{name}: waiting for the operator to pick up the change")
+        return Verdict(False, False, f"{name}: waiting for the operator to pick up the change", phase, reason,
+                       current=False)
     if phase == want or (want == "Running" and phase == "IdleWarning"):
-        return Verdict(True, True, f"{name}: {detail}")
+        return Verdict(True, True, f"{name}: {detail}", phase, reason)
     if want == "Running" and phase == "Failed":
-        return Verdict(True, False, f"workspace {name} failed: {reason or 'Failed'}: {message}")
+        return Verdict(True, False, f"workspace {name} failed: {reason or 'Failed'}: {message}", phase, reason)
     if want == "Running" and phase == "Pending" and reason in WAIT_FAILURE_REASONS:
-        return Verdict(True, False, f"workspace {name} cannot start: {reason}: {message}")
-    return Verdict(False, False, f"{name}: {detail}")
+        return Verdict(True, False, cannot_start(name, reason, message), phase, reason)
+    return Verdict(False, False, f"{name}: {detail}", phase, reason)
+
+
+def cannot_start(name: str, reason: str, message: str) -> str:
+    return f"workspace {name} cannot start: {reason}: {message}"
+
+
+def wait_hint(verdict: Verdict, name: str) -> str | None:
+    """What to do after `up`/`start`/`stop` gave up or was refused, from where the workspace stood."""
+    if verdict.reason == "QuotaExceeded":
+        if "workspaces running" in verdict.line:
+            return (f"you run as many workspaces as your tier allows: stop one (`labctl ls`, `labctl stop NAME`) "
+                    f"to make room; `labctl down {name}` withdraws this one")
+        return f"it stays queued and starts when you free GPUs; `labctl down {name}` withdraws it"
+    if verdict.reason == "NotEntitled":
+        return "`labctl status` shows your limits; ask the lab admin if you need more"
+    if "timed out" not in verdict.line:
+        return None
+    if not verdict.current:
+        return "the operator has not picked up the change: is it running? `labctl admin doctor` checks"
+    if verdict.phase in ("Pending", "Preempted"):
+        return (f"it is still waiting for a device and starts by itself when one is free; `labctl ls` shows why it "
+                f"waits, `labctl down {name}` withdraws it")
+    if verdict.phase == "Starting":
+        return f"its pod is still starting (a large image takes a while); `labctl logs {name}` shows its output"
+    return f"`kubectl get ws {name} -o yaml` shows its status and conditions"
 
 
 def enter_hint(name: str) -> str:
@@ -197,9 +234,12 @@ def enter_hint(name: str) -> str:
 # ---- users ---------------------------------------------------------------------------------------
 def gpuuser_manifest(name: str, *, tier: str, display_name: str | None = None, groups: Iterable[str] = (),
                      ssh_keys: Iterable[str] = (), shell: str | None = None) -> dict:
-    if not USERNAME_RE.match(name):
-        raise ValueError(f"username {name!r} must start with a lowercase letter and use only a-z, 0-9 and '-' "
-                         f"(at most 31 characters), so that lab-{name} is a valid namespace")
+    try:  # the API's own rules, so labctl refuses exactly what the API server would
+        validate_username(name)
+        for group in groups:
+            validate_group(group)
+    except InvalidName as err:
+        raise ValueError(f"{err} (the user's namespace is lab-{name})") from err
     spec: dict = {"displayName": display_name or name, "tier": tier, "state": "Active"}
     if groups:
         spec["groups"] = list(groups)
@@ -257,6 +297,29 @@ def user_rows(users: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
 LIMIT_FIELDS = ("maxGpuEquivalents", "cpu", "memory", "maxWorkspaces", "idleTimeout", "maxRuntime")
 
 
+def entitlement_problem(user: dict, spec: dict) -> str | None:
+    """The operator's NotEntitled message for this Workspace spec, from the limits in the user's status; None
+    when it is within them or the status does not say (labctl then leaves the decision to the operator)."""
+    limits = (user.get("status") or {}).get("effectiveLimits") or {}
+    tier = (user.get("spec") or {}).get("tier") or "-"
+    values = {k: str((limits.get(k) or {}).get("value") or "") for k in ("cpu", "memory", "allowedProfiles",
+                                                                        "allowedImages")}
+    if not values["cpu"] or not values["memory"] or not values["allowedProfiles"]:
+        return None
+    return not_entitled(spec, tier=tier, cpu=values["cpu"], memory=values["memory"],
+                        allowed_profiles=[p for p in values["allowedProfiles"].split(",") if p],
+                        allowed_images=[p for p in values["allowedImages"].split(",") if p])
+
+
+def keep_alive_cap(user: dict) -> dt.timedelta | None:
+    """The policy's keepAliveMax as the operator reports it in the user's effective limits."""
+    value = limit_value(user, "keepAliveMax")
+    try:
+        return parse_policy_duration(value) if value else None
+    except ValueError:
+        return None
+
+
 def limits_rows(user: dict) -> tuple[list[str], list[list[str]]]:
     limits = (user.get("status") or {}).get("effectiveLimits") or {}
     ordered = [f for f in LIMIT_FIELDS if f in limits] + sorted(f for f in limits if f not in LIMIT_FIELDS)
@@ -295,11 +358,11 @@ def countdown_rows(workspaces: list[dict], now: dt.datetime) -> tuple[list[str],
     rows = []
     for ws in sorted(workspaces, key=lambda w: w["metadata"]["name"]):
         status = ws.get("status") or {}
-        keep = parse_time((ws.get("spec") or {}).get("keepAliveUntil"))
+        keep = kept_until(ws, now)
         warnings = status.get("warnings") or []
         warning_text = "; ".join(w if isinstance(w, str) else str(w.get("message") or w.get("type") or w)
                                  for w in warnings[-2:])
         rows.append([ws["metadata"]["name"], phase_of(ws), idle_text(ws, now),
                      until(status.get("runtimeDeadline"), now) if phase_of(ws) in ("Running", "IdleWarning") else "-",
-                     f"until {rfc3339(keep)}" if keep and keep > now else "-", warning_text or "-"])
+                     f"until {rfc3339(keep)}" if keep else "-", warning_text or "-"])
     return headers, rows

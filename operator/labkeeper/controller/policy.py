@@ -102,6 +102,8 @@ class PolicyStore:
             gpu_weights=dict(policy.gpu_weights),
         )
         view = {name: {"value": _text(item.value), "source": item.source} for name, item in limits.items()}
+        # lab-wide, but the user reads it here (not the policy ConfigMap): labctl keepalive refuses beyond it
+        view["keepAliveMax"] = {"value": api_policy.format_duration(policy.keep_alive_max), "source": "default"}
         return UserEntitlement(tier, grant, view, tuple(values.get("allowedImages") or ()))
 
     def priority_classes(self) -> list[dict]:

@@ -53,6 +53,17 @@ class UserReconciler:
         status = user.get("status") or {}
         conditions = status.get("conditions") or []
         now = self.clock()
+        unknown = self._unknown_tier(spec)
+        if unknown:
+            # held here, not refused by an admission policy: the tiers live in YAML text that CEL cannot read, and
+            # a tier can leave the policy after its users were admitted; nothing new is provisioned meanwhile
+            ready = next((c for c in conditions if c.get("type") == "Ready"), {})
+            if (ready.get("reason"), ready.get("message")) != ("UnknownTier", unknown):
+                self.kube.event(user, "UnknownTier", unknown, type_="Warning")
+            self._write_status(user, {"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [
+                condition("Ready", False, "UnknownTier", unknown, conditions, now),
+                *[c for c in conditions if c.get("type") != "Ready"]]})
+            return Outcome()
 
         try:
             uid = status.get("uid") or self.ledger.allocate(name, spec.get("uid"))
@@ -129,6 +140,16 @@ class UserReconciler:
         }
         self._write_status(user, desired)
         return Outcome(requeue)
+
+    def _unknown_tier(self, spec: dict) -> str | None:
+        """Why an Active user's tier cannot be used, or None; suspended and offboarded users go ahead regardless."""
+        policy = self.policy.current
+        tier = spec.get("tier") or policy.default_tier
+        if spec.get("state", "Active") != "Active" or tier in policy.tiers:
+            return None
+        return (f"spec.tier {tier!r} is not a tier of the lab policy (ConfigMap labkeeper-system/labkeeper-policy); "
+                f"valid: {', '.join(sorted(policy.tiers))}. Nothing is provisioned until the tier exists or "
+                f"spec.tier names one")
 
     # ---- children ---------------------------------------------------------------------------
     def _incarnation(self, user: dict) -> tuple[dict, str]:
