@@ -106,6 +106,16 @@ def test_the_client_certificate_kubeconfig_stays_out_of_the_archive(host):
     assert not (host.data_root / "users/alice").exists()
 
 
+def test_a_kept_home_loses_the_kubeconfig_labkeeper_wrote_and_nothing_else(host):
+    reconcile_host(host, lab(alice(kubeconfig=b"client-key-data: c2VjcmV0\n"), bob()), today=TODAY, now=NOW)
+    (host.data_root / "users/alice/.kube/notes.txt").write_text("my own file")
+    result = offboard_alice(host, "Keep")
+    assert "alice: ~/.kube/config removed" in result.report.done
+    assert not (host.data_root / "users/alice/.kube/config").exists()
+    assert (host.data_root / "users/alice/.kube/notes.txt").read_text() == "my own file"
+    assert (host.data_root / "users/alice/results.csv").exists()
+
+
 def test_an_archive_that_does_not_read_back_intact_keeps_the_home(host, monkeypatch):
     real = offboard._read_back
 

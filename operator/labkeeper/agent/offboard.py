@@ -269,12 +269,28 @@ def delete_home(data_fd: int, user: str) -> bool:
     return True
 
 
+def forget_credentials(data_fd: int, user: str) -> bool:
+    """Remove the kubeconfig the agent wrote into a departing user's home, whatever happens to the rest of it."""
+    check_username(user)
+    try:
+        with hostops.opened(hostops.walk(data_fd, ["users", user, KUBECONFIG_PATH[0]], create=False)) as kube_fd:
+            st = hostops.lstat(kube_fd, KUBECONFIG_PATH[1])
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return False
+            hostops.remove_entry(kube_fd, KUBECONFIG_PATH[1])
+            return True
+    except (FileNotFoundError, hostops.UnsafePath):
+        return False  # no home, no ~/.kube, or a symlink in its place: nothing of ours to remove
+
+
 def offboard_data(data_fd: int, home_link_fd: int, user: str, link_target: str, policy: str,
                   now: dt.datetime, report: Report) -> None:
     """Idempotent: a second call after a kill at any line finishes the job; a kill after the archive was
     published but before the home went leaves a second, identical archive at worst, never a lost file."""
     if hostops.remove_symlink(home_link_fd, user, link_target):
         report.did(f"/home/{user} removed")
+    if forget_credentials(data_fd, user):
+        report.did(f"{user}: ~/{'/'.join(KUBECONFIG_PATH)} removed")
     if policy == "Keep":
         report.note(user, f"data kept in users/{user}")
         return
