@@ -53,7 +53,7 @@ up)
 labkeeper is running locally.
   export KUBECONFIG=$KUBECONFIG
   export PATH=$BIN:\$PATH
-  kubectl get gu,ws,sc,ms -A          # the lab's objects
+  kubectl get gu,ws,scache,ms -A      # the lab's objects (sc would be StorageClasses)
   .venv/bin/labctl admin board         # the dashboard
   logs: $DEV/operator.log $DEV/agent-gpu-node-*.log $DEV/cluster/logs/
   sandbox host roots: $DEV/host-gpu-node-1, $DEV/host-gpu-node-2 (each with data/ as its data root)

@@ -159,7 +159,7 @@ def test_two_nodes_report_one_cache_and_a_problem_on_one_is_not_hidden_by_the_ot
         assert next(c for c in healed["conditions"] if c["type"] == "Ready")["status"] == "True"
         assert (roots[bad] / f"data/cache/{name}").is_dir() and not (roots[bad] / f"data/cache/{name}").is_symlink()
 
-        # `labctl cache clean`: every node cleans its own copy, and the top level names the latest
+        # `labctl admin cache clean`: every node cleans its own copy, and the top level names the latest
         for root in roots.values():
             (root / f"data/cache/{name}/stale.whl").write_bytes(b"x" * 4096)
         crds.kubectl("patch", "sharedcache", name, "--type=merge", "-p", json.dumps(
