@@ -174,3 +174,39 @@ def test_two_nodes_report_one_cache_and_a_problem_on_one_is_not_hidden_by_the_ot
         for agent in agents:
             agent.kill()
         crds.kubectl("delete", "sharedcache", name, "--wait=false")
+
+
+def test_offboarded_twice_the_same_day_the_node_keeps_both_generations_of_her_files(crds, agent_host, unique):
+    """dave is offboarded with --archive, comes back, writes more, and is offboarded again the same day: two
+    archives, each with what his home held then, and the node reports Offboarded each time."""
+    root, agent = agent_host
+    name, node, label = f"dv{unique}", f"node-{unique}", {"labkeeper.io/test-agent": unique}
+    user = {"apiVersion": "labkeeper.io/v1alpha1", "kind": "GPUUser", "metadata": {"name": name, "labels": label},
+            "spec": {"displayName": "Dave", "dataPolicy": "Archive"}}
+    crds.kubectl("apply", "-f", "-", input=json.dumps(user))
+    crds.kubectl("patch", "gpuuser", name, "--subresource=status", "--type=merge",
+                 "-p", json.dumps({"status": {"uid": 31002, "gid": 31002}}))
+    agent.start()
+    home = root / "data/users" / name
+
+    def set_state(state: str) -> None:
+        crds.kubectl("patch", "gpuuser", name, "--type=merge", "-p", json.dumps({"spec": {"state": state}}))
+
+    for generation, text in enumerate(("first draft", "second draft"), start=1):
+        wait_for(lambda: node_entry(crds, name, node).get("state") == "Provisioned", timeout=30, what="Provisioned")
+        (home / f"draft-{generation}.txt").write_text(text)
+        set_state("Offboarded")
+        wait_for(lambda: node_entry(crds, name, node).get("state") == "Offboarded" and not home.exists(),
+                 timeout=30, what=lambda: agent.log_tail())
+        assert len(list((root / "data/archive").glob(f"{name}-*.tar.gz"))) == generation
+        set_state("Active")
+
+    import tarfile
+    archives = sorted((root / "data/archive").glob(f"{name}-*.tar.gz"), key=lambda p: p.stat().st_mtime)
+    contents = []
+    for archive in archives:
+        with tarfile.open(archive) as tar:
+            contents.append({m.name: tar.extractfile(m).read() for m in tar if m.isfile()})
+    assert contents[0][f"{name}/draft-1.txt"] == b"first draft" and f"{name}/draft-2.txt" not in contents[0]
+    assert contents[1][f"{name}/draft-2.txt"] == b"second draft"
+    crds.kubectl("delete", "gpuuser", name, "--wait=false")
