@@ -5,6 +5,7 @@ also across an operator restart. Real API server, scheduler and kwok node."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -14,7 +15,7 @@ from labkeeper.testing.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
-HOLD = 8  # seconds a stopped workspace keeps its slice in this module's policy
+HOLD = 20  # seconds a stopped workspace keeps its slice in this module's policy
 SLICE = "nvidia.com/mig-1g.10gb"
 
 
@@ -129,4 +130,41 @@ def test_waiting_workspaces_start_in_the_order_they_began_to_wait_across_an_oper
              == "no free 1g.10gb slice (2 in use); you are next", what="xavier first in line")
     assert lab.status("workspace", "slice", "lab-yvonne").get("waitingSince") is None
     assert slices_bound(lab) == 2
+    clear(lab)
+
+
+def test_a_hold_taken_by_a_pod_the_lab_did_not_admit_is_reported_lost_with_a_warning(lab: Lab):
+    lab.apply(workspace("slice", "frank", profile="1g.10gb"), workspace("slice", "grace", profile="1g.10gb"))
+    lab.wait_phase("slice", "frank", "Running")
+    lab.wait_phase("slice", "grace", "Running")
+    set_state(lab, "frank", "Stopped")
+    assert lab.wait_phase("slice", "frank", "Stopped").get("holdNode") == "h100"
+    wait_for(lambda: not pods_of(lab, "frank"), what="frank's pod gone")
+    # someone outside the lab's admission (an admin's test pod, an operator's validator) takes the slice
+    intruder = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder", "namespace": "default"},
+                "spec": {"nodeSelector": {"kubernetes.io/hostname": "h100"}, "automountServiceAccountToken": False,
+                         "containers": [{"name": "c", "image": "busybox",
+                                         "resources": {"limits": {SLICE: "1"}, "requests": {SLICE: "1"}}}]}}
+    lab.kubectl("apply", "-f", "-", input=json.dumps(intruder))
+    try:
+        wait_for(lambda: (lab.get("pod", "intruder", "default") or {}).get("spec", {}).get("nodeName"),
+                 what="the intruder bound")
+        lost = wait_for(lambda: (s := lab.status("workspace", "slice", "lab-frank")).get("reason") == "HoldLost" and s,
+                        timeout=HOLD - 4, what="frank told his hold is lost")
+        # never a "held until" that is false: the record is gone, the status and a Warning say why
+        assert not lost.get("holdNode") and not lost.get("holdUntil"), lost
+        assert "1g.10gb slice held on h100 until" in lost["message"], lost
+        assert lost["message"].endswith("was lost: h100 offers 2 and pods now use 2"), lost
+        warning = events(lab, "frank", "HoldLost")
+        assert warning and warning[0]["type"] == "Warning", warning
+        # frank asks again: he waits like anyone else
+        set_state(lab, "frank", "Running")
+        waiting = wait_for(lambda: (s := lab.status("workspace", "slice", "lab-frank")).get("reason")
+                           == "WaitingForDevice" and s, what="frank waiting")
+        assert waiting["message"] == "no free 1g.10gb slice (2 in use); you are next", waiting
+        assert pods_of(lab, "frank") == []
+    finally:
+        lab.kubectl("delete", "pod", "intruder", "-n", "default", "--wait=false")
+    # nothing of the lab's watches that pod: the waiting workspace's own periodic pass finds the slice
+    lab.wait_phase("slice", "frank", "Running", timeout=45)
     clear(lab)

@@ -59,10 +59,13 @@ class Admissions:
     def view(self, now: dt.datetime, *, me: dict | None = None, my_since: dt.datetime | None = None) -> LabView:
         """The whole lab as admission sees it; `me`, a workspace asking now, waits since `my_since`."""
         capacity, closed = api_admission.capacity_of(self.kube.list("Node"))
-        pods = self.kube.list("Pod", label_selector="app.kubernetes.io/managed-by=labkeeper")
+        # every pod, not only the lab's: a device taken by anyone else (an operator's validator, an admin's
+        # test pod) is not free, and a hold it took is reported lost rather than promised on
+        pods = self.kube.list("Pod")
         claims = api_admission.pod_claims(pods)
         pods_of = frozenset(api_admission.owner_of(p) for p in pods
-                            if (p["metadata"].get("labels") or {}).get(api_admission.LABEL_ROLE) == "workspace")
+                            if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "labkeeper"
+                            and (p["metadata"].get("labels") or {}).get(api_admission.LABEL_ROLE) == "workspace")
         users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
         waiters = []
         mine = owner_key(me) if me is not None else None

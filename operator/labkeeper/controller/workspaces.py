@@ -188,8 +188,11 @@ class WorkspaceReconciler:
             since = api_admission.waiting_since(ws) or now
             view = self.admissions.view(now, me=ws, my_since=since)
             decision = view.decide()
-            # those ahead that may start now get a pass of their own, whoever's pass found out
-            wake = tuple(tuple(o.split("/", 1)) for o in decision.admitted if o != me and o not in view.pods_of)
+            # those ahead that may start now, and holders whose hold is gone, get a pass of their own,
+            # whoever's pass found out
+            wake = tuple(tuple(o.split("/", 1)) for o in
+                         [*(o for o in decision.admitted if o not in view.pods_of), *(c.owner for c in decision.lost_holds)]
+                         if o != me)
             lost = self._lost_hold(ws, desired, decision, view)
             node = decision.admitted.get(me)
             if node is not None:
@@ -377,8 +380,9 @@ class WorkspaceReconciler:
                     reason, note = "HoldLost", f"; {lost}"
                 else:
                     still_held = True
-                    # a hold is checked again now and then: a device it keeps can vanish (the node shrinks)
-                    requeue = min((hold_until - now).total_seconds(), 30.0)
+                    # a hold is checked again now and then: a device it keeps can be taken by a pod the lab
+                    # did not admit, or vanish with the node
+                    requeue = min((hold_until - now).total_seconds(), 10.0)
         elif status.get("reason") == "HoldLost":
             reason, note = "HoldLost", (status.get("message") or "").removeprefix("stopped")
         retention = policy.stopped_retention
