@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 DEV_DIR ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: dev down test image-test unit lint bench reliability deps venv bin crds chart image clean help
+.PHONY: dev down test e2e image-test unit lint bench reliability deps venv bin crds chart image clean help
 
 help:
 	@echo "make dev    - local control plane + operator + agent on a sandbox host root, examples applied"
 	@echo "make down   - stop what make dev started"
 	@echo "make test   - the full suite (unit, host, integration, reduced reliability)"
 	@echo "make lint   - ruff and the import-layer contracts"
+	@echo "make e2e    - the real-node suite: a kubelet, containerd and runc join the local cluster"
 
 deps:
 	@bash hack/deps.sh
@@ -29,7 +30,11 @@ bin:
 
 # the image build (buildah, a debootstrapped base, ~7 GB of vfs writes) runs apart: make image-test
 test: deps venv bin
-	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow and not e2e" $(PYTEST_ARGS)
+
+# workspaces as real containers on a real kubelet (root; containerd, runc and the CNI plugins from deps.sh)
+e2e: deps venv bin
+	$(PY) -m pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 image-test: deps venv bin
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)

@@ -35,6 +35,7 @@ def test_alices_1g_workspace_pod_snapshot():
     assert spec["priorityClassName"] == "labkeeper-student"
     assert spec["runtimeClassName"] == "nvidia"
     assert spec["automountServiceAccountToken"] is False
+    assert spec["shareProcessNamespace"] is True  # a stop's SIGTERM reaches her process, not an init that ignores it
     container = spec["containers"][0]
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "privileged": False,
                                             "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
@@ -48,6 +49,10 @@ def test_alices_1g_workspace_pod_snapshot():
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["home"]["hostPath"] == {"path": "/data/users/alice", "type": "Directory"}
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    # the host's user database, read-only: her uid has a name inside any image
+    for path in ("/etc/passwd", "/etc/group"):
+        assert mounts[path]["readOnly"] is True
+        assert volumes[mounts[path]["name"]]["hostPath"] == {"path": path, "type": "File"}
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["PIP_CACHE_DIR"] == "/data/cache/pip"
     assert env["HF_HUB_CACHE"] == "/data/models/huggingface/hub"

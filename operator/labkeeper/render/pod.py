@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from labkeeper.render.access import LABEL_MANAGED, LABEL_USER, MANAGED_BY, gpu_resource
 
 LABEL_WORKSPACE = "labkeeper.io/workspace"
 LABEL_ROLE = "labkeeper.io/role"
+# the host's user database, which the agent keeps: an image that never heard of a lab user's uid would
+# otherwise leave her as "I have no name!" (whoami, the shell prompt, ls -l of her own files)
+USER_DATABASE = ("/etc/passwd", "/etc/group")
 
 
 def pod_name(workspace: str) -> str:
@@ -90,6 +94,10 @@ def workspace_pod(inputs: PodInputs) -> dict:
         {"name": "home", "mountPath": f"/home/{inputs.username}"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    for path in USER_DATABASE:
+        name = f"host-{Path(path).name}"
+        volumes.append({"name": name, "hostPath": {"path": path, "type": "File"}})
+        mounts.append({"name": name, "mountPath": path, "readOnly": True})
     seen_env = {e["name"] for e in env}
     for prefix, group in (("cache", inputs.caches), ("models", inputs.model_stores), ("tool", inputs.toolchains)):
         for mount in group:
@@ -132,6 +140,9 @@ def workspace_pod(inputs: PodInputs) -> dict:
         "restartPolicy": "Always",
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
+        # the pause process is PID 1 and reaps orphans; an image's own process as PID 1 would ignore the
+        # SIGTERM of a stop (no handler) and every stop would last the whole grace period
+        "shareProcessNamespace": True,
         "terminationGracePeriodSeconds": inputs.grace_seconds,
         "securityContext": {
             "runAsUser": inputs.uid,
