@@ -80,8 +80,8 @@ def test_the_queue_is_first_come_first_served_within_a_tier_and_tiers_go_first()
     # a higher tier is served before a longer wait
     decision = decide(BALANCED, [pod("a")], [*waiters, waiter("prof", since=10, priority=30000)])
     assert decision.admitted == {"lab-prof/ws": "h100"}
-    assert sorted([queue_key(1, T0, "b"), queue_key(2, T0 + dt.timedelta(1), "a"), queue_key(1, T0, "a")]) == \
-        [queue_key(2, T0 + dt.timedelta(1), "a"), queue_key(1, T0, "a"), queue_key(1, T0, "b")]
+    assert sorted([queue_key(1, 0, T0, "b"), queue_key(2, 0, T0 + dt.timedelta(1), "a"), queue_key(1, 0, T0, "a")]) == \
+        [queue_key(2, 0, T0 + dt.timedelta(1), "a"), queue_key(1, 0, T0, "a"), queue_key(1, 0, T0, "b")]
 
 
 def test_nobody_overtakes_a_waiter_for_the_same_kind_of_device():

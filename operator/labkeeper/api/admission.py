@@ -42,11 +42,18 @@ class Waiter:
     priority: int
     waiting_since: dt.datetime
     may_preempt: bool = False
+    usage: float = 0.0  # her decayed usage relative to her tier's share (api/accounting.py)
+
+    @property
+    def key(self) -> tuple:
+        return queue_key(self.priority, self.usage, self.waiting_since, self.owner)
 
 
-def queue_key(priority: int, waiting_since: dt.datetime, owner: str) -> tuple:
-    """Tier priority first, then first come, first served. Fair share (decayed usage) will sit between them."""
-    return (-priority, waiting_since, owner)
+def queue_key(priority: int, usage: float, waiting_since: dt.datetime, owner: str) -> tuple:
+    """Tier priority first, then fair share (the lowest decayed usage relative to her tier's share), then first
+    come, first served. Usage is rounded to a thousandth so that what accrues while two wait cannot reorder them
+    by noise."""
+    return (-priority, round(usage, 3), waiting_since, owner)
 
 
 def device_words(resource: str, count: int = 1) -> str:
@@ -68,6 +75,7 @@ class Wait:
     in_use: int
     held_until: tuple[dt.datetime, ...]
     ahead: int
+    ahead_owners: tuple[str, ...] = ()  # "namespace/name" of those ahead of it in the queue for this device
 
     def message(self) -> str:
         what = device_words(self.resource, self.count)
@@ -158,9 +166,9 @@ def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Itera
         if not claim.is_hold and not claim.terminating:
             victims.setdefault((claim.node, claim.resource), []).append(claim)
     held_slots = {(c.node, c.resource) for c in holds.values()}
-    ordered = sorted(waiters, key=lambda w: queue_key(w.priority, w.waiting_since, w.owner))
+    ordered = sorted(waiters, key=lambda w: w.key)
     blocked: set[str] = set()
-    behind: dict[str, int] = {}
+    behind: dict[str, list[str]] = {}
     granted: dict[Slot, int] = {}  # devices given in this decision to waiters whose pods are not there yet
     for waiter in ordered:
         own = holds.get(waiter.owner)
@@ -184,15 +192,43 @@ def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Itera
             granted[(node, waiter.resource)] = granted.get((node, waiter.resource), 0) + waiter.count
             continue
         blocked.add(waiter.resource)
-        ahead = behind.get(waiter.resource, 0)
-        behind[waiter.resource] = ahead + 1
+        ahead_owners = tuple(behind.get(waiter.resource, ()))
+        ahead = len(ahead_owners)
+        behind[waiter.resource] = [*ahead_owners, waiter.owner]
         open_slots = [s for s in capacity if s[1] == waiter.resource and s[0] not in closed]
         held = tuple(sorted(c.held_until for c in holds.values() if (c.node, c.resource) in open_slots
                             for _ in range(taken.extra[c.owner])))
         result.waiting[waiter.owner] = Wait(
             waiter.owner, waiter.resource, waiter.count, offered=sum(capacity[s] for s in open_slots),
-            in_use=sum(taken.pods.get(s, 0) + granted.get(s, 0) for s in open_slots), held_until=held, ahead=ahead)
+            in_use=sum(taken.pods.get(s, 0) + granted.get(s, 0) for s in open_slots), held_until=held, ahead=ahead,
+            ahead_owners=ahead_owners)
     return result
+
+
+@dataclass(frozen=True)
+class Release:
+    """A moment known in advance when devices come free: a hold's expiry, a runtime limit, an idle deadline."""
+
+    at: dt.datetime
+    node: str
+    resource: str
+    count: int
+    why: str  # "the hold of lab-bob/slice expires", ...
+
+
+def estimated_start(wait: Wait, releases: Iterable[Release], closed: frozenset[str] = frozenset()) -> Release | None:
+    """When a waiting workspace can start at the earliest, if the lab knows: it needs the devices of the releases
+    that come first, one set for each of those ahead of it and then its own (an idle deadline may move later
+    with activity, so this is an estimate). None when too few releases are known."""
+    known = sorted((r for r in releases if r.resource == wait.resource and r.node not in closed),
+                   key=lambda r: (r.at, r.node))
+    needed = wait.count * (wait.ahead + 1)
+    freed = 0
+    for release in known:
+        freed += release.count
+        if freed >= needed:
+            return release
+    return None
 
 
 def _preemption_target(waiter: Waiter, free: dict[Slot, int], victims: dict[Slot, list[Claim]],
@@ -298,3 +334,28 @@ def waiting_since(ws: dict) -> dt.datetime | None:
 def format_waiting_since(t: dt.datetime) -> str:
     """To the microsecond: two workspaces that begin to wait in the same second keep their order."""
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def releases_of(workspaces: Iterable[dict], now: dt.datetime) -> list[Release]:
+    """What each workspace's status says about when its devices come free: a hold's expiry, or for a running one
+    the nearer of its runtime deadline and idle deadline."""
+    out = []
+    for ws in workspaces:
+        status = ws.get("status") or {}
+        who = f"{ws['metadata']['namespace'].removeprefix('lab-')}/{ws['metadata']['name']}"
+        hold = hold_claim(ws, now)
+        if hold is not None:
+            out.append(Release(hold.held_until, hold.node, hold.resource, hold.count, f"the hold of {who} expires"))
+            continue
+        gpu = (ws.get("spec") or {}).get("gpu") or {}
+        profile = gpu.get("profile") or "none"
+        if status.get("phase") not in ("Running", "IdleWarning") or not status.get("node") or profile == "none":
+            continue
+        resource = "nvidia.com/gpu" if profile == "full" else f"nvidia.com/mig-{profile}"
+        deadlines = [(t, why) for t, why in ((parse_time(status.get("runtimeDeadline")), f"{who} reaches its runtime limit"),
+                                             (parse_time(status.get("idleDeadline")), f"{who} reaches its idle deadline"))
+                     if t is not None]
+        if deadlines:
+            at, why = min(deadlines)
+            out.append(Release(max(at, now), status["node"], resource, int(gpu.get("count") or 1), why))
+    return out

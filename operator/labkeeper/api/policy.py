@@ -87,6 +87,9 @@ class Tier(Limits):
 
     priority: int = Field(default=10000, ge=0, le=1000000000)
     preempt: bool = False
+    share: float | None = Field(default=None, gt=0, le=1000, description=(
+        "fair-share weight of each user of this tier: her decayed usage is divided by it before the queue compares "
+        "users of one priority; unset, the tier's maxGpuEquivalents (what she may hold at once)"))
 
     @model_validator(mode="before")
     @classmethod
@@ -136,6 +139,21 @@ class Activity(_Policy):
     sample_interval: Duration = dt.timedelta(seconds=30)
     report_interval: Duration = dt.timedelta(seconds=60)
     check_interval: Duration = dt.timedelta(seconds=30)
+
+
+class FairShare(_Policy):
+    """How the queue weighs past use: decayed GPU-equivalent-hours, halved every `halfLife`."""
+
+    half_life: Duration = Field(default=dt.timedelta(hours=24), description="a GPU-hour this long ago counts half")
+    flush_interval: Duration = Field(default=dt.timedelta(minutes=5), description=(
+        "how often each user's accounting is folded into her GPUUser status (one write per user per interval)"))
+
+    @field_validator("half_life", "flush_interval")
+    @classmethod
+    def _positive(cls, value: dt.timedelta) -> dt.timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("must be at least 1s")
+        return value
 
 
 class UidRange(_Policy):
@@ -245,6 +263,7 @@ class LabPolicy(_Policy):
     termination_grace_period: Duration = dt.timedelta(seconds=60)
     warnings: Warnings = Field(default_factory=Warnings)
     activity: Activity = Field(default_factory=Activity)
+    fair_share: FairShare = Field(default_factory=FairShare)
     runtime_class_name: str = Field(default="nvidia", max_length=63)
     uid_range: UidRange = Field(default_factory=UidRange)
     lab_users_gid: int = Field(default=2000, ge=100, le=2147483647)
@@ -300,6 +319,16 @@ class LabPolicy(_Policy):
                     raise ValueError(f"{where}.{to_camel(field)}: {err}") from err
 
     # ---- queries -------------------------------------------------------------------------------
+    def share(self, tier: str | None) -> float:
+        """A user's fair-share weight: the tier's `share`, else the maxGpuEquivalents she may hold at once."""
+        spec = self.tiers.get(tier or self.default_tier)
+        if spec is None:
+            return 1.0
+        if spec.share is not None:
+            return spec.share
+        cap = spec.max_gpu_equivalents if spec.max_gpu_equivalents is not None else self.defaults.max_gpu_equivalents
+        return cap if cap > 0 else 1.0
+
     @property
     def termination_grace(self) -> dt.timedelta:
         return self.termination_grace_period

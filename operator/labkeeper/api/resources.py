@@ -263,6 +263,29 @@ class Usage(Status):
     workspaces: int = Field(default=0, description="her workspace pods that are not terminating")
 
 
+class AccountingDay(Status):
+    """One workspace's day (UTC): GPU-equivalent-seconds held while active, while idle and after its stop,
+    seconds spent waiting for a device, the waits that ended that day and the stops that began it, by reason."""
+
+    date: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+    workspace: str
+    active_seconds: float | None = None
+    idle_seconds: float | None = None
+    held_after_stop_seconds: float | None = None
+    waiting_seconds: float | None = None
+    waits: list[float] = Field(default_factory=list)
+    stops: dict[str, int] = Field(default_factory=dict)
+
+
+class Accounting(Status):
+    """Her usage folded up to `through` by the operator; what came after is read from her Workspaces' meters."""
+
+    through: dt.datetime | None = None
+    decayed_gpu_hours: float = Field(default=0, description="GPU-equivalent-hours held, each halved every "
+                                     "fairShare.halfLife, as of `through`: what the queue weighs")
+    days: list[AccountingDay] = Field(default_factory=list)
+
+
 class UserNodeState(NodeState):
     """One node's account and home of the user, written by that node's agent."""
 
@@ -281,6 +304,7 @@ class GPUUserStatus(Status):
         "this incarnation of the user: her certificate's group labkeeper:<name>:<incarnation> is what her "
         "bindings name; a new one after offboarding, so an older certificate grants nothing"))
     usage: Usage | None = None
+    accounting: Accounting | None = None
     nodes: list[UserNodeState] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
@@ -465,6 +489,26 @@ class WorkspaceWarning(Status):
     since: dt.datetime | None = None
 
 
+class MeterMark(Status):
+    state: Literal["waiting", "active", "idle", "held", "off"]
+    since: dt.datetime
+    gpu_equivalents: float = 0
+    until: dt.datetime | None = Field(default=None, description="a hold after stop ends by itself then")
+    reason: str | None = Field(default=None, description="the stop that began this state")
+
+
+class QueuePlace(Status):
+    """A waiting workspace's place in the lab's queue for its device, as admission last decided it."""
+
+    position: int = Field(ge=1, description="1: next in line for this kind of device")
+    ahead: list[str] = Field(default_factory=list, description="user/workspace of those ahead, first first")
+    reason: str = ""
+    relative_usage: float | None = Field(default=None, description="her decayed GPU-equivalent-hours divided by her "
+                                         "tier's share: within a tier, lower goes first")
+    estimated_start: dt.datetime | None = Field(default=None, description="the earliest start the lab can know of")
+    estimate_basis: str | None = None
+
+
 class WorkspaceStatus(Status):
     phase: str | None = None
     reason: str | None = None
@@ -497,6 +541,9 @@ class WorkspaceStatus(Status):
     keep_alive_grant: dict[str, str] | None = Field(
         default=None, description="spec.keepAliveUntil as the operator first saw it and the time granted for it; "
                                   "the cap counts from that moment")
+    queue: QueuePlace | None = None
+    meter: list[MeterMark] = Field(default_factory=list, description=(
+        "what it did with devices since when: one mark per change, folded into its user's status.accounting"))
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

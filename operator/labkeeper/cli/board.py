@@ -147,7 +147,7 @@ def _mark_holds_and_decide(data: BoardData, free: dict[tuple[str, str], list[Slo
         priority = tier_priority.get(tiers.get(ws["metadata"]["namespace"].removeprefix("lab-")) or "", 0)
         waiters.append(admission.Waiter(admission.owner_of(ws), resource, int(gpu.get("count") or 1), priority, since))
     decision = admission.decide(capacity, claims, waiters, closed)
-    for waiter in sorted(waiters, key=lambda w: admission.queue_key(w.priority, w.waiting_since, w.owner)):
+    for waiter in sorted(waiters, key=lambda w: w.key):
         namespace, _, name = waiter.owner.partition("/")
         ws = by_owner[waiter.owner]
         wait = decision.waiting.get(waiter.owner)

@@ -152,10 +152,12 @@ def status(ctx: typer.Context, output: Format = OutputOption) -> None:
     summary = views.usage_summary(user, workspaces, quota)
     t = now()
     headers, rows = views.countdown_rows(workspaces, t)
+    queue_headers, queue_rows = views.queue_rows(workspaces, t)
     if output != Format.table:
         data = {**{k: v for k, v in summary.items() if k != "lines"},
                 "usage": [{"what": w, "used": u, "limit": lim} for w, u, lim in summary["lines"]],
-                "workspaces": [dict(zip([h.lower() for h in headers], r, strict=True)) for r in rows]}
+                "workspaces": [dict(zip([h.lower() for h in headers], r, strict=True)) for r in rows],
+                "queue": [dict(zip([h.lower() for h in queue_headers], r, strict=True)) for r in queue_rows]}
         emit(data, output)
         return
     out = console()
@@ -165,6 +167,10 @@ def status(ctx: typer.Context, output: Format = OutputOption) -> None:
     if rows:
         out.print()
         out.print(table(headers, rows))
+        if queue_rows:
+            out.print()
+            out.print(table(queue_headers, queue_rows, title="waiting for a device (usage: decayed GPU-hours per "
+                                                               "tier share; lower goes first within a tier)"))
     else:
         out.print("\nno workspaces; create one with: labctl up NAME --gpu 1g.10gb")
 

@@ -138,6 +138,35 @@ def runtime_text(ws: dict, now: dt.datetime) -> str:
     return human_duration(total) if total else "-"
 
 
+def queue_text(ws: dict, now: dt.datetime) -> str:
+    """A waiting workspace in the lab's words: its place, why it waits, who is ahead, when it may start."""
+    queue = (ws.get("status") or {}).get("queue") or {}
+    place = f"#{queue.get('position', '?')} in the queue"
+    ahead = queue.get("ahead") or []
+    if ahead:
+        place += f" behind {', '.join(ahead[:3])}" + (f" and {len(ahead) - 3} more" if len(ahead) > 3 else "")
+    text = f"{place}: {queue.get('reason') or (ws.get('status') or {}).get('message') or 'waiting for a device'}"
+    start = parse_time(queue.get("estimatedStart"))
+    if start is not None:
+        text += f"; may start at {start:%H:%M:%S} UTC, in {human_duration(max(dt.timedelta(0), start - now))} " \
+                f"({queue.get('estimateBasis') or 'a device comes free'})"
+    return text
+
+
+def queue_rows(workspaces: Iterable[dict], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
+    """`labctl status`: each waiting workspace's place in the queue and why."""
+    rows = []
+    for ws in sorted(workspaces, key=lambda w: w["metadata"]["name"]):
+        status = ws.get("status") or {}
+        queue = status.get("queue")
+        if not queue or not status.get("waitingSince"):
+            continue
+        usage = queue.get("relativeUsage")
+        rows.append([ws["metadata"]["name"], str(queue.get("position", "?")), ", ".join(queue.get("ahead") or []) or "-",
+                     f"{usage:g}" if usage is not None else "-", queue_text(ws, now)])
+    return ["WAITING", "PLACE", "AHEAD", "YOUR USAGE", "WHY"], rows
+
+
 def workspace_rows(workspaces: Iterable[dict], now: dt.datetime, *, with_user: bool = False) -> tuple[list[str], list[list[str]]]:
     headers = (["USER"] if with_user else []) + ["NAME", "PHASE", "GPU", "NODE", "RUNTIME", "IDLE", "MESSAGE"]
     rows = []
@@ -147,6 +176,8 @@ def workspace_rows(workspaces: Iterable[dict], now: dt.datetime, *, with_user: b
         message = status.get("message") or ""
         if status.get("reason") and status.get("phase") not in ("Running",):
             message = f"{status['reason']}: {message}" if message else status["reason"]
+        if status.get("queue") and status.get("waitingSince"):
+            message = queue_text(ws, now)
         row += [meta["name"], phase_of(ws), gpu_label(spec), status.get("node") or "-",
                 runtime_text(ws, now), idle_text(ws, now), message]
         rows.append(row)

@@ -12,6 +12,7 @@ import datetime as dt
 import threading
 from dataclasses import dataclass
 
+from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube
@@ -25,6 +26,7 @@ class LabView:
     claims: list[api_admission.Claim]
     waiters: list[api_admission.Waiter]
     pods_of: frozenset[str]  # owners with a workspace pod
+    releases: tuple[api_admission.Release, ...] = ()  # when devices are known to come free
 
     def decide(self) -> api_admission.Admission:
         return api_admission.decide(self.capacity, self.claims, self.waiters, self.closed)
@@ -47,14 +49,15 @@ class Admissions:
         tier = policy.tiers.get(((user or {}).get("spec") or {}).get("tier") or policy.default_tier)
         return (tier.priority, tier.preempt) if tier is not None else (0, False)
 
-    def waiter(self, ws: dict, user: dict | None, since: dt.datetime) -> api_admission.Waiter | None:
+    def waiter(self, ws: dict, user: dict | None, since: dt.datetime,
+               usage: float = 0.0) -> api_admission.Waiter | None:
         gpu = (ws.get("spec") or {}).get("gpu") or {}
         profile = gpu.get("profile") or "none"
         if profile == "none":
             return None
         priority, preempt = self.tier_of(user)
         return api_admission.Waiter(owner_key(ws), gpu_resource(profile), int(gpu.get("count") or 1), priority,
-                                    since, preempt)
+                                    since, preempt, usage)
 
     def view(self, now: dt.datetime, *, me: dict | None = None, my_since: dt.datetime | None = None) -> LabView:
         """The whole lab as admission sees it; `me`, a workspace asking now, waits since `my_since`."""
@@ -67,9 +70,13 @@ class Admissions:
                             if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "labkeeper"
                             and (p["metadata"].get("labels") or {}).get(api_admission.LABEL_ROLE) == "workspace")
         users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
+        workspaces = self.kube.list("Workspace")
+        policy = self.policy.current
+        usages = api_accounting.relative_usages(users.values(), workspaces, now, policy.fair_share.half_life,
+                                                policy.share)
         waiters = []
         mine = owner_key(me) if me is not None else None
-        for ws in self.kube.list("Workspace"):
+        for ws in workspaces:
             key = owner_key(ws)
             hold = api_admission.hold_claim(ws, now)
             if hold is not None:
@@ -83,11 +90,12 @@ class Admissions:
                     or (ws.get("spec") or {}).get("state", "Running") != "Running" \
                     or ws["metadata"].get("deletionTimestamp"):
                 continue
-            waiter = self.waiter(ws, user, since)
+            waiter = self.waiter(ws, user, since, usages.get(ws["metadata"]["namespace"].removeprefix("lab-"), 0.0))
             if waiter is not None:
                 waiters.append(waiter)
         if me is not None and my_since is not None:
-            waiter = self.waiter(me, users.get(me["metadata"]["namespace"].removeprefix("lab-")), my_since)
+            username = me["metadata"]["namespace"].removeprefix("lab-")
+            waiter = self.waiter(me, users.get(username), my_since, usages.get(username, 0.0))
             if waiter is not None:
                 waiters.append(waiter)
-        return LabView(capacity, closed, claims, waiters, pods_of)
+        return LabView(capacity, closed, claims, waiters, pods_of, tuple(api_admission.releases_of(workspaces, now)))

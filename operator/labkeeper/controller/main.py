@@ -20,6 +20,7 @@ import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.controller.accounting import Accountant
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.leader import LeaderLease
 from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
@@ -102,6 +103,8 @@ class Operator:
         )
         self.workspaces = WorkspaceReconciler(kube, self.policy, clock, data_root=data_root)
         self.usage = UsageWriter(kube, self.policy, clock)
+        self.accountant = Accountant(kube, self.policy, clock)
+        self._accounting: set[str] = set()  # users with a fold scheduled
         self._usage_queued: set[str] = set()
         self.requeue = Requeue()
         # Workspaces with a pass queued but not yet started: events that arrive meanwhile fold into it
@@ -195,6 +198,25 @@ class Operator:
                 log_failure(err, "GPUUser %s: usage failed: %s", username, err)
                 self.requeue.schedule(key, 5.0, lambda: self.usage_changed(f"lab-{username}"))
 
+    def accounting_due(self, username: str) -> None:
+        """Her next fold, one flush interval from now, unless one is scheduled already (her own status writes
+        must not push it ever further away)."""
+        if username in self._accounting:
+            return
+        self._accounting.add(username)
+        delay = self.policy.current.fair_share.flush_interval.total_seconds()
+        self.requeue.schedule(("accounting", username), delay,
+                              lambda: asyncio.ensure_future(self.fold_accounting(username)))
+
+    async def fold_accounting(self, username: str) -> None:
+        try:
+            await asyncio.to_thread(self.accountant.flush, username)
+        except Exception as err:  # retried at the next interval; nothing is lost meanwhile
+            log_failure(err, "GPUUser %s: accounting failed: %s", username, err)
+        self._accounting.discard(username)
+        if await quietly("reading the user", self.kube.get, "GPUUser", username) is not None:
+            self.accounting_due(username)
+
     def stop(self) -> None:
         """No pass starts once kopf is stopping; it would only fail against a closed executor."""
         self.requeue.cancel_all()
@@ -257,7 +279,10 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     async def _user_event(event: dict, body: kopf.Body, name: str, **_):
         if event.get("type") == "DELETED":
             operator.users.forget(name)
+            operator.requeue.cancel(("accounting", name))
+            operator._accounting.discard(name)
             return
+        operator.accounting_due(name)
         await operator.reconcile_user(name, dict(body))
         operator.usage_changed(f"lab-{name}")
         # suspension, a tier change or a new uid can change what each of her workspaces may do
@@ -384,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                         data_root=args.data_root)
     registry = kopf.OperatorRegistry()
     register(registry, operator)
+    if args.metrics_port:
+        from prometheus_client import REGISTRY as METRICS
+
+        METRICS.register(operator.accountant)  # usage by user and state, fair share, waiting, stops
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     if not args.verbose:

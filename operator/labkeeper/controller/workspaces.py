@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
 from labkeeper.api import policy as api_policy
 from labkeeper.api.units import format_time, parse_time
@@ -85,7 +86,7 @@ class WorkspaceReconciler:
         desired: dict = {"observedGeneration": meta.get("generation"), "podName": render_pod.pod_name(name),
                          "gpuEquivalents": round(request.equivalents(policy.gpu_weights), 4),
                          # kept only by a pass that finds the workspace still waiting for a device
-                         "waitingSince": None}
+                         "waitingSince": None, "queue": None}
         runtime = self._runtime(status, pod, now)
         desired.update(runtime)
 
@@ -96,6 +97,9 @@ class WorkspaceReconciler:
                              f"GPUUser {username!r} does not exist or has no uid yet", now, requeue=2.0)
         user_state = (user.get("spec") or {}).get("state", "Active")
         want_running = spec.get("state", "Running") == "Running" and user_state == "Active"
+        if hold is not None:
+            ws = self._adopt_hold_pod(ws, hold, now, keep=user_state == "Active")
+            hold = None
 
         if not want_running:
             # a suspended or offboarded user cannot come back to a held device: hers are released at once
@@ -207,6 +211,7 @@ class WorkspaceReconciler:
         if api_admission.waiting_since(ws) is None:
             self.kube.event(ws, "Waiting", f"waiting for a device: {message}")
         desired["waitingSince"] = api_admission.format_waiting_since(since)
+        desired["queue"] = self._queue_place(decision.waiting[me], view, message)
         # level-based: a missed wake-up costs at most this long
         outcome = self._set(ws, desired, "Pending", "WaitingForDevice", message, now, requeue=30.0)
         outcome.wake, outcome.freed = wake, freed
@@ -234,6 +239,18 @@ class WorkspaceReconciler:
         desired["waitingSince"] = None
         desired["stopReason"] = None
         return self._set(ws, desired, "Starting", "PodCreated", "waiting for the scheduler", now)
+
+    @staticmethod
+    def _queue_place(wait: api_admission.Wait, view: LabView, message: str) -> dict:
+        """Where it stands in the queue, who is ahead and why, and when it may start if the lab knows."""
+        mine = next((w for w in view.waiters if w.owner == wait.owner), None)
+        release = api_admission.estimated_start(wait, view.releases, view.closed)
+        return {"position": wait.ahead + 1,
+                "ahead": [o.removeprefix("lab-") for o in wait.ahead_owners],
+                "reason": message,
+                "relativeUsage": round(mine.usage, 2) if mine is not None else None,
+                "estimatedStart": format_time(release.at) if release is not None else None,
+                "estimateBasis": release.why if release is not None else None}
 
     def _lost_hold(self, ws: dict, desired: dict, decision: api_admission.Admission,
                    view: LabView) -> str | None:
@@ -352,18 +369,6 @@ class WorkspaceReconciler:
         requeue = None
         freed = False
         reason, note = stop_reason, ""
-        if hold is not None:
-            # a hold pod of an older labkeeper: its device is kept as a record for what is left of its window
-            created = parse_time(hold["metadata"].get("creationTimestamp")) or now
-            node = api_admission.pinned_node(hold)
-            devices = api_admission.pod_devices(hold)
-            if not status.get("holdNode") and node and devices and hold_device:
-                record = {"holdNode": node, "holdResource": devices[0][0], "holdCount": devices[0][1],
-                          "holdUntil": format_time(created + policy.gpu_hold_after_stop)}
-                self.kube.patch_status("Workspace", ws, record)
-                ws["status"] = status = {**status, **record}
-                desired.update(record)
-            self.kube.delete("Pod", hold["metadata"]["name"], namespace, grace_seconds=0)
         hold_until = parse_time(status.get("holdUntil"))
         still_held = False
         if status.get("holdNode"):
@@ -400,6 +405,20 @@ class WorkspaceReconciler:
         outcome = self._set(ws, desired, "Stopped", reason, "stopped" + note, now, requeue=requeue)
         outcome.freed = freed
         return outcome
+
+    def _adopt_hold_pod(self, ws: dict, hold: dict, now: dt.datetime, *, keep: bool) -> dict:
+        """A hold pod of an older labkeeper becomes a record for what is left of its window, then goes: as a
+        pod it would keep the device from its own holder too."""
+        status = ws.get("status") or {}
+        until = (parse_time(hold["metadata"].get("creationTimestamp")) or now) + self.policy.current.gpu_hold_after_stop
+        node, devices = api_admission.pinned_node(hold), api_admission.pod_devices(hold)
+        if keep and not status.get("holdNode") and node and devices and until > now:
+            record = {"holdNode": node, "holdResource": devices[0][0], "holdCount": devices[0][1],
+                      "holdUntil": format_time(until)}
+            self.kube.patch_status("Workspace", ws, record)
+            ws = {**ws, "status": {**status, **record}}
+        self.kube.delete("Pod", hold["metadata"]["name"], ws["metadata"]["namespace"], grace_seconds=0)
+        return ws
 
     @staticmethod
     def _held_words(status: dict) -> str:
@@ -486,6 +505,9 @@ class WorkspaceReconciler:
         status = ws.get("status") or {}
         previous = status.get("conditions") or []
         scheduled = ready or bool(desired.get("node")) if scheduled is None else scheduled
+        meter = self._meter(ws, desired, phase, reason, now)
+        if meter is not None:
+            desired["meter"] = meter
         desired.update({
             "phase": phase,
             "reason": reason,
@@ -507,6 +529,21 @@ class WorkspaceReconciler:
             if err.status != 404:
                 raise
         return Outcome(requeue_after=requeue)
+
+
+    def _meter(self, ws: dict, desired: dict, phase: str, reason: str, now: dt.datetime) -> list[dict] | None:
+        """The usage meter with what this pass finds (api/accounting.py); it rides on the status write the change
+        causes anyway. Workspaces that never asked for a device carry none."""
+        status = ws.get("status") or {}
+        if not desired.get("gpuEquivalents") and not status.get("meter"):
+            return None
+        policy = self.policy.current
+        marks = api_accounting.marks_of(ws)
+        mark = api_accounting.current_mark({**status, **desired}, phase, reason, now,
+                                           idle_grace=policy.report_interval + policy.check_interval,
+                                           hold_after_stop=policy.gpu_hold_after_stop,
+                                           previous=marks[-1] if marks else None)
+        return api_accounting.next_meter(status.get("meter") or [], mark, now)
 
 
 def _within(requested, entitled) -> dt.timedelta | None:

@@ -1,0 +1,97 @@
+"""Folds each user's Workspace meters into her GPUUser.status.accounting, and serves the lab's usage as
+Prometheus metrics. The arithmetic is api/accounting.py; this reads the API and writes one patch.
+
+The patch carries the resourceVersion the fold was computed from, so two folds (an old leader and a new one, or
+a pass killed after its read) can never add the same stretch twice: the loser's patch is refused and the next
+fold starts from the winner's `through`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from kubernetes.client.exceptions import ApiException
+
+from labkeeper.api import accounting as api_accounting
+from labkeeper.controller.policy import PolicyStore
+from labkeeper.kube.client import Kube, is_conflict
+from labkeeper.render.access import namespace_for
+
+REPORT_WINDOW = dt.timedelta(days=7)  # what the metrics' waiting percentiles and stop counts cover
+
+
+class Accountant:
+    def __init__(self, kube: Kube, policy: PolicyStore, clock: Callable[[], dt.datetime]) -> None:
+        self.kube = kube
+        self.policy = policy
+        self.clock = clock
+
+    def flush(self, username: str) -> bool:
+        """Folds her meters up to now into her status; returns whether a write was made."""
+        user = self.kube.get("GPUUser", username)
+        if user is None or user["metadata"].get("deletionTimestamp"):
+            return False
+        workspaces = self.kube.list("Workspace", namespace_for(username))
+        now = self.clock()
+        folded = api_accounting.fold_user(user, workspaces, now, self.policy.current.fair_share.half_life)
+        before = api_accounting.user_accounting(user)
+        if folded["days"] == (before.get("days") or []):
+            # nothing metered since the last fold (her decayed usage only decays, which anyone can compute)
+            return False
+        patch = {"metadata": {"resourceVersion": user["metadata"]["resourceVersion"]},
+                 "status": {"accounting": folded}}
+        try:
+            self.kube.patch("GPUUser", username, patch, subresource="status")
+        except ApiException as err:
+            if err.status == 404 or is_conflict(err):
+                return False  # gone, or written meanwhile: the next fold starts from what is there
+            raise
+        return True
+
+    # ---- metrics ---------------------------------------------------------------------------------------------
+    def collect(self):
+        """Prometheus families computed at scrape time from the same figures `labctl admin report` prints."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        now = self.clock()
+        policy = self.policy.current
+        users = self.kube.list("GPUUser")
+        workspaces = self.kube.list("Workspace")
+        shares = {u["metadata"]["name"]: policy.share((u.get("spec") or {}).get("tier")) for u in users}
+        everything = api_accounting.report(users, workspaces, now, now - dt.timedelta(days=api_accounting.RETENTION_DAYS),
+                                           policy.fair_share.half_life, shares)
+        recent = {r.user: r for r in api_accounting.report(users, workspaces, now, now - REPORT_WINDOW,
+                                                           policy.fair_share.half_life, shares)}
+        held = CounterMetricFamily("labkeeper_gpu_equivalent_seconds", "GPU-equivalent-seconds held, by user and "
+                                   "state (active, idle, held after stop), over the retained days",
+                                   labels=["user", "tier", "state"])
+        waiting = CounterMetricFamily("labkeeper_waiting_seconds", "seconds her workspaces waited for a device",
+                                      labels=["user"])
+        stops = CounterMetricFamily("labkeeper_workspace_stops", "workspace stops by reason", labels=["user", "reason"])
+        decayed = GaugeMetricFamily("labkeeper_fair_share_decayed_gpu_hours", "decayed GPU-equivalent-hours the "
+                                    "queue weighs", labels=["user", "tier"])
+        relative = GaugeMetricFamily("labkeeper_fair_share_relative_usage", "decayed usage divided by her tier's "
+                                     "share: lower goes first within a tier", labels=["user", "tier"])
+        wait_q = GaugeMetricFamily("labkeeper_waiting_time_seconds", "waiting time before a start over the last "
+                                   "7 days, by quantile", labels=["user", "quantile"])
+        for rep in everything:
+            for state, value in (("active", rep.active), ("idle", rep.idle), ("held_after_stop", rep.held_after_stop)):
+                held.add_metric([rep.user, rep.tier, state], value)
+            waiting.add_metric([rep.user], rep.waiting)
+            for reason, n in sorted(rep.stops.items()):
+                stops.add_metric([rep.user, reason], n)
+            decayed.add_metric([rep.user, rep.tier], rep.decayed_gpu_hours)
+            relative.add_metric([rep.user, rep.tier], rep.relative_usage)
+            for q in (50, 95):
+                value = api_accounting.percentile(recent[rep.user].waits, q)
+                if value is not None:
+                    wait_q.add_metric([rep.user, f"0.{q}"], value)
+        queued = GaugeMetricFamily("labkeeper_workspaces_waiting", "workspaces waiting for a device", labels=["user"])
+        per_user: dict[str, int] = {}
+        for ws in workspaces:
+            if (ws.get("status") or {}).get("waitingSince"):
+                user = ws["metadata"]["namespace"].removeprefix("lab-")
+                per_user[user] = per_user.get(user, 0) + 1
+        for user in sorted(shares):
+            queued.add_metric([user], per_user.get(user, 0))
+        yield from (held, waiting, stops, decayed, relative, wait_q, queued)

@@ -1,0 +1,175 @@
+"""Usage accounting and the fair-share queue from plain facts: the meter a Workspace's status carries, the buckets a
+GPUUser's status keeps, the decayed usage the queue weighs and the order it gives. No API server."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from labkeeper.api import accounting as acc
+from labkeeper.api.admission import Claim, Waiter, decide
+from labkeeper.api.policy import load_policy
+from labkeeper.api.units import format_time
+
+T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
+MIG1 = "nvidia.com/mig-1g.10gb"
+BALANCED = {("h100", MIG1): 2}
+DAY = dt.timedelta(hours=24)
+GRACE = dt.timedelta(seconds=90)
+HOLD = dt.timedelta(minutes=15)
+
+
+def at(minutes: float) -> dt.datetime:
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+def waiter(user: str, since: float, usage: float = 0.0, priority: int = 10000) -> Waiter:
+    return Waiter(f"lab-{user}/ws", MIG1, 1, priority, at(since), usage=usage)
+
+
+# ---- the order ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("waiters", "order"), [
+    # equal usage: first come, first served
+    ([waiter("b", 5), waiter("a", 0)], ["a", "b"]),
+    # lower relative usage goes first, however long the other waited
+    ([waiter("heavy", -60, usage=2.0), waiter("light", 0, usage=0.5), waiter("none", 10)], ["none", "light", "heavy"]),
+    # a higher tier goes before any usage
+    ([waiter("fresh", 0), waiter("prof", 30, usage=9.0, priority=30000)], ["prof", "fresh"]),
+    # usage within a thousandth is a tie: the wait decides
+    ([waiter("b", 0, usage=1.0004), waiter("a", 1, usage=1.0001)], ["b", "a"]),
+])
+def test_the_queue_orders_by_tier_then_relative_usage_then_waiting_time(waiters, order):
+    assert [w.owner.removeprefix("lab-").removesuffix("/ws") for w in sorted(waiters, key=lambda w: w.key)] == order
+
+
+def test_the_freed_slice_goes_to_the_lightest_user_and_the_others_wait_behind_her():
+    waiters = [waiter("alice", -30, usage=3.0), waiter("bob", -10, usage=1.0), waiter("carol", 0, usage=0.0)]
+    decision = decide(BALANCED, [Claim("lab-x/ws", "h100", MIG1, 1)], waiters)
+    assert decision.admitted == {"lab-carol/ws": "h100"}
+    assert decision.waiting["lab-bob/ws"].ahead == 0
+    assert decision.waiting["lab-alice/ws"].ahead == 1
+
+
+# ---- shares from the policy --------------------------------------------------------------------------------------
+def test_a_tier_share_defaults_to_what_it_may_hold_and_can_be_set():
+    policy = load_policy("tiers:\n  student: {}\n  faculty: {maxGpuEquivalents: 4, share: 1.5}\n"
+                         "  researcher: {maxGpuEquivalents: 4}\nfairShare: {halfLife: 12h}\n")
+    assert (policy.share("student"), policy.share("researcher"), policy.share("faculty")) == (2, 4, 1.5)
+    assert policy.fair_share.half_life == dt.timedelta(hours=12)
+    assert policy.share("nobody") == 1.0
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("fairShare: {halfLife: 0s}", "fairShare.halfLife"),
+    ("fairShare: {halfLife: soon}", "fairShare.halfLife"),
+    ("tiers: {student: {share: 0}}", "tiers.student.share"),
+    ("fairShare: {decay: 2}", "fairShare.decay"),
+])
+def test_a_bad_fair_share_setting_is_refused_with_the_field_named(text, words):
+    with pytest.raises(Exception) as err:
+        load_policy(text)
+    assert words in str(err.value)
+
+
+# ---- the meter ---------------------------------------------------------------------------------------------------
+def status(**fields) -> dict:
+    base = {"gpuEquivalents": 1 / 7}
+    for key, value in fields.items():
+        base[key] = format_time(value) if isinstance(value, dt.datetime) else value
+    return base
+
+
+def step(meter: list[dict], st: dict, phase: str, now: dt.datetime, reason: str = "") -> list[dict]:
+    marks = [acc.Mark.from_status(m) for m in meter]
+    mark = acc.current_mark(st, phase, reason, now, idle_grace=GRACE, hold_after_stop=HOLD,
+                            previous=marks[-1] if marks else None)
+    return acc.next_meter(meter, mark, now)
+
+
+def scripted_day() -> list[dict]:
+    """Waits 08:00-08:10, active 08:10-09:00, idle 09:00-10:00 (noticed at 10:01, culled), held 10:01-10:16."""
+    meter: list[dict] = []
+    meter = step(meter, status(waitingSince=at(0)), "Pending", at(0), "WaitingForDevice")
+    meter = step(meter, status(waitingSince=at(0)), "Pending", at(5), "WaitingForDevice")  # nothing new
+    meter = step(meter, status(podUID="u"), "Starting", at(10), "PodCreated")
+    meter = step(meter, status(podUID="u", idleSince=at(11)), "Running", at(11.5), "PodRunning")
+    meter = step(meter, status(podUID="u", idleSince=at(59.5)), "Running", at(60), "PodRunning")  # active: fresh
+    meter = step(meter, status(podUID="u", idleSince=at(60)), "IdleWarning", at(90), "IdleWarning")
+    meter = step(meter, status(stopReason="Idle", holdUntil=at(121) + HOLD), "Stopping", at(121), "Idle")
+    meter = step(meter, status(stopReason="Idle", holdUntil=at(121) + HOLD), "Stopped", at(122), "Idle")
+    meter = step(meter, status(stopReason="Idle"), "Stopped", at(140), "Idle")
+    return meter
+
+
+def test_the_meter_keeps_one_mark_per_change_dated_by_the_status_not_by_the_pass():
+    meter = scripted_day()
+    assert [(m["state"], m["since"], m.get("reason")) for m in meter] == [
+        ("waiting", "2026-03-01T08:00:00Z", None),
+        ("active", "2026-03-01T08:10:00Z", None),
+        ("idle", "2026-03-01T09:00:00Z", None),
+        ("held", "2026-03-01T10:01:00Z", "Idle"),
+        ("off", "2026-03-01T10:16:00Z", None),
+    ]
+    assert meter[3]["until"] == "2026-03-01T10:16:00Z"
+
+
+def test_folding_the_day_splits_gpu_time_into_active_idle_and_held_after_stop_and_counts_the_wait_and_stop():
+    ws = {"metadata": {"name": "ws", "namespace": "lab-ann"}, "status": {"meter": scripted_day()}}
+    user = {"metadata": {"name": "ann"}, "spec": {"tier": "student"}, "status": {}}
+    folded = acc.fold_user(user, [ws], at(200), DAY)
+    [day] = folded["days"]
+    eq = 1 / 7
+    assert day["date"] == "2026-03-01" and day["workspace"] == "ws"
+    assert day["waitingSeconds"] == 600
+    assert day["activeSeconds"] == pytest.approx(50 * 60 * eq, abs=0.01)
+    assert day["idleSeconds"] == pytest.approx(61 * 60 * eq, abs=0.01)
+    assert day["heldAfterStopSeconds"] == pytest.approx(15 * 60 * eq, abs=0.01)
+    assert day["waits"] == [600] and day["stops"] == {"Idle": 1}
+    # folding again later adds nothing: everything up to `through` is in the buckets, and no mark is new
+    again = acc.fold_user({**user, "status": {"accounting": folded}}, [ws], at(400), DAY)
+    assert again["days"] == folded["days"]
+    # the decayed usage is the held GPU-hours, each halved per day of age: between the oldest and the newest
+    held_hours = (50 + 61 + 15) / 60 * eq
+    assert held_hours * 0.5 ** (190 / 1440) < folded["decayedGpuHours"] < held_hours * 0.5 ** (84 / 1440)
+    assert again["decayedGpuHours"] == pytest.approx(folded["decayedGpuHours"] * 0.5 ** (200 / 1440), rel=1e-4)
+
+
+def test_a_fold_in_the_middle_of_a_segment_loses_nothing_and_counts_nothing_twice():
+    ws = {"metadata": {"name": "ws", "namespace": "lab-ann"}, "status": {"meter": scripted_day()}}
+    user = {"metadata": {"name": "ann"}, "spec": {}, "status": {}}
+    whole = acc.fold_user(user, [ws], at(200), DAY)["days"]
+    state = {}
+    for minute in (3, 30, 61, 95, 118, 125, 200):  # folds every so often, some in the middle of a state
+        state = acc.fold_user({**user, "status": {"accounting": state}}, [ws], at(minute), DAY)
+    for key in ("activeSeconds", "idleSeconds", "heldAfterStopSeconds", "waitingSeconds"):
+        assert state["days"][0][key] == pytest.approx(whole[0][key], abs=0.01)
+    assert state["days"][0]["waits"] == [600] and state["days"][0]["stops"] == {"Idle": 1}
+
+
+def test_a_segment_over_midnight_is_split_between_the_two_days():
+    night = [acc.Mark("active", dt.datetime(2026, 3, 1, 23, 0, tzinfo=dt.UTC), 1.0).as_status()]
+    ws = {"metadata": {"name": "ws", "namespace": "lab-ann"}, "status": {"meter": night}}
+    days = acc.fold_user({"metadata": {"name": "ann"}}, [ws], dt.datetime(2026, 3, 2, 1, 0, tzinfo=dt.UTC), DAY)["days"]
+    assert [(d["date"], d["activeSeconds"]) for d in days] == [("2026-03-01", 3600), ("2026-03-02", 3600)]
+
+
+def test_relative_usage_decays_and_is_divided_by_the_share():
+    heavy = {"metadata": {"name": "heavy"}, "spec": {"tier": "student"},
+             "status": {"accounting": {"through": format_time(T0), "decayedGpuHours": 8.0}}}
+    prof = {"metadata": {"name": "prof"}, "spec": {"tier": "faculty"},
+            "status": {"accounting": {"through": format_time(T0), "decayedGpuHours": 8.0}}}
+    shares = {"student": 2.0, "faculty": 4.0}
+    usages = acc.relative_usages([heavy, prof], [], T0 + DAY, DAY, lambda tier: shares[tier])
+    assert usages == {"heavy": pytest.approx(2.0), "prof": pytest.approx(1.0)}
+
+
+def test_the_report_adds_live_marks_after_the_last_fold_and_gives_wait_percentiles():
+    ws = {"metadata": {"name": "ws", "namespace": "lab-ann"}, "status": {"meter": scripted_day()}}
+    user = {"metadata": {"name": "ann"}, "spec": {"tier": "student"}, "status": {}}
+    folded = acc.fold_user(user, [ws], at(100), DAY)
+    [rep] = acc.report([{**user, "status": {"accounting": folded}}], [ws], at(200), T0 - DAY, DAY, {"ann": 2.0})
+    assert rep.active == pytest.approx(50 * 60 / 7, abs=0.01)
+    assert rep.held_after_stop == pytest.approx(15 * 60 / 7, abs=0.01)
+    assert rep.stops == {"Idle": 1} and rep.waits == [600]
+    assert acc.percentile([1, 2, 3, 4, 100], 50) == 3 and acc.percentile([1, 2, 3, 4, 100], 95) == 100
