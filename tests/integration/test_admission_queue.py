@@ -168,3 +168,33 @@ def test_a_hold_taken_by_a_pod_the_lab_did_not_admit_is_reported_lost_with_a_war
     # nothing of the lab's watches that pod: the waiting workspace's own periodic pass finds the slice
     lab.wait_phase("slice", "frank", "Running", timeout=45)
     clear(lab)
+
+
+def test_a_hold_pod_left_by_an_older_labkeeper_becomes_a_record_its_holder_gets_back(lab: Lab):
+    lab.apply(workspace("slice", "grace", profile="1g.10gb"), workspace("legacy", "frank", profile="1g.10gb",
+                                                                        state="Stopped"))
+    lab.wait_phase("slice", "grace", "Running")
+    lab.wait_phase("legacy", "frank", "Stopped")
+    # what an older labkeeper left after frank's stop: a placeholder pod keeping his slice
+    hold_pod = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "hold-legacy", "namespace": "lab-frank",
+                             "labels": {"app.kubernetes.io/managed-by": "labkeeper", "labkeeper.io/user": "frank",
+                                        "labkeeper.io/workspace": "legacy", "labkeeper.io/role": "hold"}},
+                "spec": {"nodeSelector": {"kubernetes.io/hostname": "h100"}, "priorityClassName": "labkeeper-hold",
+                         "automountServiceAccountToken": False,
+                         "containers": [{"name": "hold", "image": "pause", "resources": {
+                             "limits": {SLICE: "1", "cpu": "1m", "memory": "1Mi"},
+                             "requests": {SLICE: "1", "cpu": "1m", "memory": "1Mi"}}}]}}
+    lab.kubectl("apply", "-f", "-", input=json.dumps(hold_pod))
+    adopted = wait_for(lambda: (s := lab.status("workspace", "legacy", "lab-frank")).get("holdNode") and s,
+                       what="the hold pod adopted as a record")
+    assert (adopted["holdNode"], adopted["holdResource"], adopted["holdCount"]) == ("h100", SLICE, 1), adopted
+    wait_for(lambda: lab.get("pod", "hold-legacy", "lab-frank") is None, what="the hold pod gone")
+    lab.apply(workspace("slice", "ivan", profile="1g.10gb"))
+    waiting = wait_for(lambda: (s := lab.status("workspace", "slice", "lab-ivan")).get("reason") == "WaitingForDevice"
+                       and s, what="ivan waiting")
+    assert "1 held until" in waiting["message"], waiting
+    set_state(lab, "frank", "Running", name="legacy")
+    assert lab.wait_phase("legacy", "frank", "Running", timeout=HOLD)["node"] == "h100"
+    assert pods_of(lab, "ivan") == []
+    clear(lab)

@@ -296,6 +296,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             operator.workspace_seen(namespace, name, None)
             operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
             operator.usage_changed(namespace)
+            if (body.get("status") or {}).get("holdNode"):
+                operator.device_freed(namespace, name)  # its hold went with it
             return
         status = body.get("status") or {}
         operator.workspace_seen(namespace, name, status.get("phase"), bool(status.get("waitingSince")))
