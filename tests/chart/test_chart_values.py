@@ -51,6 +51,12 @@ def test_a_misspelt_policy_field_is_refused_by_name(render_error):
     assert "maxGpuEquivalent" in message
 
 
+def test_a_tier_priority_class_name_is_refused_rather_than_ignored(render_error):
+    # labkeeper-<tier> is the only class a tier's pods may use (the namespace's quota allows no other)
+    message = render_error(with_policy(tiers__student__priorityClassName="high-priority"))
+    assert "priorityClassName" in message and "/policy/tiers/student" in message
+
+
 def test_a_misspelt_chart_option_is_refused_by_name(render_error):
     message = render_error({"opertor": {"replicas": 1}})
     assert "opertor" in message

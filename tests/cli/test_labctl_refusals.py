@@ -134,3 +134,21 @@ def test_admin_user_add_refuses_a_tier_the_policy_does_not_have(crds, operator, 
     assert refused.returncode == 2
     assert "--tier 'gold' is not a tier of the lab policy; valid: faculty, researcher, student" in refused.stderr
     assert get(crds, "gu", f"gil-{unique}") is None
+
+
+def test_labctl_and_the_api_share_one_username_rule(crds, operator, labctl, unique):
+    # labctl used to take `bob-` and stop at 31 characters while the API took 32
+    trailing = labctl("admin", "user", "add", f"bo{unique}-", "--tier", "student", kubeconfig=crds.kubeconfig)
+    assert trailing.returncode == 2 and "not ending in '-'" in trailing.stderr
+    longest = f"u{unique}".ljust(32, "x")
+    added = labctl("admin", "user", "add", longest, "--tier", "student", kubeconfig=crds.kubeconfig)
+    try:
+        assert added.returncode == 0, added.stderr
+        assert get(crds, "gu", longest)["metadata"]["name"] == longest
+        too_long = labctl("admin", "user", "add", longest + "x", "--tier", "student", kubeconfig=crds.kubeconfig)
+        assert too_long.returncode == 2 and "33 characters; at most 32" in too_long.stderr
+        sudoer = labctl("admin", "user", "add", f"su{unique}", "--tier", "student", "--group", "sudo",
+                        kubeconfig=crds.kubeconfig)
+        assert sudoer.returncode == 2 and "group 'sudo' is a privileged or system group" in sudoer.stderr
+    finally:
+        crds.kubectl("delete", "gu", longest, "--wait=false", check=False)

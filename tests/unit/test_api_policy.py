@@ -116,6 +116,8 @@ def test_allowed_profiles_and_images_come_from_the_tier():
     ("defaultTier: staff\n", "defaultTier 'staff' is not one of the tiers"),
     ("users:\n  Root: {cpu: '1'}\n", "username 'Root' is not valid"),
     ("idelTimeout: 30m\n", "idelTimeout: Extra inputs are not permitted"),
+    # once accepted and silently ignored: a tier's class is always labkeeper-<tier>
+    ("tiers:\n  student: {priorityClassName: vip}\n", "tiers.student.priorityClassName: Extra inputs are not permitted"),
     ("- a list\n", "must be a mapping"),
     ("tiers: [\n", "is not valid YAML"),
 ])
