@@ -139,3 +139,25 @@ def test_status_is_a_subresource_so_a_spec_apply_cannot_set_it(api):
     stored = json.loads(api.kubectl("get", "gpuuser", "no-self-promotion", "-o", "json").stdout)
     assert [n["node"] for n in stored["status"]["nodes"]] == ["spoofed-node"], stored["status"]
     api.kubectl("delete", "gpuuser", "no-self-promotion")
+
+
+# short names that the NVIDIA GPU Operator's CRDs claim (NVIDIADriver: nvd, nvdriver, nvdrivers); the live API
+# server below answers for Kubernetes itself
+GPU_OPERATOR_SHORT_NAMES = {"nvd", "nvdriver", "nvdrivers"}
+
+
+def test_labkeepers_short_names_belong_to_no_other_resource(api):
+    lines = api.kubectl("api-resources").stdout.splitlines()
+    header = lines[0]
+    starts = [header.index(column) for column in ("NAME", "SHORTNAMES", "APIVERSION")]
+    others = set(GPU_OPERATOR_SHORT_NAMES)
+    ours = {}
+    for line in lines[1:]:
+        shorts = {s for s in line[starts[1]:starts[2]].strip().split(",") if s}
+        if line[starts[2]:].split()[0].startswith("labkeeper.io/"):
+            ours[line[:starts[1]].strip()] = shorts
+        else:
+            others |= shorts
+    assert ours == {"gpuusers": {"gu"}, "workspaces": {"ws"}, "sharedcaches": {"scache"}, "modelstores": {"ms"}}
+    assert "sc" in others  # StorageClass's: what `kubectl get sc` lists
+    assert not set().union(*ours.values()) & others
