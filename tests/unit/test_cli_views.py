@@ -161,13 +161,15 @@ def test_status_puts_each_limit_beside_its_use():
                        "nodes": [{"node": "a", "homeBytes": 2 * 1024**3}, {"node": "b", "homeBytes": 1024}],
                        "effectiveLimits": {"maxGpuEquivalents": {"value": "2", "source": "tier"},
                                            "cpu": {"value": "32", "source": "tier"},
-                                           "maxWorkspaces": {"value": "3", "source": "override"}}}}
+                                           "maxWorkspaces": {"value": "3", "source": "override"},
+                                           "keepAliveMax": {"value": "24h", "source": "default"}}}}
     quota = {"status": {"used": {"requests.cpu": "4", "requests.memory": "8Gi"}}}
     summary = views.usage_summary(user, [ws("a", "Running"), ws("b", "Stopped")], quota)
+    assert summary["keepAliveMax"] == "24h"
     lines = {what: (used, limit) for what, used, limit in summary["lines"]}
     assert lines["GPU equivalents"] == ("1.5", "2")
     assert lines["CPU"] == ("4", "32")
     assert lines["running workspaces"] == ("1", "3")
     assert lines["disk (home)"][0] == "2.0 GiB"
     _, rows = views.limits_rows(user)
-    assert rows[-1] == ["maxWorkspaces", "3", "override"]
+    assert rows[-2:] == [["maxWorkspaces", "3", "override"], ["keepAliveMax", "24h", "default"]]

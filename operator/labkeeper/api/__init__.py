@@ -6,7 +6,9 @@ Nothing here imports the rest of labkeeper. The names others use:
 - `labkeeper.api.resources`: GPUUser, SharedCache, ModelStore, Workspace (spec and status models)
 - `labkeeper.api.policy`: LabPolicy, `load_policy`, `effective_limits`, `gpu_equivalents`
 - `labkeeper.api.units`: `parse_duration`, `parse_quantity`, `parse_cpu`, `parse_memory`
-- `labkeeper.api.names`: `validate_username`
+- `labkeeper.api.names`: `validate_username`, `validate_group` (no privileged host groups),
+  `validate_cache_env_name` (what a SharedCache or ModelStore may export)
+- `labkeeper.api.policy.not_entitled`: the NotEntitled words of the operator and labctl
 """
 
 from __future__ import annotations

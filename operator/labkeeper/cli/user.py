@@ -162,7 +162,8 @@ def status(ctx: typer.Context, output: Format = OutputOption) -> None:
         return
     out = console()
     out.print(f"{summary['user']}: tier {summary['tier']}, {summary['state']}, {summary['phase'] or 'Pending'}"
-              f"  (idle timeout {summary['idleTimeout'] or '-'}, max runtime {summary['maxRuntime'] or '-'})")
+              f"  (idle timeout {summary['idleTimeout'] or '-'}, max runtime {summary['maxRuntime'] or '-'}, "
+              f"keep-alive at most {summary['keepAliveMax'] or '-'})")
     out.print(table(["", "USED", "LIMIT"], [list(line) for line in summary["lines"]]))
     if rows:
         out.print()

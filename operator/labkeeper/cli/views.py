@@ -325,7 +325,7 @@ def user_rows(users: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-LIMIT_FIELDS = ("maxGpuEquivalents", "cpu", "memory", "maxWorkspaces", "idleTimeout", "maxRuntime")
+LIMIT_FIELDS = ("maxGpuEquivalents", "cpu", "memory", "maxWorkspaces", "idleTimeout", "maxRuntime", "keepAliveMax")
 
 
 def entitlement_problem(user: dict, spec: dict) -> str | None:
@@ -381,6 +381,7 @@ def usage_summary(user: dict, workspaces: list[dict], quota: dict | None) -> dic
         ],
         "idleTimeout": limit_value(user, "idleTimeout"),
         "maxRuntime": limit_value(user, "maxRuntime"),
+        "keepAliveMax": limit_value(user, "keepAliveMax"),
     }
 
 
