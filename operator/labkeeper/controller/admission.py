@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
@@ -27,6 +27,12 @@ class LabView:
     waiters: list[api_admission.Waiter]
     pods_of: frozenset[str]  # owners with a workspace pod
     releases: tuple[api_admission.Release, ...] = ()  # when devices are known to come free
+    places: dict[str, int | None] = field(default_factory=dict)  # waiter → queue position its status shows
+
+    def moved(self, decision: api_admission.Admission) -> list[str]:
+        """Waiters whose place in the queue is no longer the one their status shows (someone joined ahead of them,
+        or left): each gets a pass so that what `labctl status` says stays true."""
+        return [o for o, wait in decision.waiting.items() if self.places.get(o) != wait.ahead + 1]
 
     def decide(self) -> api_admission.Admission:
         return api_admission.decide(self.capacity, self.claims, self.waiters, self.closed)
@@ -75,6 +81,7 @@ class Admissions:
         usages = api_accounting.relative_usages(users.values(), workspaces, now, policy.fair_share.half_life,
                                                 policy.share)
         waiters = []
+        places: dict[str, int | None] = {}
         mine = owner_key(me) if me is not None else None
         for ws in workspaces:
             key = owner_key(ws)
@@ -93,9 +100,11 @@ class Admissions:
             waiter = self.waiter(ws, user, since, usages.get(ws["metadata"]["namespace"].removeprefix("lab-"), 0.0))
             if waiter is not None:
                 waiters.append(waiter)
+                places[key] = (((ws.get("status") or {}).get("queue")) or {}).get("position")
         if me is not None and my_since is not None:
             username = me["metadata"]["namespace"].removeprefix("lab-")
             waiter = self.waiter(me, users.get(username), my_since, usages.get(username, 0.0))
             if waiter is not None:
                 waiters.append(waiter)
-        return LabView(capacity, closed, claims, waiters, pods_of, tuple(api_admission.releases_of(workspaces, now)))
+        return LabView(capacity, closed, claims, waiters, pods_of, tuple(api_admission.releases_of(workspaces, now)),
+                       places)

@@ -195,7 +195,8 @@ class WorkspaceReconciler:
             # those ahead that may start now, and holders whose hold is gone, get a pass of their own,
             # whoever's pass found out
             wake = tuple(tuple(o.split("/", 1)) for o in
-                         [*(o for o in decision.admitted if o not in view.pods_of), *(c.owner for c in decision.lost_holds)]
+                         [*(o for o in decision.admitted if o not in view.pods_of), *(c.owner for c in decision.lost_holds),
+                          *view.moved(decision)]
                          if o != me)
             lost = self._lost_hold(ws, desired, decision, view)
             node = decision.admitted.get(me)
