@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from kubernetes import client as k8s
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import REGISTRY, Gauge, start_http_server
 
 from labkeeper.agent import cleanup, desired, disk, toolchains
 from labkeeper.agent.activity import (
@@ -34,7 +33,7 @@ from labkeeper.agent.activity import (
 from labkeeper.agent.activity_loop import ActivityLoop, thresholds_of
 from labkeeper.agent.notices import HomeNotices
 from labkeeper.agent.recovery import Host, HostResult, reconcile_host
-from labkeeper.api.policy import LabPolicy
+from labkeeper.api.policy import POLICY_CONFIGMAP, POLICY_KEY, LabPolicy, PolicyKeeper
 from labkeeper.api.units import parse_duration, parse_quantity
 from labkeeper.kube.client import Kube, api_error_message, is_conflict
 
@@ -110,7 +109,8 @@ class Agent:
         self.last_events: dict[tuple[str, str], str] = {}
         self.last_result: HostResult | None = None
         self.cleanups: dict[str, dict] = {}  # SharedCache → this node's last cleanup, until the watch shows it
-        self._policy: tuple[str | None, LabPolicy] | None = None
+        self.policy_keeper = PolicyKeeper(component=f"the agent on {node}")
+        self._policy_version: str | None = None  # the ConfigMap's resourceVersion last offered to the keeper
         self.activity: ActivityLoop | None = None
 
     def watch_activity(self, monitor: ActivityMonitor) -> None:
@@ -121,16 +121,21 @@ class Agent:
 
     # ---- inputs -------------------------------------------------------------------------------
     def policy(self) -> LabPolicy:
-        body = self.configmaps.objects.get("labkeeper-policy") or {}
-        version = (body.get("metadata") or {}).get("resourceVersion")
-        if self._policy is None or version != self._policy[0]:
-            try:
-                parsed = LabPolicy.model_validate(yaml.safe_load((body.get("data") or {}).get("policy.yaml", "")) or {})
-            except Exception as err:
-                log.warning("policy ConfigMap unreadable (%s); using the defaults", err)
-                parsed = LabPolicy()
-            self._policy = (version, parsed)
-        return self._policy[1]
+        """The policy in force by `PolicyKeeper`'s rule, the operator's too: a refused ConfigMap leaves the last
+        good policy in force and says so once on the ConfigMap; the next valid one is taken at the next read."""
+        body = self.configmaps.objects.get(POLICY_CONFIGMAP)
+        version = (body or {}).get("metadata", {}).get("resourceVersion")
+        if body is not None and version != self._policy_version:
+            self._policy_version = version
+            outcome = self.policy_keeper.offer((body.get("data") or {}).get(POLICY_KEY),
+                                               f"ConfigMap {self.ns}/{POLICY_CONFIGMAP} key {POLICY_KEY}")
+            if outcome.reason:
+                (log.warning if outcome.warning else log.info)("%s", outcome.message)
+                # the keeper says each text once; _event's own memory would hide a refusal repeated later
+                self.kube.event({"kind": "ConfigMap", "apiVersion": "v1", **body}, outcome.reason,
+                                f"{self.node}: {outcome.message}", type_="Warning" if outcome.warning else "Normal",
+                                component="labkeeper-agent")
+        return self.policy_keeper.current
 
     def lab_gid(self) -> int:
         return self.policy().lab_users_gid
@@ -294,7 +299,7 @@ class Agent:
     def _toolchain_events(self, result: HostResult) -> None:
         """Toolchains are policy, not objects with a status: what happened to them is an Event on the policy
         ConfigMap (`kubectl describe configmap -n labkeeper-system labkeeper-policy`)."""
-        policy_cm = self.configmaps.objects.get("labkeeper-policy")
+        policy_cm = self.configmaps.objects.get(POLICY_CONFIGMAP)
         if policy_cm is None:
             return
         obj = {"kind": "ConfigMap", "apiVersion": "v1", **policy_cm}
@@ -373,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port)
     agent = Agent(kube, host, args.node, args.system_namespace, selector=args.selector)
+    if args.metrics_port:
+        REGISTRY.register(agent.policy_keeper)
     agent.watch_activity(ActivityMonitor(sampler, thresholds_of(LabPolicy()), agent.clock,
                                          host=HostReader(args.proc_root, args.cgroup_root),
                                          metrics=ActivityMetrics() if args.metrics_port else None))

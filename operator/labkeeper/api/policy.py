@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import hashlib
+import threading
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -34,7 +36,8 @@ from labkeeper.api.units import (
 )
 
 __all__ = [
-    "LIMIT_FIELDS", "POLICY_CONFIGMAP", "POLICY_KEY", "Activity", "LabPolicy", "LimitValue", "PolicyError", "Tier",
+    "LIMIT_FIELDS", "POLICY_CONFIGMAP", "POLICY_KEY", "Activity", "LabPolicy", "LimitValue", "PolicyError",
+    "PolicyKeeper", "PolicyOutcome", "Tier",
     "Toolchain",
     "effective_limits", "gpu_equivalents", "load_policy", "not_entitled", "parse_cpu", "parse_duration", "parse_memory",
     "parse_quantity", "policy_configmap",
@@ -421,7 +424,10 @@ def describe_errors(err: ValidationError, limit: int = 10) -> list[str]:
     return lines
 
 
-def load_policy(text: str, source: str = f"ConfigMap labkeeper-system/{POLICY_CONFIGMAP} key {POLICY_KEY}") -> LabPolicy:
+DEFAULT_SOURCE = f"ConfigMap labkeeper-system/{POLICY_CONFIGMAP} key {POLICY_KEY}"
+
+
+def load_policy(text: str, source: str = DEFAULT_SOURCE) -> LabPolicy:
     """The policy in a ConfigMap's `policy.yaml`; an empty text is the built-in DS01 defaults."""
     try:
         data = yaml.safe_load(text) if text.strip() else {}
@@ -433,6 +439,75 @@ def load_policy(text: str, source: str = f"ConfigMap labkeeper-system/{POLICY_CO
         return LabPolicy.model_validate(data)
     except ValidationError as err:
         raise PolicyError(f"{source} is invalid: " + "; ".join(describe_errors(err))) from err
+
+
+class PolicyOutcome(NamedTuple):
+    """What one offered text did: `changed` when the policy in force is now a different one (everything
+    evaluated under the old one, waiting Workspaces above all, needs another look); `reason`, `message` and
+    `warning` are what to say on the ConfigMap, or reason None when there is nothing new to say."""
+
+    changed: bool
+    reason: str | None = None
+    message: str = ""
+    warning: bool = False
+
+
+class PolicyKeeper:
+    """The one rule by which the operator and the agent take the lab policy from its ConfigMap.
+
+    A text the models accept replaces the policy in force whole; a text they refuse never half-applies: the
+    last good policy stays in force (the built-in defaults until a good one has been read), the refusal is
+    said once per text, and the next valid text is taken the moment it is offered. A missing ConfigMap or
+    key changes nothing. The counters are what `collect()` exposes to Prometheus."""
+
+    def __init__(self, component: str = "labkeeper") -> None:
+        self.component = component
+        self._lock = threading.Lock()
+        self.current = LabPolicy()
+        self.generation = 0  # policies put in force by this process; 0 is the built-in defaults
+        self.rejected_total = 0
+        self.refused: str | None = None  # why the ConfigMap's text is not in force, while it is not
+        self._offered: str | None = None  # digest of the text last offered
+
+    def offer(self, text: str | None, source: str = DEFAULT_SOURCE) -> PolicyOutcome:
+        if text is None:
+            return PolicyOutcome(False)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        with self._lock:
+            if digest == self._offered:
+                return PolicyOutcome(False)
+            self._offered = digest
+            try:
+                policy = load_policy(text, source)
+            except PolicyError as err:
+                refused = str(err)
+            except Exception as err:  # a validator's own bug must not take the process down either
+                refused = f"{source} cannot be read: {type(err).__name__}: {err}"
+            else:
+                was_refused, self.refused = self.refused, None
+                if self.generation and policy == self.current:
+                    return PolicyOutcome(False, "PolicyApplied", f"{source} is valid again; the policy in force "
+                                         "is unchanged") if was_refused else PolicyOutcome(False)
+                self.current = policy
+                self.generation += 1
+                return PolicyOutcome(True, "PolicyApplied", f"lab policy from {source} is in force "
+                                     f"(generation {self.generation} in {self.component})")
+            self.rejected_total += 1
+            self.refused = refused
+            kept = f"generation {self.generation}" if self.generation else "the built-in defaults"
+            return PolicyOutcome(False, "InvalidPolicy", f"{refused}; the last good policy ({kept}) stays "
+                                 "in force until the ConfigMap is fixed", warning=True)
+
+    def collect(self):
+        """A Prometheus collector: register the keeper with a registry to expose these."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield CounterMetricFamily("labkeeper_policy_rejected", "policy texts refused by the models; the last good "
+                                  "policy stayed in force", value=self.rejected_total)
+        yield GaugeMetricFamily("labkeeper_policy_generation", "policies put in force since this process started "
+                                "(0: the built-in defaults)", value=self.generation)
+        yield GaugeMetricFamily("labkeeper_policy_refused", "1 while the policy ConfigMap's text is refused and "
+                                "the last good policy holds", value=1 if self.refused else 0)
 
 
 def policy_configmap(policy: LabPolicy, namespace: str = "labkeeper-system") -> dict:

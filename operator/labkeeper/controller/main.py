@@ -250,10 +250,32 @@ class Operator:
     async def policy_changed(self, body: dict) -> None:
         changed = await quietly("loading the policy", self.policy.load_configmap, body)
         if changed:
-            await quietly("applying PriorityClasses", self.policy.apply_priority_classes)
-            users = await quietly("listing users", self.kube.list, "GPUUser") or []
-            for user in users:
-                await self.reconcile_user(user["metadata"]["name"])
+            await self.follow_policy()
+
+    async def follow_policy(self) -> None:
+        """A new policy in force changes what each user may have and what a waiting Workspace may get:
+        PriorityClasses first (a pod names its class), then each user's quota, then every waiting Workspace
+        gets a pass. A step the API fails is tried again as a whole; each is idempotent."""
+        key = ("Policy", self.namespace)
+        done = await quietly("applying PriorityClasses", self.policy.apply_priority_classes) is not None
+        users = await quietly("listing users", self.kube.list, "GPUUser")
+        if users is not None:
+            await asyncio.gather(*(self.reconcile_user(u["metadata"]["name"]) for u in users))
+        workspaces = await quietly("listing workspaces", self.kube.list, "Workspace")
+        if workspaces is not None:
+            self.requeue_waiting(workspaces)
+        if done and users is not None and workspaces is not None:
+            self.requeue.cancel(key)
+        else:
+            self.requeue.schedule(key, 5.0, lambda: asyncio.ensure_future(self.follow_policy()))
+
+    def requeue_waiting(self, workspaces: list[dict]) -> None:
+        """Every Workspace that waits (Pending for any reason, NotEntitled and QuotaExceeded included, Preempted,
+        or not looked at yet) gets a pass under the policy now in force: none of them has a timer of its own."""
+        listed = {(ws["metadata"]["namespace"], ws["metadata"]["name"]) for ws in workspaces
+                  if (ws.get("status") or {}).get("phase") in (*WAITING_PHASES, None)}
+        for namespace, name in sorted(listed | self.waiting):
+            self.workspace_changed(namespace, name)
 
 
 def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
@@ -409,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
             LeaderLease(kube, args.namespace, identity, args.lease_duration).acquire()
     operator = Operator(kube, args.namespace, endpoint_from(kube), require_host=not args.no_require_host,
                         data_root=args.data_root)
+    if args.metrics_port:
+        from prometheus_client import REGISTRY
+
+        REGISTRY.register(operator.policy)  # labkeeper_policy_rejected_total, _generation, _refused
     registry = kopf.OperatorRegistry()
     register(registry, operator)
     if args.metrics_port:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
 from dataclasses import dataclass
 
-import yaml
 from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
 
 from labkeeper.api import policy as api_policy
 from labkeeper.kube.client import Kube, api_error_message
@@ -17,8 +13,8 @@ from labkeeper.render import access as render
 
 log = logging.getLogger("labkeeper.policy")
 
-POLICY_CONFIGMAP = "labkeeper-policy"
-POLICY_KEY = "policy.yaml"
+POLICY_CONFIGMAP = api_policy.POLICY_CONFIGMAP
+POLICY_KEY = api_policy.POLICY_KEY
 
 
 @dataclass(frozen=True)
@@ -37,50 +33,32 @@ class UserEntitlement:
                 f"{a.max_workspaces} running workspaces")
 
 
-class PolicyStore:
+class PolicyStore(api_policy.PolicyKeeper):
+    """The operator's policy: `api.policy.PolicyKeeper`'s rule, fed from the ConfigMap, said in Events on it."""
+
     def __init__(self, kube: Kube, namespace: str) -> None:
+        super().__init__(component="the operator")
         self.kube = kube
         self.namespace = namespace
-        self._lock = threading.Lock()
-        self.current: api_policy.LabPolicy = api_policy.LabPolicy()
-        self.digest = ""
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Reads the ConfigMap now; returns whether the policy in force changed."""
         try:
             body = self.kube.get("ConfigMap", POLICY_CONFIGMAP, self.namespace)
         except ApiException as err:
-            log.warning("cannot read the policy ConfigMap: %s; using defaults", api_error_message(err))
-            return
-        if body is not None:
-            self.load_configmap(body)
+            log.warning("cannot read the policy ConfigMap: %s; the policy in force stays", api_error_message(err))
+            return False
+        return self.load_configmap(body) if body is not None else False
 
     def load_configmap(self, body: dict) -> bool:
-        """Adopt the ConfigMap's policy if it is valid; returns whether the policy in force changed."""
-        text = (body.get("data") or {}).get(POLICY_KEY, "")
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        if digest == self.digest:
-            return False
-        where = f"ConfigMap {self.namespace}/{POLICY_CONFIGMAP} key {POLICY_KEY}"
-        try:
-            policy = api_policy.LabPolicy.model_validate(yaml.safe_load(text) or {})
-        except yaml.YAMLError as err:
-            self._refuse(body, f"{where} is not valid YAML: {err}")
-            return False
-        except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5])
-            self._refuse(body, f"{where} is invalid: {problems}")
-            return False
-        with self._lock:
-            self.current, self.digest = policy, digest
-        self.kube.event(body, "PolicyApplied", f"lab policy from {where} is in force")
-        return True
-
-    def _refuse(self, body: dict, message: str) -> None:
-        log.error("%s; the last good policy stays in force", message)
-        self.kube.event(body, "InvalidPolicy", f"{message}; the last good policy stays in force", type_="Warning")
-        # remember the broken text too, so the same bad ConfigMap is reported once, not on every event
-        self.digest = hashlib.sha256(((body.get("data") or {}).get(POLICY_KEY, "")).encode()).hexdigest()
+        """Adopts the ConfigMap's policy if the models accept it; returns whether the policy in force changed."""
+        outcome = self.offer((body.get("data") or {}).get(POLICY_KEY),
+                             f"ConfigMap {self.namespace}/{POLICY_CONFIGMAP} key {POLICY_KEY}")
+        if outcome.reason:
+            (log.error if outcome.warning else log.info)("%s", outcome.message)
+            self.kube.event({"apiVersion": "v1", "kind": "ConfigMap", **body}, outcome.reason, outcome.message,
+                            type_="Warning" if outcome.warning else "Normal")
+        return outcome.changed
 
     def uid_range(self) -> tuple[int, int]:
         r = self.current.uid_range
@@ -117,8 +95,10 @@ class PolicyStore:
                 description=f"labkeeper: workspaces of tier {name}"))
         return classes
 
-    def apply_priority_classes(self) -> None:
-        for pc in self.priority_classes():
+    def apply_priority_classes(self) -> int:
+        """Makes each tier's PriorityClass and the hold class match the policy; returns how many there are."""
+        classes = self.priority_classes()
+        for pc in classes:
             existing = self.kube.get("PriorityClass", pc["metadata"]["name"])
             if existing and (existing.get("value") != pc["value"]
                              or existing.get("preemptionPolicy") != pc["preemptionPolicy"]):
@@ -127,6 +107,7 @@ class PolicyStore:
                 existing = None
             if existing is None or any(existing.get(k) != pc[k] for k in ("description",)):
                 self.kube.apply(pc)
+        return len(classes)
 
 
 def _text(value) -> str:

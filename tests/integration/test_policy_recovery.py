@@ -1,0 +1,139 @@
+"""An admin breaks the lab policy and fixes it, field by field: each field of the student tier set to null, a
+negative number and a wrong type in turn. The operator and the agent keep a whole policy in force (the last
+good one, or the new one where the models accept it), say so on the ConfigMap and in their metrics, never
+change the host for a refused policy, and once the policy is fixed a new workspace runs within seconds.
+One cluster, one operator, one agent, every round."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from labkeeper.testing.cluster import NodeSpec, free_port
+from labkeeper.testing.lab import API_VERSION, Lab, example_policy, gpuuser, workspace
+from labkeeper.testing.processes import SYSTEM_NAMESPACE, AgentProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+NODE = "policy-node"
+LAB_GID = 3000  # not the built-in default (2000): a policy that fell back to the defaults would show on the host
+STUDENT = {"maxGpuEquivalents": 1, "cpu": "4", "memory": "8Gi", "maxWorkspaces": 3, "idleTimeout": "2h",
+           "maxRuntime": "24h", "allowedProfiles": ["1g.10gb", "2g.20gb"], "allowedImages": ["busybox*", "lab/*"],
+           "priority": 10000, "preempt": False}
+WRONG_TYPE = {"maxGpuEquivalents": "two", "cpu": ["4"], "memory": {"gi": 8}, "maxWorkspaces": "three",
+              "idleTimeout": 7200, "maxRuntime": ["24h"], "allowedProfiles": "1g.10gb", "allowedImages": "busybox",
+              "priority": "high", "preempt": "sometimes"}
+ROUNDS = [(field, value) for field in STUDENT for value in (None, -1, WRONG_TYPE[field])]
+RUNNING_WITHIN = 10.0  # seconds from the fixed policy to a new workspace Running
+
+
+def good_policy() -> dict:
+    policy = example_policy()
+    policy["labUsersGid"] = LAB_GID
+    policy["tiers"]["student"] = dict(STUDENT)
+    return policy
+
+
+def broken(field: str, value) -> dict:
+    policy = good_policy()
+    policy["tiers"]["student"] = copy.deepcopy(STUDENT) | {field: value}
+    return policy
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split(" ")[0] == name)
+
+
+def said(port: int) -> float:
+    """How many policy texts a process has taken a position on: each one is either refused or put in force."""
+    return metric(port, "labkeeper_policy_rejected_total") + metric(port, "labkeeper_policy_generation")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("policy")
+    operator_port, agent_port = free_port(), free_port()
+    with Lab((NodeSpec(NODE, "h100-balanced"),), good_policy(), workdir / "lab",
+             operator_args=("--metrics-port", str(operator_port))) as running:
+        agent = AgentProcess(running.cluster.kubeconfig, workdir / "host", NODE, "--sampler", "none",
+                             "--resync", "5", "--metrics-port", str(agent_port)).start()
+        running.ports = (operator_port, agent_port)
+        running.agent = agent
+        try:
+            running.add_users(gpuuser("ada"))
+            running.apply({"apiVersion": API_VERSION, "kind": "SharedCache", "metadata": {"name": "pip"},
+                           "spec": {"type": "pip", "path": "cache/pip"}})
+            yield running
+        finally:
+            agent.kill()
+            print(running.log_tail(120))
+            print(agent.log_tail())
+
+
+def cache_group(lab: Lab) -> tuple[int | None, str]:
+    """The pip cache's owning group and its ACL, numerically, as the agent left them on the host."""
+    path = lab.agent.data / "cache" / "pip"
+    if not path.is_dir():
+        return None, ""
+    acl = subprocess.run(["getfacl", "-n", "-p", str(path)], capture_output=True, text=True, check=True).stdout
+    return path.stat().st_gid, acl
+
+
+def policy_events(lab: Lab, component: str) -> list[dict]:
+    events = json.loads(lab.kubectl("get", "events", "-n", SYSTEM_NAMESPACE, "-o", "json", "--field-selector",
+                                    "involvedObject.kind=ConfigMap,involvedObject.name=labkeeper-policy").stdout)
+    return [e for e in events["items"] if (e.get("source") or {}).get("component") == component]
+
+
+def set_and_wait_until_read(lab: Lab, policy: dict, what: str) -> None:
+    """Both have read it when each has refused it or put it in force, whole."""
+    before = [said(port) for port in lab.ports]
+    lab.set_policy(policy)
+    wait_for(lambda: all(said(port) > seen for port, seen in zip(lab.ports, before, strict=True)), timeout=10,
+             what=f"{what} read by the operator and the agent")
+
+
+def test_every_field_of_a_tier_broken_and_fixed_leaves_a_lab_where_a_new_workspace_runs_at_once(lab: Lab):
+    operator_port, agent_port = lab.ports
+    wait_for(lambda: cache_group(lab)[0] == LAB_GID, timeout=60, what=lambda: f"pip cache group {LAB_GID}\n"
+             f"{lab.agent.log_tail()}")
+    slow = []
+    for index, (field, value) in enumerate(ROUNDS):
+        set_and_wait_until_read(lab, broken(field, value), f"{field}={value!r}")
+        refused = metric(operator_port, "labkeeper_policy_refused")
+        assert refused == metric(agent_port, "labkeeper_policy_refused"), \
+            f"{field}={value!r}: operator and agent disagree on whether it is valid"
+        # a workspace asked for while the broken policy is there: it may wait, but it must not be forgotten
+        during = f"d{index}"
+        lab.apply(workspace(during, "ada", state="Running"))
+
+        lab.set_policy(good_policy())
+        fixed = time.monotonic()
+        after = f"a{index}"
+        lab.apply(workspace(after, "ada", state="Running"))
+        for name in (during, after):
+            lab.wait_phase(name, "ada", "Running", timeout=RUNNING_WITHIN)
+        slow.append((time.monotonic() - fixed, field, value))
+        assert metric(operator_port, "labkeeper_policy_refused") == 0
+        group, acl = cache_group(lab)
+        assert group == LAB_GID and f"group:{LAB_GID}:rwx" in acl and "group:2000:" not in acl, \
+            f"{field}={value!r} changed the pip cache on the host:\n{acl}"
+        lab.kubectl("delete", "workspace", during, after, "-n", "lab-ada", "--wait=false")
+        wait_for(lambda: not lab.items("pods", "-n", "lab-ada", "-l", "app.kubernetes.io/managed-by=labkeeper"),
+                 timeout=30, what="the round's pods gone")
+    print("slowest rounds (s from the fix to both Running):", sorted(slow, key=lambda r: r[0], reverse=True)[:3])
+
+    for component, who in (("labkeeper-operator", "the operator"), ("labkeeper-agent", f"{NODE}: ")):
+        events = policy_events(lab, component)
+        refusals = [e for e in events if e["reason"] == "InvalidPolicy"]
+        assert refusals and all(e["type"] == "Warning" and "stays in force" in e["message"] for e in refusals)
+        assert any("tiers.student.maxWorkspaces" in e["message"] and "(got -1)" in e["message"] for e in refusals)
+        assert any(e["reason"] == "PolicyApplied" for e in events), who
+    assert metric(operator_port, "labkeeper_policy_rejected_total") == metric(agent_port,
+                                                                              "labkeeper_policy_rejected_total")

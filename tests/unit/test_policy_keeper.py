@@ -1,0 +1,124 @@
+"""One rule for the operator and the agent: a policy the models refuse never half-applies, the last good one
+stays in force and the refusal is said once, and the next valid one is taken at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from pydantic.alias_generators import to_camel
+
+from labkeeper.api.policy import LIMIT_FIELDS, LabPolicy, PolicyKeeper, PolicyOutcome, load_policy
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = yaml.safe_load(yaml.safe_load((REPO_ROOT / "examples" / "policy.yaml").read_text())["data"]["policy.yaml"])
+
+
+def text(policy: dict) -> str:
+    return yaml.safe_dump(policy, sort_keys=False)
+
+
+def with_student(field: str, value) -> dict:
+    policy = yaml.safe_load(text(EXAMPLE))
+    policy["tiers"]["student"][field] = value
+    return policy
+
+
+def metrics(keeper: PolicyKeeper) -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(keeper)
+    return {name: registry.get_sample_value(name) for name in
+            ("labkeeper_policy_rejected_total", "labkeeper_policy_generation", "labkeeper_policy_refused")}
+
+
+def test_a_refused_policy_leaves_the_last_good_one_whole_and_the_next_good_one_is_taken():
+    keeper = PolicyKeeper()
+    tight = with_student("maxWorkspaces", 1)
+    assert keeper.offer(text(tight)) == PolicyOutcome(True, "PolicyApplied", "lab policy from ConfigMap "
+                                                      "labkeeper-system/labkeeper-policy key policy.yaml is in force "
+                                                      "(generation 1 in labkeeper)")
+    good = keeper.current
+
+    # two fields changed, one of them broken: neither applies
+    broken = with_student("maxWorkspaces", 2)
+    broken["tiers"]["student"]["maxGpuEquivalents"] = -1
+    outcome = keeper.offer(text(broken))
+    assert not outcome.changed and outcome.warning and outcome.reason == "InvalidPolicy"
+    assert "tiers.student.maxGpuEquivalents" in outcome.message and "(got -1)" in outcome.message
+    assert "the last good policy (generation 1) stays in force" in outcome.message
+    assert keeper.current is good and keeper.current.tiers["student"].max_workspaces == 1
+    assert metrics(keeper) == {"labkeeper_policy_rejected_total": 1, "labkeeper_policy_generation": 1,
+                               "labkeeper_policy_refused": 1}
+
+    # the same broken text again (a relist, a resync) is not said twice
+    assert keeper.offer(text(broken)) == PolicyOutcome(False)
+    assert metrics(keeper)["labkeeper_policy_rejected_total"] == 1
+
+    fixed = with_student("maxWorkspaces", 2)
+    outcome = keeper.offer(text(fixed))
+    assert outcome.changed and outcome.reason == "PolicyApplied" and "generation 2" in outcome.message
+    assert keeper.current.tiers["student"].max_workspaces == 2
+    assert metrics(keeper) == {"labkeeper_policy_rejected_total": 1, "labkeeper_policy_generation": 2,
+                               "labkeeper_policy_refused": 0}
+
+
+def test_going_back_to_the_policy_in_force_after_a_refusal_says_so_and_changes_nothing():
+    keeper = PolicyKeeper()
+    keeper.offer(text(EXAMPLE))
+    keeper.offer(text(with_student("maxGpuEquivalents", "lots")))
+    outcome = keeper.offer(text(EXAMPLE))
+    assert outcome == PolicyOutcome(False, "PolicyApplied", "ConfigMap labkeeper-system/labkeeper-policy key "
+                                    "policy.yaml is valid again; the policy in force is unchanged")
+    assert metrics(keeper)["labkeeper_policy_refused"] == 0
+    # the same refusal later is said again: it is news once more
+    assert keeper.offer(text(with_student("maxGpuEquivalents", "lots"))).reason == "InvalidPolicy"
+    assert metrics(keeper)["labkeeper_policy_rejected_total"] == 2
+
+
+def test_before_any_good_policy_the_built_in_defaults_hold_and_a_missing_key_changes_nothing():
+    keeper = PolicyKeeper()
+    assert keeper.offer(None) == PolicyOutcome(False)
+    outcome = keeper.offer("tiers: [\n")
+    assert outcome.reason == "InvalidPolicy" and "not valid YAML" in outcome.message
+    assert "the built-in defaults" in outcome.message and keeper.current == LabPolicy()
+    assert keeper.offer("").changed and keeper.generation == 1
+
+
+def test_a_validator_that_fails_in_an_unexpected_way_is_a_refusal_not_a_crash(monkeypatch):
+    keeper = PolicyKeeper()
+
+    def broken_loader(text, source):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr("labkeeper.api.policy.load_policy", broken_loader)
+    outcome = keeper.offer("defaults: {}\n")
+    assert outcome.reason == "InvalidPolicy" and "TypeError: unhashable type" in outcome.message
+    assert keeper.current == LabPolicy()
+
+
+BAD_VALUES = st.one_of(st.none(), st.integers(-10**6, -1), st.booleans(), st.text(max_size=8),
+                       st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                            max_size=2))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(field=st.sampled_from([*(to_camel(f) for f in LIMIT_FIELDS), "priority", "preempt"]), value=BAD_VALUES)
+@example(field="maxGpuEquivalents", value=None)
+def test_any_one_field_of_a_tier_either_applies_whole_or_leaves_the_last_good_policy(field, value):
+    keeper = PolicyKeeper()
+    keeper.offer(text(EXAMPLE))
+    before = keeper.current
+    offered = with_student(field, value)
+    outcome = keeper.offer(text(offered))
+    try:
+        wanted = load_policy(text(offered))
+    except ValueError:
+        assert outcome.reason == "InvalidPolicy" and keeper.current is before
+    else:
+        assert keeper.current == wanted and outcome.changed == (wanted != before)
+    # whatever came before, the good policy is back in force at the next offer
+    keeper.offer(text(EXAMPLE))
+    assert keeper.current == load_policy(text(EXAMPLE)) and keeper.refused is None
