@@ -445,10 +445,22 @@ class GpuRequest(Model):
         return self
 
 
+BATCH_NEEDS_COMMAND = ("spec.command is required when spec.mode is Batch: the run's command, "
+                       "e.g. [python, train.py]")
+
+
 class WorkspaceSpec(Model):
     model_config = ConfigDict(json_schema_extra=validations(
         cel("!has(self.idleTimeout) || !has(self.maxRuntime) || duration(self.idleTimeout) <= duration(self.maxRuntime)",
-            "spec.idleTimeout must not be longer than spec.maxRuntime", field_path=".idleTimeout")))
+            "spec.idleTimeout must not be longer than spec.maxRuntime", field_path=".idleTimeout"),
+        cel("!has(self.mode) || self.mode != 'Batch' || (has(self.command) && size(self.command) > 0)",
+            BATCH_NEEDS_COMMAND, field_path=".command", reason="FieldValueRequired")))
+    mode: Annotated[Literal["Interactive", "Batch"], Field(
+        description="Interactive: a workspace that runs until stopped; Batch: a run of spec.command whose pod never "
+                    "restarts, that ends Succeeded or Failed with its exit code and frees its device at once",
+        json_schema_extra=validations(cel("self == oldSelf", "spec.mode is immutable; create a new Workspace "
+                                          "for a run or a workspace"))),
+    ] = "Interactive"
     image: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")
     command: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
     args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
@@ -478,6 +490,12 @@ class WorkspaceSpec(Model):
         if self.idle_timeout and self.max_runtime and \
                 parse_duration(self.idle_timeout) > parse_duration(self.max_runtime):
             raise ValueError(f"idleTimeout {self.idle_timeout} must not be longer than maxRuntime {self.max_runtime}")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_has_command(self) -> WorkspaceSpec:
+        if self.mode == "Batch" and not self.command:
+            raise ValueError(BATCH_NEEDS_COMMAND)
         return self
 
 
@@ -542,6 +560,9 @@ class WorkspaceStatus(Status):
         default=None, description="spec.keepAliveUntil as the operator first saw it and the time granted for it; "
                                   "the cap counts from that moment")
     queue: QueuePlace | None = None
+    exit_code: int | None = Field(default=None, description="a Batch run's command exit code, once it has ended")
+    finished_at: dt.datetime | None = Field(default=None, description="when a Batch run's command ended; its pod "
+                                            "(and so its logs) stays for the policy's stoppedRetention after it")
     meter: list[MeterMark] = Field(default_factory=list, description=(
         "what it did with devices since when: one mark per change, folded into its user's status.accounting"))
     conditions: list[Condition] = Field(default_factory=list)
