@@ -46,3 +46,28 @@ def test_an_unknown_tier_is_held_with_the_field_named_and_nothing_is_provisioned
         assert get(crds, "namespace", f"lab-{name}") is not None
     finally:
         crds.kubectl("delete", "gu", name, "--wait=false", check=False)
+
+
+def test_a_member_whose_tier_goes_away_starts_no_new_workspace_on_default_limits(crds, operator, unique):
+    name = f"tib-{unique}"
+    namespace = f"lab-{name}"
+    crds.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "labkeeper.io/v1alpha1", "kind": "GPUUser", "metadata": {"name": name},
+        "spec": {"tier": "student"}}))
+    try:
+        wait_for(lambda: ((get(crds, "gu", name) or {}).get("status") or {}).get("phase") == "Ready",
+                 timeout=60, what=f"GPUUser {name} Ready")
+        crds.kubectl("patch", "gu", name, "--type=merge", "-p", json.dumps({"spec": {"tier": "gold"}}))
+        wait_for(lambda: ((get(crds, "gu", name) or {}).get("status") or {}).get("phase") == "Failed",
+                 timeout=30, what=f"GPUUser {name} held")
+        crds.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "labkeeper.io/v1alpha1", "kind": "Workspace",
+            "metadata": {"name": "late", "namespace": namespace},
+            "spec": {"image": "busybox", "cpu": "100m", "memory": "64Mi"}}))
+        status = wait_for(lambda: ((s := (get(crds, "ws", "late", "-n", namespace) or {}).get("status") or {})
+                                   .get("reason") == "UserNotReady" and s), timeout=30, what="late UserNotReady")
+        assert status["phase"] == "Pending"
+        assert status["message"].startswith(f"GPUUser {name}: spec.tier 'gold' is not a tier of the lab policy")
+        assert get(crds, "pod", "ws-late", "-n", namespace) is None
+    finally:
+        crds.kubectl("delete", "gu", name, "--wait=false", check=False)

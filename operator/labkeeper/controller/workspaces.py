@@ -108,6 +108,10 @@ class WorkspaceReconciler:
                               hold_device=user_state == "Active")
         # idle and runtime clocks describe a running pod; a workspace waiting to run shows none (_enforce sets them)
         desired.update({"idleSince": None, "idleDeadline": None, "runtimeDeadline": None})
+        held = user_held(user)
+        if held and (pod is None or pod["metadata"].get("deletionTimestamp")):
+            # her tier left the policy (or never was in it): no new pod on limits nobody chose; a running one goes on
+            return self._set(ws, desired, "Pending", "UserNotReady", held, now)
 
         entitlement = self.policy.entitlement(username, user.get("spec") or {})
         problem = self._entitlement_problem(spec, request, entitlement, policy)
@@ -588,6 +592,14 @@ def clear_stale_handovers(kube: Kube) -> int:
                 set_node_taint(kube, node["metadata"]["name"], taint, present=False)
                 cleared += 1
     return cleared
+
+
+def user_held(user: dict) -> str | None:
+    """Why the user reconciler holds this GPUUser (an unknown tier), from her Ready condition; None if it does not."""
+    ready = next((c for c in (user.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+    if ready.get("reason") != "UnknownTier":
+        return None
+    return f"GPUUser {user['metadata']['name']}: {ready.get('message', '')}"
 
 
 def spec_state(ws: dict) -> str:
