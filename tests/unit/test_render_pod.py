@@ -78,3 +78,14 @@ def test_an_admitted_pod_is_pinned_to_the_node_admission_chose_by_name():
     assert terms == {"nodeSelectorTerms": [{"matchFields": [
         {"key": "metadata.name", "operator": "In", "values": ["gpu-node-1"]}]}]}
     assert "affinity" not in workspace_pod(alice(gpu_profile="3g.40gb"))["spec"]
+
+
+def test_a_batch_runs_pod_runs_its_command_once_with_a_plain_log():
+    run = workspace_pod(alice(batch=True, command=("python", "train.py"), args=("--lr", "3e-4")))
+    container = run["spec"]["containers"][0]
+    assert run["spec"]["restartPolicy"] == "Never"
+    assert (container["command"], container["args"]) == (["python", "train.py"], ["--lr", "3e-4"])
+    assert (container["stdin"], container["tty"]) == (False, False)
+    interactive = workspace_pod(alice())
+    assert interactive["spec"]["restartPolicy"] == "Always"
+    assert (interactive["spec"]["containers"][0]["stdin"], interactive["spec"]["containers"][0]["tty"]) == (True, True)

@@ -61,6 +61,8 @@ class PodInputs:
     extra_env: Sequence[tuple[str, str]] = field(default_factory=tuple)
     node_name: str | None = None
 
+    # a Batch run: its command runs once, and the pod never restarts it
+    batch: bool = False
 
 def _labels(inputs: PodInputs, role: str) -> dict[str, str]:
     return {LABEL_USER: inputs.username, LABEL_WORKSPACE: inputs.workspace, LABEL_ROLE: role,
@@ -121,8 +123,9 @@ def workspace_pod(inputs: PodInputs) -> dict:
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "volumeMounts": mounts,
         "workingDir": f"/home/{inputs.username}",
-        "stdin": True,
-        "tty": True,
+        # a run's output is a plain log that labctl run streams; a workspace keeps a terminal for its shell
+        "stdin": not inputs.batch,
+        "tty": not inputs.batch,
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "privileged": False,
@@ -137,7 +140,7 @@ def workspace_pod(inputs: PodInputs) -> dict:
     spec: dict = {
         "containers": [container],
         "volumes": volumes,
-        "restartPolicy": "Always",
+        "restartPolicy": "Never" if inputs.batch else "Always",
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         # the pause process is PID 1 and reaps orphans; an image's own process as PID 1 would ignore the
