@@ -60,9 +60,9 @@ class PodInputs:
     toolchains: Sequence[Mount] = ()
     extra_env: Sequence[tuple[str, str]] = field(default_factory=tuple)
     node_name: str | None = None
-
     # a Batch run: its command runs once, and the pod never restarts it
     batch: bool = False
+
 
 def _labels(inputs: PodInputs, role: str) -> dict[str, str]:
     return {LABEL_USER: inputs.username, LABEL_WORKSPACE: inputs.workspace, LABEL_ROLE: role,
