@@ -10,7 +10,7 @@ import time
 
 import pytest
 from chaos_support import operator_alive_without_traceback, operator_writes, rounds
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from labkeeper.testing.cluster import NodeSpec, free_port
@@ -118,18 +118,31 @@ def test_any_gpuuser_is_refused_with_a_field_or_settles_with_a_reason(fuzz_lab, 
 
 @FUZZ
 @given(spec=cache_specs, name=names)
-def test_any_sharedcache_is_refused_with_a_field_or_accepted(fuzz_lab, spec, name):
+# two caches on one path (the API cannot see both at apply): every workspace pod got a duplicate mountPath and
+# was refused, in the whole lab, so no new workspace started again (issue 22, found as a policy failure)
+@example(spec={"type": "pip", "path": "cache/shared"}, name="first")
+@example(spec={"type": "conda", "path": "cache/shared"}, name="second")
+@example(spec={"type": "pip", "path": "cache/shared/inner"}, name="inner")
+def test_any_sharedcache_is_refused_with_a_field_or_accepted_and_new_workspaces_still_start(fuzz_lab, spec, name):
     doc = {"apiVersion": API_VERSION, "kind": "SharedCache", "metadata": {"name": f"c{name}"}, "spec": spec}
     if apply_or_refusal(fuzz_lab, doc) is None:
         # no agent runs here: an accepted cache must at least be valid by the models the agent reads
         from labkeeper.api.resources import SharedCache
         SharedCache.model_validate(doc)
+        # and it must not stop anyone's next workspace (each pod mounts every cache by default)
+        fuzz_lab.apply(workspace(f"cw{name}", "fuzzer", state="Running"))
+        fuzz_lab.wait_phase(f"cw{name}", "fuzzer", "Running", timeout=30)
+        fuzz_lab.kubectl("delete", "workspace", f"cw{name}", "-n", "lab-fuzzer")
+        wait_for(lambda: not fuzz_lab.items("pods", "-n", "lab-fuzzer", "-l", f"labkeeper.io/workspace=cw{name}"),
+                 timeout=30, what=f"workspace cw{name}'s pod gone")
     operator_alive_without_traceback(fuzz_lab)
 
 
 @FUZZ
 @given(field=st.sampled_from(["maxGpuEquivalents", "maxWorkspaces", "idleTimeout", "allowedProfiles", "priority"]),
        value=st.one_of(st.integers(-5, 10**6), st.text(max_size=12), st.none(), st.lists(st.text(max_size=5))))
+# the failing case the full run reported (issue 22); its cause was the two caches above, not the policy
+@example(field="maxGpuEquivalents", value=None)
 def test_a_broken_policy_never_takes_the_operator_down(fuzz_lab, field, value):
     policy = example_policy()
     policy["tiers"]["student"][field] = value

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from labkeeper.agent.model import HostUser, LabHost, Members, SharedTree, UnsafeName
 from labkeeper.agent.recovery import Departure, HostResult
+from labkeeper.api.trees import tree_conflicts
 from labkeeper.api.units import format_size
 from labkeeper.kube.client import condition
 
@@ -55,9 +56,14 @@ def desired_state(users: list[dict], caches: list[dict], stores: list[dict], kub
         except UnsafeName as err:
             invalid[f"GPUUser/{name}"] = str(err)
     trees = []
+    # two trees on one path would fight over its owner and ACLs on every pass: the first one keeps it
+    conflicts = tree_conflicts({"SharedCache": caches, "ModelStore": stores})
     for kind, objs, tree_kind in (("SharedCache", caches, "cache"), ("ModelStore", stores, "models")):
         for obj in sorted(objs, key=lambda o: o["metadata"]["name"]):
             spec = obj.get("spec") or {}
+            if (kind, obj["metadata"]["name"]) in conflicts:
+                invalid[f"{kind}/{obj['metadata']['name']}"] = conflicts[(kind, obj["metadata"]["name"])]
+                continue
             try:
                 trees.append(SharedTree(
                     obj["metadata"]["name"], tree_kind, spec.get("type", "custom"), spec.get("path", ""),

@@ -227,7 +227,8 @@ class Agent:
             self._event(obj, "DiskAlert", f"{self.node}: {kind} {meta['name']}: {level} of its limit, data "
                                           f"filesystem {fs.ratio:.0%} full", warning=True)
         last_cleanup = None
-        if kind == "SharedCache":
+        # a tree left out (its path is another's, or unsafe) is never cleaned: the directory is not its own
+        if kind == "SharedCache" and f"{kind}/{meta['name']}" not in want.invalid:
             recorded = [c for c in (mine.get("lastCleanup"), self.cleanups.get(meta["name"])) if c]
             last_cleanup = max(recorded, key=lambda c: str(c.get("time") or ""), default=None)
             cleaned = self._maybe_clean(obj, spec, last_cleanup or {}, self.clock())

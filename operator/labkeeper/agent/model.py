@@ -12,9 +12,8 @@ from labkeeper.api.names import (
     validate_group,
     validate_username,
 )
+from labkeeper.api.trees import RESERVED_TOP_DIRS
 
-# subtrees of the data root that belong to the agent, never to a SharedCache or ModelStore
-RESERVED_TOP_DIRS = frozenset({"users", "archive", "apps", ".labkeeper"})
 LAB_GROUP_NAME = "lab-users"
 MANAGED_MARKER = "labkeeper"  # last GECOS subfield of every account the agent made
 _SHELL = re.compile(r"^/[A-Za-z0-9_/.+-]{0,63}$")

@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
 from labkeeper.api import policy as api_policy
+from labkeeper.api.trees import TREE_KINDS, tree_conflicts
 from labkeeper.api.units import format_time, parse_time
 from labkeeper.controller.admission import Admissions, LabView, owner_key
 from labkeeper.controller.enforcement import enforcement_clock, status_message
@@ -444,8 +445,16 @@ class WorkspaceReconciler:
         ustatus = user.get("status") or {}
         policy = self.policy.current
         request = gpu_request(spec)
-        caches = self._mounts("SharedCache", spec.get("caches"), username, writable_default=True)
-        stores = self._mounts("ModelStore", spec.get("modelStores"), username, writable_default=False)
+        trees = {kind: self.kube.list(kind) for kind in TREE_KINDS}
+        # two trees on one path would give every pod a duplicate mountPath, which the API refuses
+        left_out = tree_conflicts(trees)
+        caches = self._mounts("SharedCache", trees, left_out, spec.get("caches"), username, writable_default=True)
+        stores = self._mounts("ModelStore", trees, left_out, spec.get("modelStores"), username,
+                              writable_default=False)
+        wanted = {"SharedCache": spec.get("caches"), "ModelStore": spec.get("modelStores")}
+        skipped = [why for (kind, name), why in sorted(left_out.items()) if wanted[kind] is None or name in wanted[kind]]
+        if skipped:
+            self.kube.event(ws, "TreeLeftOut", "not mounted: " + "; ".join(skipped), type_="Warning")
         toolchains, unknown = toolchain_mounts(policy.toolchains, self.data_root, spec.get("toolchains") or ())
         if unknown:
             self.kube.event(ws, "UnknownToolchain", f"spec.toolchains names {', '.join(unknown)}, which the lab "
@@ -476,11 +485,12 @@ class WorkspaceReconciler:
             toolchains=toolchains,
         )
 
-    def _mounts(self, kind: str, wanted: list[str] | None, username: str, *, writable_default: bool):
+    def _mounts(self, kind: str, trees: dict[str, list[dict]], left_out: dict, wanted: list[str] | None,
+                username: str, *, writable_default: bool):
         mounts = []
-        for obj in sorted(self.kube.list(kind), key=lambda o: o["metadata"]["name"]):
+        for obj in sorted(trees[kind], key=lambda o: o["metadata"]["name"]):
             name = obj["metadata"]["name"]
-            if wanted is not None and name not in wanted:
+            if (wanted is not None and name not in wanted) or (kind, name) in left_out:
                 continue
             spec = obj.get("spec") or {}
             host_path = f"{self.data_root}/{spec['path'].strip('/')}"

@@ -3,6 +3,7 @@ by comparing the built object. A GPU held after stop is a record that admission 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,13 @@ def gpu_limits(profile: str, count: int) -> dict[str, str]:
 
 
 def _volume_name(prefix: str, name: str) -> str:
-    return f"{prefix}-{name}"[:63].rstrip("-")
+    """A DNS label, distinct for distinct names: a tree's name may be 253 characters long and hold dots, and one
+    volume name the API refuses (or two that coincide) would make every workspace pod invalid."""
+    plain = f"{prefix}-{name}"
+    if len(plain) <= 63 and "." not in plain:
+        return plain
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{plain.replace('.', '-')[:52].rstrip('-')}-{digest}"
 
 
 def workspace_pod(inputs: PodInputs) -> dict:
