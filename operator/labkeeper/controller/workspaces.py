@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
 from labkeeper.api import policy as api_policy
+from labkeeper.api import runs as api_runs
 from labkeeper.api.trees import TREE_KINDS, tree_conflicts
 from labkeeper.api.units import format_time, parse_time
 from labkeeper.controller.admission import Admissions, LabView, owner_key
@@ -93,6 +94,10 @@ class WorkspaceReconciler:
 
         if meta.get("deletionTimestamp"):
             return Outcome()
+        batch = api_runs.is_batch(ws)
+        if batch and status.get("phase") in api_runs.ENDED_PHASES and status.get("finishedAt"):
+            # a run that ended stays ended, whatever happens to its pod, its user or spec.state
+            return self._ended(ws, desired, now)
         if user is None or not (user.get("status") or {}).get("uid"):
             return self._set(ws, desired, "Pending", "UserNotReady",
                              f"GPUUser {username!r} does not exist or has no uid yet", now, requeue=2.0)
@@ -106,7 +111,8 @@ class WorkspaceReconciler:
             # a suspended or offboarded user cannot come back to a held device: hers are released at once
             return self._stop(ws, desired, pod, hold, request, now,
                               reason="UserSuspended" if user_state != "Active" else "Stopped",
-                              hold_device=user_state == "Active")
+                              # a run never comes back to its device: it goes to the next in line at once
+                              hold_device=user_state == "Active" and not batch)
         # idle and runtime clocks describe a running pod; a workspace waiting to run shows none (_enforce sets them)
         desired.update({"idleSince": None, "idleDeadline": None, "runtimeDeadline": None})
         held = user_held(user)
@@ -122,6 +128,9 @@ class WorkspaceReconciler:
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             last_uid = (ws.get("status") or {}).get("podUID")
             gone = pod or lost_pod or ({"metadata": {"uid": last_uid, "namespace": namespace}} if last_uid else None)
+            end = api_runs.run_end(gone) if batch else None
+            if end is not None:  # its pod ended and went before a pass saw it: the end is still the end
+                return self._finish(ws, desired, end, now)
             if gone is not None and (ws.get("status") or {}).get("reason") != "PreemptedByScheduler" \
                     and self._preempted(gone):
                 self.kube.event(ws, "Preempted", "a higher-priority workspace took this workspace's GPU; "
@@ -157,8 +166,10 @@ class WorkspaceReconciler:
         namespace, name = meta["namespace"], meta["name"]
         policy = self.policy.current
         pods = self.kube.list("Pod", namespace, label_selector="app.kubernetes.io/managed-by=labkeeper")
+        # an ended run's pod stays for its logs but holds no device and counts for nothing
         others = [p for p in pods if p["metadata"].get("labels", {}).get(render_pod.LABEL_WORKSPACE) != name
-                  and not p["metadata"].get("deletionTimestamp")]
+                  and not p["metadata"].get("deletionTimestamp")
+                  and (p.get("status") or {}).get("phase") not in api_runs.ENDED_PHASES]
         running = [p for p in others if p["metadata"]["labels"].get(render_pod.LABEL_ROLE) == "workspace"]
         cap = entitlement.access.max_gpu_equivalents
         in_use = sum(_pod_equivalents(p, policy.gpu_weights) for p in others)
@@ -284,6 +295,9 @@ class WorkspaceReconciler:
         waiting = _waiting_reason(pod_status)
         if waiting and waiting[0] in FAILED_WAITING_REASONS:
             return self._set(ws, desired, "Failed", waiting[0], waiting[1] or waiting[0], now)
+        end = api_runs.run_end(pod) if api_runs.is_batch(ws) else None
+        if end is not None:
+            return self._finish(ws, desired, end, now)
         if phase in ("Failed", "Succeeded"):
             return self._set(ws, desired, "Failed", pod_status.get("reason") or "ContainerExited",
                              pod_status.get("message") or f"pod {phase.lower()}", now)
@@ -412,6 +426,35 @@ class WorkspaceReconciler:
         outcome.freed = freed
         return outcome
 
+    def _finish(self, ws: dict, desired: dict, end: api_runs.RunEnd, now: dt.datetime) -> Outcome:
+        """A run's command ended: its phase, reason and exit code go into status once, and its device, which its
+        ended pod no longer holds, goes to whoever waits (no hold: a run does not come back)."""
+        desired.update(NO_HOLD)
+        desired.update({"exitCode": end.exit_code, "finishedAt": format_time(end.finished_at or now),
+                        "stopReason": end.reason})
+        outcome = self._ended(ws, desired, now, phase=end.phase, reason=end.reason, message=end.message)
+        outcome.freed = True
+        return outcome
+
+    def _ended(self, ws: dict, desired: dict, now: dt.datetime, *, phase: str | None = None,
+               reason: str | None = None, message: str | None = None) -> Outcome:
+        """An ended run keeps its pod, and so its logs, for the policy's stoppedRetention; then it goes."""
+        status = ws.get("status") or {}
+        desired.update({"idleSince": None, "idleDeadline": None, "runtimeDeadline": None})
+        for key in ("exitCode", "finishedAt", "stopReason", "node", "podUID", "devices"):
+            desired.setdefault(key, status.get(key))
+        retention = self.policy.current.stopped_retention
+        requeue = None
+        if retention and retention.total_seconds() > 0:
+            expires = (parse_time(desired.get("finishedAt")) or now) + retention
+            if now >= expires:
+                self.kube.delete("Workspace", ws["metadata"]["name"], ws["metadata"]["namespace"])
+                return Outcome()
+            requeue = (expires - now).total_seconds()
+        return self._set(ws, desired, phase or status["phase"], reason or status.get("reason") or "",
+                         message or status.get("message") or "", now, requeue=requeue,
+                         scheduled=bool(desired.get("node")))
+
     def _adopt_hold_pod(self, ws: dict, hold: dict, now: dt.datetime, *, keep: bool) -> dict:
         """A hold pod of an older labkeeper becomes a record for what is left of its window, then goes: as a
         pod it would keep the device from its own holder too."""
@@ -477,6 +520,7 @@ class WorkspaceReconciler:
             memory=str(spec.get("memory") or "2Gi"),
             gpu_profile=request.profile,
             gpu_count=request.count,
+            batch=api_runs.is_batch(ws),
             priority_class=priority_class_for(entitlement.tier),
             runtime_class=policy.runtime_class_name or None,
             grace_seconds=int(policy.termination_grace.total_seconds()),
@@ -536,7 +580,7 @@ class WorkspaceReconciler:
                 *(extra_conditions or []),
             ],
         })
-        if phase != status.get("phase") and phase in ("Running", "Stopped", "Failed"):
+        if phase != status.get("phase") and phase in ("Running", "Stopped", "Failed", "Succeeded"):
             self.kube.event(ws, phase, message, type_="Warning" if phase == "Failed" else "Normal")
         try:
             self.kube.patch_status("Workspace", ws, desired)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from labkeeper.testing.kwokstages import pod_stages
 from labkeeper.testing.pki import CertificateAuthority, KeyPair, service_account_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -427,12 +428,16 @@ class LocalCluster:
                 f"--tls-cert-file={cert}", f"--tls-private-key-file={key}",
                 "--enable-crds=" + ",".join(kind for kind, _, _ in STREAMING_KINDS),
             ]
+        # kwok's own pod stages and pod-exit, which ends a fake pod's command with the exit code a test annotates
+        stages = self.workdir / "kwok-stages.yaml"
+        stages.write_text(pod_stages())
         self._spawn(
             "kwok",
             [
                 "kwok", f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
-                "--cidr=10.244.0.1/16", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40", *streaming,
+                "--cidr=10.244.0.1/16", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40",
+                f"--config={stages}", *streaming,
             ],
         )
 

@@ -1,0 +1,143 @@
+"""Batch runs (issue 20) on one balanced H100 (2 x 1g.10gb + 2g.20gb + 3g.40gb): a run waits in the lab's queue
+behind a full box, starts when a slice frees, ends Succeeded or Failed with its command's exit code, and its slice
+goes to the next in line at once (no hold); a user's runs and workspaces share her GPU-equivalent cap. kwok runs no
+command: a test ends one by annotating the pod with the exit code (LocalCluster's pod-exit Stage). Real API server,
+scheduler and kwok node."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client as k8s
+
+from labkeeper.testing.cluster import NodeSpec
+from labkeeper.testing.kwokstages import EXIT_CODE_ANNOTATION, EXIT_REASON_ANNOTATION
+from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
+from labkeeper.testing.processes import wait_for
+
+pytestmark = pytest.mark.integration
+
+HOLD = 120  # a stopped workspace would keep its slice this long; an ended run keeps nothing
+RETENTION = 40  # seconds an ended run (its pod, so its logs) stays
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    policy = example_policy()
+    policy.update({"gpuHoldAfterStop": f"{HOLD}s", "stoppedRetention": f"{RETENTION}s"})
+    for tier in policy["tiers"].values():
+        tier["allowedProfiles"] = ["1g.10gb", "2g.20gb", "3g.40gb"]
+    with Lab((NodeSpec("h100", "h100-balanced"),), policy, tmp_path_factory.mktemp("lab")) as running:
+        running.add_users(*(gpuuser(n, "researcher") for n in ("ann", "bob", "cara")),
+                          gpuuser("dora", "researcher", limits={"maxGpuEquivalents": 0.5}))
+        yield running
+        print(running.log_tail())
+
+
+def run(name: str, user: str, profile: str, *command: str) -> dict:
+    return workspace(name, user, profile=profile, mode="Batch", command=list(command or ("python", "train.py")))
+
+
+def end_command(lab: Lab, user: str, name: str, code: int, reason: str | None = None) -> None:
+    """What the command's exit is on a real node: kwok's pod-exit Stage reads these annotations."""
+    notes = [f"{EXIT_CODE_ANNOTATION}={code}"] + ([f"{EXIT_REASON_ANNOTATION}={reason}"] if reason else [])
+    lab.kubectl("annotate", "pod", f"ws-{name}", "-n", f"lab-{user}", *notes)
+
+
+def pod(lab: Lab, user: str, name: str) -> dict | None:
+    return lab.get("pod", f"ws-{name}", f"lab-{user}")
+
+
+def clear(lab: Lab) -> None:
+    lab.kubectl("delete", "workspaces", "--all", "-A", "--wait=false")
+    wait_for(lambda: not lab.items("pods", "-A", "-l", "labkeeper.io/role=workspace")
+             and not lab.items("workspaces", "-A"), timeout=60, what="all workspaces and their pods gone")
+
+
+def test_runs_queue_behind_a_full_box_end_with_their_exit_codes_and_hand_the_slice_on_at_once(lab: Lab):
+    lab.apply(run("first", "ann", "2g.20gb"))
+    lab.wait_phase("first", "ann", "Running")
+    first_pod = pod(lab, "ann", "first")
+    assert first_pod["spec"]["restartPolicy"] == "Never"
+    assert first_pod["spec"]["containers"][0]["command"] == ["python", "train.py"]
+
+    # the box's only 2g.20gb slice is taken: bob's run and then cara's wait in line, with no pod
+    lab.apply(run("train", "bob", "2g.20gb", "python", "train.py", "--lr", "3e-4"))
+    waiting = wait_for(lambda: (s := lab.status("workspace", "train", "lab-bob")).get("reason") == "WaitingForDevice"
+                       and s, what="bob's run waiting for a device")
+    assert waiting["queue"]["position"] == 1 and waiting["phase"] == "Pending", waiting
+    lab.apply(run("eval", "cara", "2g.20gb"))
+    cara = wait_for(lambda: (s := lab.status("workspace", "eval", "lab-cara")).get("queue") and s,
+                    what="cara's run in the queue")
+    assert cara["queue"]["position"] == 2 and cara["queue"]["ahead"] == ["bob/train"], cara
+    assert pod(lab, "bob", "train") is None and pod(lab, "cara", "eval") is None
+
+    # ann's command exits 0: her run Succeeded, and the slice is bob's within a second of the end
+    core = k8s.CoreV1Api(lab.cluster.api_client())
+    end_command(lab, "ann", "first", 0)
+    ended_at = started_at = None
+    deadline = time.monotonic() + 30
+    while started_at is None and time.monotonic() < deadline:
+        if ended_at is None and core.read_namespaced_pod("ws-first", "lab-ann").status.phase == "Succeeded":
+            ended_at = time.monotonic()
+        if core.list_namespaced_pod("lab-bob", label_selector="labkeeper.io/workspace=train").items:
+            started_at = time.monotonic()
+    assert ended_at is not None and started_at is not None, lab.log_tail()
+    handed_on = started_at - ended_at
+    print(f"slice handed on {handed_on:.3f}s after ann's run ended")
+    assert handed_on < 1.0, f"bob's pod came {handed_on:.2f}s after ann's run ended"
+    done = lab.wait_phase("first", "ann", "Succeeded", "Failed")
+    assert (done["phase"], done["reason"], done["exitCode"]) == ("Succeeded", "Completed", 0), done
+    assert done.get("finishedAt") and not done.get("holdNode"), done
+    assert done["message"] == "the command completed with exit code 0", done
+    # the ended pod stays (its logs with it) but holds nothing
+    assert pod(lab, "ann", "first")["status"]["phase"] == "Succeeded"
+
+    # bob's command fails with 3: Failed with that code, and cara's run starts on the slice
+    lab.wait_phase("train", "bob", "Running")
+    end_command(lab, "bob", "train", 3)
+    failed = lab.wait_phase("train", "bob", "Succeeded", "Failed")
+    assert (failed["phase"], failed["reason"], failed["exitCode"]) == ("Failed", "Error", 3), failed
+    assert failed["message"] == "the command exited with code 3" and not failed.get("holdNode"), failed
+    lab.wait_phase("eval", "cara", "Running", timeout=10)
+
+    # cara's is killed for memory: the container's own reason and code
+    end_command(lab, "cara", "eval", 137, "OOMKilled")
+    oom = lab.wait_phase("eval", "cara", "Succeeded", "Failed")
+    assert (oom["phase"], oom["reason"], oom["exitCode"]) == ("Failed", "OOMKilled", 137), oom
+    assert "out of memory" in oom["message"]
+    events = lab.items("events", "-n", "lab-bob", "--field-selector", "reason=Failed,involvedObject.kind=Workspace")
+    assert [e["type"] for e in events] == ["Warning"] and "exited with code 3" in events[0]["message"]
+
+    # an ended run stays ended: nothing restarts it, and after the retention it goes, pod and all
+    assert lab.status("workspace", "first", "lab-ann")["phase"] == "Succeeded"
+    wait_for(lambda: lab.get("workspace", "first", "lab-ann") is None, timeout=RETENTION + 20,
+             what="ann's ended run gone after the retention")
+    wait_for(lambda: pod(lab, "ann", "first") is None, timeout=30, what="its pod gone with it")
+    clear(lab)
+
+
+def test_a_users_runs_and_workspaces_share_her_gpu_equivalent_cap(lab: Lab):
+    # dora may hold 0.5 GPU equivalents: a 3g.40gb (3/7) and a 1g.10gb (1/7) do not fit together
+    lab.apply(run("big", "dora", "3g.40gb"))
+    lab.wait_phase("big", "dora", "Running")
+    lab.apply(workspace("nb", "dora", profile="1g.10gb"))
+    over = wait_for(lambda: (s := lab.status("workspace", "nb", "lab-dora")).get("reason") == "QuotaExceeded" and s,
+                    what="dora's workspace over her cap")
+    assert over["message"] == "0.43 GPU equivalents in use + 0.14 requested > cap 0.50 for tier researcher", over
+    assert pod(lab, "dora", "nb") is None  # although both 1g.10gb slices are free
+
+    # the run ends; its pod stays for its logs but no longer counts: her workspace starts
+    end_command(lab, "dora", "big", 0)
+    lab.wait_phase("big", "dora", "Succeeded")
+    lab.wait_phase("nb", "dora", "Running", timeout=10)
+    assert pod(lab, "dora", "big")["status"]["phase"] == "Succeeded"
+
+    # and the other way round: the running workspace leaves no room for another 3g.40gb run
+    lab.apply(run("again", "dora", "3g.40gb"))
+    again = wait_for(lambda: (s := lab.status("workspace", "again", "lab-dora")).get("reason") == "QuotaExceeded"
+                     and s, what="dora's second run over her cap")
+    assert again["message"] == "0.14 GPU equivalents in use + 0.43 requested > cap 0.50 for tier researcher", again
+    assert lab.status("gpuuser", "dora")["usage"]["gpuEquivalents"] == pytest.approx(1 / 7, abs=1e-3)
+    clear(lab)
