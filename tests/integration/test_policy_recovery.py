@@ -1,8 +1,9 @@
-"""An admin breaks the lab policy and fixes it, field by field: each field of the student tier set to null, a
-negative number and a wrong type in turn. The operator and the agent keep a whole policy in force (the last
-good one, or the new one where the models accept it), say so on the ConfigMap and in their metrics, never
-change the host for a refused policy, and once the policy is fixed a new workspace runs within seconds.
-One cluster, one operator, one agent, every round."""
+"""An admin's mistakes must not stop the lab (issue 22). She breaks the lab policy and fixes it, field by field:
+each field of the student tier set to null, a negative number and a wrong type in turn. The operator and the
+agent keep a whole policy in force (the last good one, or the new one where the models accept it), say so on
+the ConfigMap and in their metrics, never change the host for a refused policy, and once the policy is fixed a
+new workspace runs within seconds. She gives a second cache the path of the first: the first keeps it, on the
+host and in every pod, and new workspaces still start. One cluster, one operator, one agent throughout."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def broken(field: str, value) -> dict:
 
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split(" ")[0] == name)
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split(" ")[0] == name]
+    assert values, f"no {name} among the metrics on port {port}"
+    return values[0]
 
 
 def said(port: int) -> float:
@@ -137,3 +140,34 @@ def test_every_field_of_a_tier_broken_and_fixed_leaves_a_lab_where_a_new_workspa
         assert any(e["reason"] == "PolicyApplied" for e in events), who
     assert metric(operator_port, "labkeeper_policy_rejected_total") == metric(agent_port,
                                                                               "labkeeper_policy_rejected_total")
+
+
+def test_a_second_cache_on_the_first_ones_path_is_left_out_and_new_workspaces_still_start(lab: Lab):
+    wait_for(lambda: cache_group(lab)[0] == LAB_GID, timeout=60, what="pip cache provisioned")
+    _, acl_before = cache_group(lab)
+    # a writer list of its own: were it provisioned, the shared directory's ACL would change
+    lab.apply({"apiVersion": API_VERSION, "kind": "SharedCache", "metadata": {"name": "pip-again"},
+               "spec": {"type": "custom", "path": "cache/pip", "env": [{"name": "OTHER_CACHE", "value": "$(PATH)"}],
+                        "writers": {"users": ["ada"]}}})
+
+    def refused_on_the_node():
+        nodes = lab.status("sharedcache", "pip-again").get("nodes") or []
+        return next((n for n in nodes if n["node"] == NODE and n["state"] == "Failed"), None)
+
+    entry = wait_for(refused_on_the_node, timeout=30, what=lambda: f"pip-again Failed on {NODE}\n"
+                     f"{lab.agent.log_tail()}")
+    assert "is already the path of SharedCache pip" in entry["message"], entry
+    lab.apply(workspace("late", "ada", state="Running"))
+    lab.wait_phase("late", "ada", "Running", timeout=RUNNING_WITHIN)
+    pod = lab.get("pod", "ws-late", "lab-ada")
+    container = pod["spec"]["containers"][0]
+    paths = [m["mountPath"] for m in container["volumeMounts"]]
+    assert paths.count("/data/cache/pip") == 1 and len(paths) == len(set(paths)), paths
+    assert "OTHER_CACHE" not in {e["name"] for e in container["env"]}
+    left_out = [e for e in lab.items("events", "-n", "lab-ada", "--field-selector",
+                                     "involvedObject.name=late,reason=TreeLeftOut")]
+    assert left_out and "SharedCache pip-again: spec.path 'cache/pip' is already the path of SharedCache pip" \
+        in left_out[-1]["message"]
+    assert cache_group(lab) == (LAB_GID, acl_before), "the second cache changed the first one's directory"
+    lab.kubectl("delete", "workspace", "late", "-n", "lab-ada", "--wait=false")
+    lab.kubectl("delete", "sharedcache", "pip-again", "--wait=false")
