@@ -9,15 +9,20 @@ field numbers and types go over the wire, and they are those of the kubelet's
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import signal
+import sys
 import threading
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from labkeeper.testing.devices import MigDevice, mig_devices
 
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
@@ -82,25 +87,6 @@ def _build_messages() -> dict[str, type]:
 
 
 M = _build_messages()
-
-
-@dataclass(frozen=True)
-class MigDevice:
-    """One MIG instance as NVIDIA's plugin names it: `MIG-<uuid>` ids are stable across restarts."""
-
-    profile: str
-    id: str
-
-    @property
-    def resource(self) -> str:
-        return f"nvidia.com/mig-{self.profile}"
-
-
-def mig_devices(layout: Mapping[str, int], gpu: str = "GPU-5f0c6a62-9d6e-4b7a-8a51-labkeeper000") -> list[MigDevice]:
-    """Devices for a MIG layout such as {"1g.10gb": 2, "2g.20gb": 1}; the ids depend only on the GPU and
-    the layout, so a restarted plugin advertises the same ones (as MIG UUIDs do until a reboot)."""
-    return [MigDevice(profile, f"MIG-{uuid.uuid5(uuid.NAMESPACE_URL, f'{gpu}/{profile}/{index}')}")
-            for profile in sorted(layout) for index in range(layout[profile])]
 
 
 def _rpc(handler, request: str, response: str, stream: bool = False):
@@ -216,3 +202,38 @@ class FakeNvidiaDevicePlugin:
             plugin.stop()
             plugin.socket.unlink(missing_ok=True)
         self.plugins.clear()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serves the devices of a MIG layout until SIGTERM, registering again whenever the kubelet's socket
+    is created anew (a restarted kubelet forgets its plugins, as NVIDIA's plugin also handles)."""
+    parser = argparse.ArgumentParser(prog="python -m labkeeper.testing.deviceplugin")
+    parser.add_argument("--plugin-dir", required=True, type=Path, help="the kubelet's device-plugins directory")
+    parser.add_argument("--layout", required=True, help='MIG layout as JSON, e.g. {"1g.10gb": 2}')
+    args = parser.parse_args(argv)
+    devices = mig_devices(json.loads(args.layout))
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    kubelet = args.plugin_dir / KUBELET_SOCKET
+    registered_to = None
+    plugin: FakeNvidiaDevicePlugin | None = None
+    while not stopping.is_set():
+        try:
+            current = os.stat(kubelet).st_ino
+        except FileNotFoundError:
+            current = None
+        if current is not None and current != registered_to:
+            if plugin is not None:
+                plugin.stop()
+            plugin = FakeNvidiaDevicePlugin(args.plugin_dir, devices).start()
+            registered_to = current
+            print(f"registered {len(devices)} devices with the kubelet at {kubelet}", flush=True)
+        stopping.wait(0.5)
+    if plugin is not None:
+        plugin.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from labkeeper.testing.deviceplugin import FakeNvidiaDevicePlugin, MigDevice, mig_devices
+from labkeeper.testing.devices import MigDevice, mig_devices
 from labkeeper.testing.images import Image, pause_image, workspace_image
 from labkeeper.testing.pki import CertificateAuthority
 
@@ -95,7 +96,7 @@ class RealNode:
         self.processes: list[_Proc] = []
         self.holder: subprocess.Popen | None = None
         self.devices: list[MigDevice] = mig_devices(self.mig_layout)
-        self.device_plugin: FakeNvidiaDevicePlugin | None = None
+        self.device_plugin: _Proc | None = None
         self.workspace_image: Image | None = None
         self._sysctls: dict[str, str] = {}
         self._chains: dict[tuple[str, str], set[str]] = {}
@@ -142,7 +143,10 @@ class RealNode:
             self._wait_registered(timeout)
             if self.pods_reach_apiserver:
                 self._start_kube_proxy(cluster.ca, cluster.server)
-            self.device_plugin = FakeNvidiaDevicePlugin(self.device_plugin_dir, self.devices).start(timeout)
+            # its own process, as NVIDIA's plugin is a pod of its own: gRPC must never load in a process that forks
+            self.device_plugin = self._spawn("device-plugin", [
+                sys.executable, "-m", "labkeeper.testing.deviceplugin",
+                "--plugin-dir", "/var/lib/kubelet/device-plugins", "--layout", json.dumps(dict(self.mig_layout))])
             self._wait_ready(timeout)
         except Exception as err:
             tails = self.log_tails()
@@ -153,7 +157,7 @@ class RealNode:
 
     def stop(self) -> None:
         if self.device_plugin:
-            self.device_plugin.stop()
+            _terminate(self.device_plugin.popen)
             self.device_plugin = None
         self._kill_containers()
         for proc in reversed(self.processes):
