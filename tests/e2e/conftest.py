@@ -14,9 +14,11 @@ from labkeeper.testing.reallab import RealLab
 from labkeeper.testing.realnode import missing_tools
 
 
+# first: `-m "not e2e"` deselects in pytest's own hook, which would otherwise run before this one
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "e2e" in Path(str(item.fspath)).parts and "e2e" not in item.keywords:
+        if "e2e" in Path(str(item.fspath)).parts and item.get_closest_marker("e2e") is None:
             item.add_marker(pytest.mark.e2e)
 
 
