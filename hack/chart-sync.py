@@ -143,6 +143,9 @@ def hand_written_schema() -> dict:
                 "properties": {
                     "serviceMonitor": {"type": "object", "additionalProperties": False,
                                        "properties": {"enabled": _bool, "interval": _str, "labels": _labels}},
+                    "grafanaDashboard": {"type": "object", "additionalProperties": False,
+                                         "properties": {"enabled": _bool, "namespace": {"type": "string"},
+                                                        "labels": _labels}},
                 },
             },
         },

@@ -15,6 +15,8 @@ command -v conntrack >/dev/null || need+=(conntrack)
 command -v socat >/dev/null || need+=(socat)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v busybox >/dev/null || need+=(busybox-static)
+# a real Prometheus scrapes the operator and runs every query of the shipped Grafana dashboard
+command -v prometheus >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "deps: missing ${need[*]}; install them as root (apt-get install ${need[*]})" >&2

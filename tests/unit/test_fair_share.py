@@ -173,3 +173,24 @@ def test_the_report_adds_live_marks_after_the_last_fold_and_gives_wait_percentil
     assert rep.held_after_stop == pytest.approx(15 * 60 / 7, abs=0.01)
     assert rep.stops == {"Idle": 1} and rep.waits == [600]
     assert acc.percentile([1, 2, 3, 4, 100], 50) == 3 and acc.percentile([1, 2, 3, 4, 100], 95) == 100
+
+
+def test_an_idle_stretch_dated_back_after_a_fold_still_counts_as_idle_when_folds_keep_the_settle_distance():
+    """The meter learns of an idle stretch only once it is a report and a check old, and dates it from its start;
+    a fold made meanwhile must not have counted that stretch as active already."""
+    settle = acc.settle_time(dt.timedelta(seconds=60), dt.timedelta(seconds=30))
+    active = [acc.Mark("active", at(0), 1.0).as_status()]
+    idle_from = at(10)
+    seen_at = idle_from + dt.timedelta(seconds=95)  # noticed a report and a check (and a little) later
+    user = {"metadata": {"name": "ann"}, "status": {}}
+    ws = {"metadata": {"name": "ws", "namespace": "lab-ann"}, "status": {"meter": active}}
+    # a fold between the start of the stretch and the moment it is seen
+    state = acc.fold_user(user, [ws], idle_from + dt.timedelta(seconds=60), DAY, settle)
+    ws["status"]["meter"] = acc.next_meter(active, acc.Mark("idle", idle_from, 1.0), seen_at)
+    state = acc.fold_user({**user, "status": {"accounting": state}}, [ws], at(30), DAY, settle)
+    [day] = state["days"]
+    assert day["activeSeconds"] == pytest.approx(600) and day["idleSeconds"] == pytest.approx(30 * 60 - 180 - 600)
+    # without the settle distance the first fold would have booked idle time as active
+    naive = acc.fold_user(user, [{**ws, "status": {"meter": active}}], idle_from + dt.timedelta(seconds=60), DAY)
+    naive = acc.fold_user({**user, "status": {"accounting": naive}}, [ws], at(30), DAY)
+    assert naive["days"][0]["activeSeconds"] == pytest.approx(660)

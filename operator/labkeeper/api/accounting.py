@@ -234,10 +234,22 @@ def relative_usage(decayed: float, share: float) -> float:
     return decayed / share if share > 0 else math.inf if decayed > 0 else 0.0
 
 
-def fold_user(user: Mapping, workspaces: Iterable[Mapping], now: dt.datetime, half_life: dt.timedelta) -> dict:
-    """Her status.accounting with everything up to `now` folded in."""
+def settle_time(report_interval: dt.timedelta, check_interval: dt.timedelta) -> dt.timedelta:
+    """How far back a mark can still be dated when it is written: an idle stretch is seen once it is a report and a
+    check old, and dated from its start. A fold stops this far before now, so no stretch is counted as one state
+    and then, after a later mark dates back into it, as another."""
+    return 2 * (report_interval + check_interval)
+
+
+def fold_user(user: Mapping, workspaces: Iterable[Mapping], now: dt.datetime, half_life: dt.timedelta,
+              settle: dt.timedelta = dt.timedelta(0)) -> dict:
+    """Her status.accounting with everything up to `now - settle` folded in."""
     acc = user_accounting(user)
     through = parse_time(acc.get("through"))
+    horizon = now - settle
+    if through is not None and horizon <= through:
+        return acc
+    now = horizon
     days = list(acc.get("days") or [])
     segments: list[Segment] = []
     for ws in workspaces:
@@ -328,3 +340,12 @@ def relative_usages(users: Iterable[Mapping], workspaces: Iterable[Mapping], now
         decayed = decayed_usage(user, by_ns.get(f"lab-{name}", []), now, half_life)
         out[name] = relative_usage(decayed, share_of((user.get("spec") or {}).get("tier")))
     return out
+
+
+def capacity_equivalents(capacity: Mapping[tuple[str, str], int], weights: Mapping[str, float]) -> float:
+    """GPU equivalents the lab's nodes offer (admission's capacity: open or not), by the policy's weights."""
+    total = 0.0
+    for (_node, resource), count in capacity.items():
+        profile = "full" if resource == "nvidia.com/gpu" else resource.removeprefix("nvidia.com/mig-")
+        total += weights.get(profile, 1.0) * count
+    return total

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api import accounting as api_accounting
+from labkeeper.api import admission as api_admission
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, is_conflict
 from labkeeper.render.access import namespace_for
@@ -33,7 +34,9 @@ class Accountant:
             return False
         workspaces = self.kube.list("Workspace", namespace_for(username))
         now = self.clock()
-        folded = api_accounting.fold_user(user, workspaces, now, self.policy.current.fair_share.half_life)
+        policy = self.policy.current
+        folded = api_accounting.fold_user(user, workspaces, now, policy.fair_share.half_life,
+                                          api_accounting.settle_time(policy.report_interval, policy.check_interval))
         before = api_accounting.user_accounting(user)
         if folded["days"] == (before.get("days") or []):
             # nothing metered since the last fold (her decayed usage only decays, which anyone can compute)
@@ -85,7 +88,7 @@ class Accountant:
             for q in (50, 95):
                 value = api_accounting.percentile(recent[rep.user].waits, q)
                 if value is not None:
-                    wait_q.add_metric([rep.user, f"0.{q}"], value)
+                    wait_q.add_metric([rep.user, str(q / 100)], value)
         queued = GaugeMetricFamily("labkeeper_workspaces_waiting", "workspaces waiting for a device", labels=["user"])
         per_user: dict[str, int] = {}
         for ws in workspaces:
@@ -94,4 +97,7 @@ class Accountant:
                 per_user[user] = per_user.get(user, 0) + 1
         for user in sorted(shares):
             queued.add_metric([user], per_user.get(user, 0))
-        yield from (held, waiting, stops, decayed, relative, wait_q, queued)
+        capacity, _closed = api_admission.capacity_of(self.kube.list("Node"))
+        offered = GaugeMetricFamily("labkeeper_lab_capacity_gpu_equivalents", "GPU equivalents the nodes offer")
+        offered.add_metric([], api_accounting.capacity_equivalents(capacity, policy.gpu_weights))
+        yield from (held, waiting, stops, decayed, relative, wait_q, queued, offered)

@@ -352,8 +352,13 @@ class WorkspaceReconciler:
                            "Capped" if clock.keep_alive_refused else "WithinCap",
                            clock.keep_alive_refused or "no keep-alive asks for more than the policy's keepAliveMax",
                            status.get("conditions") or [], now)
+        requeue = clock.next_check(now, policy.warnings.idle, policy.warnings.runtime)
+        # the meter sees an idle stretch begin once it is a report and a check old: look then, not at the next warning
+        turns_idle = (clock.idle_since + policy.report_interval + policy.check_interval - now).total_seconds()
+        if turns_idle > 0:
+            requeue = min(requeue, turns_idle + 0.2)
         return self._set(ws, desired, phase, reason, message, now, ready=True, extra_conditions=[capped],
-                         requeue=clock.next_check(now, policy.warnings.idle, policy.warnings.runtime))
+                         requeue=requeue)
 
     def _stop(self, ws: dict, desired: dict, pod: dict | None, hold: dict | None, request: GpuRequest,
               now: dt.datetime, *, reason: str, hold_device: bool = True) -> Outcome:
