@@ -6,18 +6,26 @@ scheduler and kwok node."""
 
 from __future__ import annotations
 
+import base64
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
 
-from labkeeper.testing.cluster import NodeSpec
+from labkeeper.testing.cluster import NodeSpec, cri_log
 from labkeeper.testing.kwokstages import EXIT_CODE_ANNOTATION, EXIT_REASON_ANNOTATION
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
-from labkeeper.testing.processes import wait_for
+from labkeeper.testing.processes import SYSTEM_NAMESPACE, wait_for
 
 pytestmark = pytest.mark.integration
 
+LABCTL = Path(sys.executable).parent / "labctl"
+SMALL = ("--image", "busybox", "--cpu", "100m", "--memory", "256Mi")
 HOLD = 120  # a stopped workspace would keep its slice this long; an ended run keeps nothing
 RETENTION = 40  # seconds an ended run (its pod, so its logs) stays
 
@@ -29,7 +37,7 @@ def lab(tmp_path_factory):
     for tier in policy["tiers"].values():
         tier["allowedProfiles"] = ["1g.10gb", "2g.20gb", "3g.40gb"]
     with Lab((NodeSpec("h100", "h100-balanced"),), policy, tmp_path_factory.mktemp("lab")) as running:
-        running.add_users(*(gpuuser(n, "researcher") for n in ("ann", "bob", "cara")),
+        running.add_users(*(gpuuser(n, "researcher") for n in ("ann", "bob", "cara", "eve")),
                           gpuuser("dora", "researcher", limits={"maxGpuEquivalents": 0.5}))
         yield running
         print(running.log_tail())
@@ -140,4 +148,74 @@ def test_a_users_runs_and_workspaces_share_her_gpu_equivalent_cap(lab: Lab):
                      and s, what="dora's second run over her cap")
     assert again["message"] == "0.14 GPU equivalents in use + 0.43 requested > cap 0.50 for tier researcher", again
     assert lab.status("gpuuser", "dora")["usage"]["gpuEquivalents"] == pytest.approx(1 / 7, abs=1e-3)
+    clear(lab)
+
+
+def labctl(lab: Lab, user: str, *args: str, popen: bool = False):
+    """labctl as she runs it, with the kubeconfig the operator issued her."""
+    secret = lab.get("secret", f"kubeconfig-{user}", SYSTEM_NAMESPACE)
+    kubeconfig = lab.workdir / f"{user}.kubeconfig"
+    kubeconfig.write_bytes(base64.b64decode(secret["data"]["config"]))
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "COLUMNS": "250", "NO_COLOR": "1"}
+    if popen:
+        return subprocess.Popen([str(LABCTL), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run([str(LABCTL), *args], capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def test_labctl_run_shows_its_place_streams_its_output_and_exits_with_the_commands_code(lab: Lab):
+    # the box's two 1g.10gb slices are ann's
+    lab.apply(workspace("a", "ann", profile="1g.10gb"), workspace("b", "ann", profile="1g.10gb"))
+    lab.wait_phase("a", "ann", "Running")
+    lab.wait_phase("b", "ann", "Running")
+    # what her command will print (kwok serves this file as the pod's log)
+    logs = lab.workdir / "eve-hello.log"
+    logs.write_text(cri_log(["hello from the run", "epoch 1 loss 0.50"]))
+
+    running = labctl(lab, "eve", "run", "hello", "--gpu", "1g.10gb", *SMALL, "--", "sh", "-c", "echo hi; exit 3",
+                     popen=True)
+    try:
+        waiting = wait_for(lambda: (s := lab.status("workspace", "hello", "lab-eve")).get("queue") and s,
+                           what="eve's run in the queue")
+        assert waiting["queue"]["position"] == 1
+        ws = lab.get("workspace", "hello", "lab-eve")
+        assert ws["spec"]["mode"] == "Batch" and ws["spec"]["command"] == ["sh", "-c", "echo hi; exit 3"]
+        lab.kubectl("delete", "workspace", "a", "-n", "lab-ann", "--wait=false")
+        lab.wait_phase("hello", "eve", "Running", timeout=20)
+        lab.cluster.serve_pod("lab-eve", "ws-hello", logs_file=logs)
+        end_command(lab, "eve", "hello", 3)
+        out, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 3, out + err
+    assert "run hello queued in lab-eve (1g.10gb): sh -c 'echo hi; exit 3'" in out, out
+    assert "hello: waiting, #1 in the queue: no free 1g.10gb slice (2 in use); you are next" in err, err
+    assert "hello from the run\nepoch 1 loss 0.50\n" in out, out
+    assert "run hello Failed (Error): the command exited with code 3" in err, err
+
+    # after the end: the log is still there, and the run is listed with its code
+    after = labctl(lab, "eve", "logs", "hello")
+    assert after.returncode == 0 and "epoch 1 loss 0.50" in after.stdout, after.stderr
+    runs = labctl(lab, "eve", "runs")
+    row = next(line.split() for line in runs.stdout.splitlines() if line.startswith("hello"))
+    assert row[:4] == ["hello", "Failed", "3", "1g.10gb"], runs.stdout
+
+    # Ctrl-C detaches: labctl exits, the run waits on and starts when a slice frees
+    detached = labctl(lab, "eve", "run", "later", "--gpu", "2g.20gb", *SMALL, "--", "python", "eval.py", popen=True)
+    lab.apply(workspace("c", "ann", profile="2g.20gb"))  # the 2g.20gb slice is taken: later waits
+    try:
+        wait_for(lambda: lab.status("workspace", "later", "lab-eve").get("phase"), what="eve's second run seen")
+        detached.send_signal(signal.SIGINT)
+        _, err = detached.communicate(timeout=30)
+    finally:
+        if detached.poll() is None:
+            detached.kill()
+    assert detached.returncode == 130 and "detached; run later goes on" in err, err
+    lab.kubectl("delete", "workspace", "c", "-n", "lab-ann", "--wait=false")
+    lab.wait_phase("later", "eve", "Running", timeout=20)
+
+    # --detach queues and returns at once
+    queued = labctl(lab, "eve", "run", "bg", "--gpu", "1g.10gb", *SMALL, "--detach", "--", "python", "x.py")
+    assert queued.returncode == 0 and "follow it with: labctl logs bg -f" in queued.stdout, queued.stderr
+    assert lab.get("workspace", "bg", "lab-eve")["spec"]["mode"] == "Batch"
     clear(lab)

@@ -6,7 +6,7 @@ import sys
 
 from kubernetes.client.exceptions import ApiException
 
-from labkeeper.cli import access, admin, report, user  # noqa: F401  (importing registers the commands)
+from labkeeper.cli import access, admin, report, runs, user  # noqa: F401  (importing registers the commands)
 from labkeeper.cli.app import CURRENT, app, hoist_global_options
 from labkeeper.cli.errors import LabctlError, from_api, from_exception
 from labkeeper.cli.output import err_console

@@ -186,12 +186,17 @@ def workspace_rows(workspaces: Iterable[dict], now: dt.datetime, *, with_user: b
 
 def workspace_manifest(name: str, namespace: str, *, image: str, gpu: str = "none", gpu_count: int = 1,
                        cpu: str | None = None, memory: str | None = None, command: list[str] | None = None,
-                       state: str = "Running") -> dict:
+                       state: str = "Running", batch: bool = False) -> dict:
     if not WORKSPACE_RE.match(name):
         raise ValueError(f"workspace name {name!r} must be lowercase letters, digits and '-', at most 42 characters")
     if gpu not in GPU_PROFILES:
         raise ValueError(f"--gpu {gpu!r} is not a GPU profile; valid: {', '.join(GPU_PROFILES)}")
     spec: dict = {"image": image, "gpu": {"profile": gpu, "count": gpu_count}, "state": state}
+    if batch:
+        if not command:
+            raise ValueError(f"run {name} needs a command after --, e.g. labctl run {name} --gpu 1g.10gb -- "
+                             "python train.py")
+        spec["mode"] = "Batch"
     if cpu:
         spec["cpu"] = cpu
     if memory:
@@ -200,6 +205,60 @@ def workspace_manifest(name: str, namespace: str, *, image: str, gpu: str = "non
         spec["command"] = command
     return {"apiVersion": API_VERSION, "kind": "Workspace",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+# ---- batch runs ----------------------------------------------------------------------------------
+def is_run(ws: dict) -> bool:
+    return (ws.get("spec") or {}).get("mode") == "Batch"
+
+
+def age(ws: dict, now: dt.datetime) -> str:
+    created = parse_time((ws.get("metadata") or {}).get("creationTimestamp"))
+    return human_duration(now - created) if created else "-"
+
+
+def run_rows(workspaces: Iterable[dict], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
+    """`labctl runs`: each run's phase, its command's exit code once it ended, its GPU, age and why it stands so."""
+    rows = []
+    for ws in sorted((w for w in workspaces if is_run(w)), key=lambda w: w["metadata"]["name"]):
+        status = ws.get("status") or {}
+        code = status.get("exitCode")
+        if status.get("queue") and status.get("waitingSince"):
+            why = queue_text(ws, now)
+        else:
+            why = (f"{status['reason']}: " if status.get("reason") else "") + (status.get("message") or "")
+        rows.append([ws["metadata"]["name"], phase_of(ws), "-" if code is None else str(code), gpu_label(ws["spec"]),
+                     age(ws, now), why.strip() or "-"])
+    return ["NAME", "PHASE", "EXIT", "GPU", "AGE", "MESSAGE"], rows
+
+
+ENDED = ("Succeeded", "Failed", "Stopped")
+
+
+def run_exit_code(ws: dict) -> int:
+    """What `labctl run` exits with: the command's own code; 1 for a run that ended without one (stopped, culled,
+    evicted) or failed with 0 (its pod failed, not the command)."""
+    status = ws.get("status") or {}
+    code = status.get("exitCode")
+    if status.get("phase") == "Succeeded":
+        return 0
+    return code if isinstance(code, int) and code != 0 else 1
+
+
+def run_end_line(ws: dict) -> str:
+    status = ws.get("status") or {}
+    return (f"run {ws['metadata']['name']} {phase_of(ws)}" + (f" ({status['reason']})" if status.get("reason") else "")
+            + (f": {status['message']}" if status.get("message") else ""))
+
+
+def run_wait_line(ws: dict, now: dt.datetime) -> str:
+    """Where a run that has not started stands, one line: its place in the queue, or why it waits."""
+    status = ws.get("status") or {}
+    name = ws["metadata"]["name"]
+    if status.get("queue") and status.get("waitingSince"):
+        return f"{name}: waiting, {queue_text(ws, now)}"
+    detail = (status.get("reason") or "") + (f": {status['message']}" if status.get("message") else "")
+    return f"{name}: {phase_of(ws)}" + (f" ({detail})" if detail else "")
 
 
 @dataclass(frozen=True)
