@@ -110,3 +110,17 @@ def test_the_queue_reads_in_the_order_admission_serves_it_and_a_held_slice_shows
     start = texts.index(next(t for t in texts if t.startswith("  ivan/")))
     assert (texts[start] + " " + texts[start + 1].strip()).strip() == data.queue[1]
     assert "GPU SLICES 6: 1 in use, 1 held, 4 free" in texts[1]
+
+
+def test_the_board_queue_puts_the_lighter_past_user_first_within_a_tier_as_admission_does():
+    now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    node = {"metadata": {"name": "h100"}, "status": {"allocatable": {"nvidia.com/mig-1g.10gb": "1"}}}
+    users = [{"metadata": {"name": n}, "spec": {"tier": "student"}} for n in ("heavy", "light")]
+    waiting = [{"metadata": {"name": "slice", "namespace": f"lab-{n}"},
+                "spec": {"image": "i", "gpu": {"profile": "1g.10gb", "count": 1}},
+                "status": {"phase": "Pending", "waitingSince": f"2026-03-01T11:{m:02d}:00.000000Z"}}
+               for n, m in (("heavy", 0), ("light", 30))]
+    data = board.board_model([node], [], waiting, users, now, {"student": 10000}, {"heavy": 3.0, "light": 0.5})
+    assert [line.split()[0] for line in data.queue] == ["light/slice", "heavy/slice"], data.queue
+    data = board.board_model([node], [], waiting, users, now, {"student": 10000})
+    assert [line.split()[0] for line in data.queue] == ["heavy/slice", "light/slice"], data.queue

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from labkeeper.api import admission
+from labkeeper.api import accounting, admission
 from labkeeper.api.policy import LabPolicy
 from labkeeper.cli import views
 from labkeeper.cli.doctor import gpu_resources
@@ -65,7 +65,8 @@ def _pod_devices(pod: dict) -> list[tuple[str, int]]:
 
 
 def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], users: list[dict],
-                now: dt.datetime, tier_priority: dict[str, int] | None = None) -> BoardData:
+                now: dt.datetime, tier_priority: dict[str, int] | None = None,
+                usages: dict[str, float] | None = None) -> BoardData:
     data = BoardData(now=now, users=len(users), workspaces=len(workspaces))
     by_key = {(w["metadata"].get("namespace"), w["metadata"]["name"]): w for w in workspaces}
     free: dict[tuple[str, str], list[Slot]] = {}
@@ -88,7 +89,8 @@ def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], use
                 slot.user = labels.get(LABEL_USER) or pod["metadata"].get("namespace", "").removeprefix("lab-")
                 slot.workspace = labels.get(LABEL_WORKSPACE) or pod["metadata"]["name"]
                 slot.state, slot.style = _slot_state(labels.get(LABEL_ROLE), ws, now)
-    decision = _mark_holds_and_decide(data, free, nodes, pods, workspaces, users, now, tier_priority or {})
+    decision = _mark_holds_and_decide(data, free, nodes, pods, workspaces, users, now, tier_priority or {},
+                                      usages or {})
     for ws in workspaces:
         phase = views.phase_of(ws)
         data.phases[phase] = data.phases.get(phase, 0) + 1
@@ -114,7 +116,7 @@ def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], use
 
 def _mark_holds_and_decide(data: BoardData, free: dict[tuple[str, str], list[Slot]], nodes: list[dict],
                            pods: list[dict], workspaces: list[dict], users: list[dict], now: dt.datetime,
-                           tier_priority: dict[str, int]) -> set[str]:
+                           tier_priority: dict[str, int], usages: dict[str, float]) -> set[str]:
     """Marks the slices that holds keep and puts the device queue first, in the order admission serves it,
     each entry with its own numbers; returns who is in that queue."""
     capacity, closed = admission.capacity_of(nodes)
@@ -144,8 +146,10 @@ def _mark_holds_and_decide(data: BoardData, free: dict[tuple[str, str], list[Slo
             continue
         profile = gpu["profile"]
         resource = "nvidia.com/gpu" if profile == "full" else f"nvidia.com/mig-{profile}"
-        priority = tier_priority.get(tiers.get(ws["metadata"]["namespace"].removeprefix("lab-")) or "", 0)
-        waiters.append(admission.Waiter(admission.owner_of(ws), resource, int(gpu.get("count") or 1), priority, since))
+        username = ws["metadata"]["namespace"].removeprefix("lab-")
+        priority = tier_priority.get(tiers.get(username) or "", 0)
+        waiters.append(admission.Waiter(admission.owner_of(ws), resource, int(gpu.get("count") or 1), priority, since,
+                                        usage=usages.get(username, 0.0)))
     decision = admission.decide(capacity, claims, waiters, closed)
     for waiter in sorted(waiters, key=lambda w: w.key):
         namespace, _, name = waiter.owner.partition("/")
@@ -241,21 +245,25 @@ def render_lines(data: BoardData, width: int = 80, height: int = 24) -> list[tup
     return lines[:height]
 
 
-def tier_priorities(kube) -> dict[str, int]:
-    """Each tier's priority from the policy in force (the built-in tiers where the ConfigMap is missing or
-    broken, as the operator does): the queue is shown in the order admission serves it."""
+def lab_policy(kube) -> LabPolicy:
+    """The policy in force (the built-in one where the ConfigMap is missing or broken, as the operator does)."""
     policy = LabPolicy()
     configmap = kube.get("ConfigMap", "labkeeper-policy", SYSTEM_NAMESPACE) or {}
     with contextlib.suppress(ValueError, yaml.YAMLError):
         policy = LabPolicy.model_validate(yaml.safe_load((configmap.get("data") or {}).get("policy.yaml") or "") or {})
-    return {name: tier.priority for name, tier in policy.tiers.items()}
+    return policy
 
 
 def collect(s: Session, now: dt.datetime | None = None) -> BoardData:
     kube = s.kube
+    now = now or dt.datetime.now(dt.UTC)
     pods = kube.list("Pod", label_selector="app.kubernetes.io/managed-by=labkeeper")
-    return board_model(kube.list("Node"), pods, kube.list("Workspace"), kube.list("GPUUser"),
-                       now or dt.datetime.now(dt.UTC), tier_priorities(kube))
+    policy = lab_policy(kube)
+    workspaces, users = kube.list("Workspace"), kube.list("GPUUser")
+    # fair share sits between tier and waiting time, as admission weighs it
+    usages = accounting.relative_usages(users, workspaces, now, policy.fair_share.half_life, policy.share)
+    return board_model(kube.list("Node"), pods, workspaces, users, now,
+                       {name: tier.priority for name, tier in policy.tiers.items()}, usages)
 
 
 def frame(data: BoardData, width: int, height: int) -> Text:
