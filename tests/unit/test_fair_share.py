@@ -194,3 +194,15 @@ def test_an_idle_stretch_dated_back_after_a_fold_still_counts_as_idle_when_folds
     naive = acc.fold_user(user, [{**ws, "status": {"meter": active}}], idle_from + dt.timedelta(seconds=60), DAY)
     naive = acc.fold_user({**user, "status": {"accounting": naive}}, [ws], at(30), DAY)
     assert naive["days"][0]["activeSeconds"] == pytest.approx(660)
+
+
+def test_an_operator_restart_moves_idle_clocks_but_an_idle_stretch_stays_idle_until_the_agent_sees_activity():
+    meter = step([], status(podUID="u", idleSince=at(0)), "Running", at(0.5), "PodRunning")
+    meter = step(meter, status(podUID="u", idleSince=at(0), lastActivity=at(0)), "Running", at(10), "PodRunning")
+    assert [m["state"] for m in meter] == ["active", "idle"]
+    # the operator restarts at 20: its idle clocks count from then, no activity has been seen since 0
+    meter = step(meter, status(podUID="u", idleSince=at(20), lastActivity=at(0)), "Running", at(20.01), "PodRunning")
+    assert [m["state"] for m in meter] == ["active", "idle"]
+    # the agent reports activity at 25: active from that sample on
+    meter = step(meter, status(podUID="u", idleSince=at(25), lastActivity=at(25)), "Running", at(25.01), "PodRunning")
+    assert [(m["state"], m["since"]) for m in meter][-1] == ("active", "2026-03-01T08:25:00Z")

@@ -75,9 +75,12 @@ def current_mark(status: Mapping, phase: str, reason: str, now: dt.datetime, *, 
             return previous
         since = now
         if previous is not None and previous.state == IDLE:
-            # active again from the sample that said so
-            since = parse_time(status.get("lastActivity")) or now
-            since = min(max(since, previous.since), now)
+            last = parse_time(status.get("lastActivity"))
+            if last is None or last <= previous.since:
+                # idleSince moved without new activity (the operator restarted and its idle clocks with it): the
+                # workspace is as idle as before
+                return previous
+            since = min(last, now)  # active again from the sample that said so
         return Mark(ACTIVE, since, eq)
     if status.get("waitingSince") and phase in ("Pending", "Preempted"):
         return Mark(WAITING, parse_time(status["waitingSince"]) or now, eq)
