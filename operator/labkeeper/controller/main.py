@@ -274,7 +274,7 @@ class Operator:
         or not looked at yet) gets a pass under the policy now in force: none of them has a timer of its own."""
         listed = {(ws["metadata"]["namespace"], ws["metadata"]["name"]) for ws in workspaces
                   if (ws.get("status") or {}).get("phase") in (*WAITING_PHASES, None)}
-        for namespace, name in sorted(listed | self.waiting):
+        for namespace, name in sorted(listed | self.waiting | self.queued_for_device):
             self.workspace_changed(namespace, name)
 
 
