@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import datetime as dt
 import http.server
 import logging
@@ -278,11 +279,24 @@ class Operator:
             self.workspace_changed(namespace, name)
 
 
+def in_cluster_server(environ, fallback: str) -> str:
+    """The API server as client-go finds it in a pod: the `kubernetes` Service's address that the kubelet puts
+    in the environment. kopf's own default, https://kubernetes.default.svc, needs cluster DNS, and without it
+    (DNS not up yet after a reboot, or none at all) the operator led its Lease but never saw an object."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT") or "443"
+    if not host:
+        return fallback
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     @kopf.on.login(registry=registry)
     def _login(**kwargs):
         # a fresh registry has no login handlers; use the same kubeconfig/in-cluster config as our client
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = kopf.login_with_service_account(**kwargs)
+        if info is not None:
+            return dataclasses.replace(info, server=in_cluster_server(os.environ, info.server))
+        return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def _startup(settings: kopf.OperatorSettings, **_):

@@ -89,7 +89,8 @@ class RealNode:
         self.subnet = f"10.89.{self.octet}.0/24"
         self.gateway = f"10.89.{self.octet}.1"
         self.bridge = f"lk{self.octet}-{self.name[-6:]}"[:15]
-        self.cgroup = f"labkeeper-{self.name}"
+        # unique per node, so stopping one kills only its own containers
+        self.cgroup = f"labkeeper-{self.name}-{self.workdir.name.removeprefix('lkn-')}"
         self.host_root = self.workdir / "host"
         self.data_root = self.host_root / "data"
         self.logdir = self.workdir / "logs"
