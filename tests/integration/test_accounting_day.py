@@ -1,4 +1,4 @@
-"""A scripted lab day on the real control plane, compressed so that a second stands for a longer stretch: activity
+"""A scripted lab day on the real control plane (with an operator crash in the middle), compressed so that a second stands for a longer stretch: activity
 comes from the agent's file-backed sampler, the operator decides idle stops and holds, and at the end the
 accounting folded into each GPUUser's status, `labctl admin report` and the operator's Prometheus metrics must
 tell the day as the script ran it.
@@ -208,7 +208,13 @@ def test_a_scripted_day_is_accounted_reported_and_scraped_as_it_ran(day_lab):
     cleo_starts = stamp(cleo["runningSince"])
     truth["cleo"]["waiting"] = cleo_starts - cleo_waits
     assert truth["cleo"]["waiting"] > HOLD, (cleo_waits, cleo_starts)
-    time.sleep(6)
+    # the operator crashes while cleo computes and comes back: nothing of the day is lost or counted twice
+    lab.operator.kill()
+    lab.operator.start()
+    wait_for(lambda: (((lab.get("lease", "labkeeper-operator", "labkeeper-system") or {}).get("spec") or {})
+                      .get("holderIdentity") or "").endswith(f"-{lab.operator.proc.pid}"),
+             timeout=30, what="the restarted operator leads")
+    time.sleep(4)
 
     # 4. ann stops her training herself; cleo stops computing and is culled in time
     ann_stop = time.time()
