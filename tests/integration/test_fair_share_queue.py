@@ -51,12 +51,15 @@ def kubeconfig_of(lab: Lab, user: str) -> Path:
     return path
 
 
-def labctl_status(lab: Lab, user: str) -> dict:
+def labctl_as(lab: Lab, user: str, *args: str) -> str:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig_of(lab, user)), "COLUMNS": "250", "NO_COLOR": "1"}
-    result = subprocess.run([str(LABCTL), "status", "-o", "json"], capture_output=True, text=True, env=env,
-                            timeout=60, check=False)
+    result = subprocess.run([str(LABCTL), *args], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return result.stdout
+
+
+def labctl_status(lab: Lab, user: str) -> dict:
+    return json.loads(labctl_as(lab, user, "status", "-o", "json"))
 
 
 def place(lab: Lab, user: str) -> tuple[int, list[str], str] | None:
@@ -93,9 +96,12 @@ def test_slices_freed_one_by_one_go_to_the_higher_tier_then_to_the_lowest_past_u
         wait_for(lambda u=user: lab.status("workspace", "slice", f"lab-{u}").get("waitingSince"), what=f"{user} waits")
     why = wait_place(lab, "light", 1, [])
     assert why.startswith(f"#1 in the queue: {FULL}; you are next"), why
+    # nobody computes on the full box: the first idle deadline frees a slice, and that is when light may start
+    assert "; may start at " in why and "reaches its idle deadline)" in why, why
     wait_place(lab, "medium", 2, ["light/slice"])
     why = wait_place(lab, "heavy", 3, ["light/slice", "medium/slice"])
     assert why.startswith(f"#3 in the queue behind light/slice, medium/slice: {FULL}; 2 workspaces ahead of you"), why
+    assert "may start" not in why, why  # two slices are known to free, and she needs the third
     heavy = labctl_status(lab, "heavy")["queue"][0]
     assert heavy["your usage"] == "3", heavy  # 6 decayed GPU-hours over her share of 2 (rounded)
 
@@ -118,3 +124,11 @@ def test_slices_freed_one_by_one_go_to_the_higher_tier_then_to_the_lowest_past_u
             assert FULL in why, why
         assert place(lab, starts) is None  # a running workspace has no place in the queue
     assert order == ["prof", "light", "medium", "heavy"]
+
+    # each sees her own report: her waits, and the past usage that put her last
+    mine = json.loads(labctl_as(lab, "heavy", "report", "--since", "1d", "-o", "json"))
+    [row] = mine["users"]
+    assert row["user"] == "heavy" and mine["lab"] is None, mine
+    assert row["waits"] == 1 and row["waitP50Seconds"] > 0, row
+    assert 5.9 < row["decayedGpuHours"] < 6.1 and 2.9 < row["relativeUsage"] < 3.1, row
+    assert "heavy (student)" in labctl_as(lab, "heavy", "report")
