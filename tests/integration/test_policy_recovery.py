@@ -88,6 +88,11 @@ def cache_group(lab: Lab) -> tuple[int | None, str]:
     return path.stat().st_gid, acl
 
 
+def provisioned(lab: Lab) -> bool:
+    group, acl = cache_group(lab)
+    return group == LAB_GID and f"group:{LAB_GID}:rwx" in acl and f"default:group:{LAB_GID}:rwx" in acl
+
+
 def policy_events(lab: Lab, component: str) -> list[dict]:
     events = json.loads(lab.kubectl("get", "events", "-n", SYSTEM_NAMESPACE, "-o", "json", "--field-selector",
                                     "involvedObject.kind=ConfigMap,involvedObject.name=labkeeper-policy").stdout)
@@ -104,11 +109,13 @@ def set_and_wait_until_read(lab: Lab, policy: dict, what: str) -> None:
 
 def test_every_field_of_a_tier_broken_and_fixed_leaves_a_lab_where_a_new_workspace_runs_at_once(lab: Lab):
     operator_port, agent_port = lab.ports
-    wait_for(lambda: cache_group(lab)[0] == LAB_GID, timeout=60, what=lambda: f"pip cache group {LAB_GID}\n"
+    wait_for(lambda: provisioned(lab), timeout=60, what=lambda: f"pip cache group {LAB_GID}\n"
              f"{lab.agent.log_tail()}")
+    _, acl = cache_group(lab)
     slow = []
     for index, (field, value) in enumerate(ROUNDS):
         set_and_wait_until_read(lab, broken(field, value), f"{field}={value!r}")
+        assert cache_group(lab) == (LAB_GID, acl), f"{field}={value!r} changed the pip cache on the host"
         refused = metric(operator_port, "labkeeper_policy_refused")
         assert refused == metric(agent_port, "labkeeper_policy_refused"), \
             f"{field}={value!r}: operator and agent disagree on whether it is valid"
@@ -124,9 +131,8 @@ def test_every_field_of_a_tier_broken_and_fixed_leaves_a_lab_where_a_new_workspa
             lab.wait_phase(name, "ada", "Running", timeout=RUNNING_WITHIN)
         slow.append((time.monotonic() - fixed, field, value))
         assert metric(operator_port, "labkeeper_policy_refused") == 0
-        group, acl = cache_group(lab)
-        assert group == LAB_GID and f"group:{LAB_GID}:rwx" in acl and "group:2000:" not in acl, \
-            f"{field}={value!r} changed the pip cache on the host:\n{acl}"
+        assert cache_group(lab) == (LAB_GID, acl) and f"group:{LAB_GID}:rwx" in acl, \
+            f"{field}={value!r} changed the pip cache on the host:\n{cache_group(lab)[1]}"
         lab.kubectl("delete", "workspace", during, after, "-n", "lab-ada", "--wait=false")
         wait_for(lambda: not lab.items("pods", "-n", "lab-ada", "-l", "app.kubernetes.io/managed-by=labkeeper"),
                  timeout=30, what="the round's pods gone")
@@ -143,7 +149,7 @@ def test_every_field_of_a_tier_broken_and_fixed_leaves_a_lab_where_a_new_workspa
 
 
 def test_a_second_cache_on_the_first_ones_path_is_left_out_and_new_workspaces_still_start(lab: Lab):
-    wait_for(lambda: cache_group(lab)[0] == LAB_GID, timeout=60, what="pip cache provisioned")
+    wait_for(lambda: provisioned(lab), timeout=60, what="pip cache provisioned")
     _, acl_before = cache_group(lab)
     # a writer list of its own: were it provisioned, the shared directory's ACL would change
     lab.apply({"apiVersion": API_VERSION, "kind": "SharedCache", "metadata": {"name": "pip-again"},
