@@ -44,6 +44,12 @@ def image(real_lab: RealLab) -> str:
 def people(real_lab: RealLab, tmp_path_factory) -> dict[str, Path]:
     """alice from examples/alice.yaml, bob and carol as students; each with the kubeconfig the operator issued."""
     keys = tmp_path_factory.mktemp("people")
+    # the lab's shared trees first, so every workspace pod mounts them
+    for example in ("caches.yaml", "models.yaml"):
+        real_lab.kubectl("apply", "-f", str(REPO_ROOT / "examples" / example))
+    for kind, name in (("sharedcache", "pip"), ("modelstore", "torch"), ("modelstore", "huggingface")):
+        wait_for(lambda k=kind, n=name: real_lab.status(k, n).get("phase") == "Ready", timeout=120,
+                 what=lambda k=kind, n=name: f"{k} {n} Ready; {real_lab.status(k, n)}")
     real_lab.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "alice.yaml"))
     real_lab.apply(gpuuser("bob"), gpuuser("carol"))
     for name in ("alice", "bob", "carol"):
@@ -126,6 +132,27 @@ def test_alice_gets_in_with_shell_logs_and_port_forward_through_the_kubelet_and_
     down = labctl("down", "secret-work", "--yes", kubeconfig=people["bob"])
     assert down.returncode == 0, down.stderr
     wait_for(lambda: real_lab.pod("secret-work", "bob") is None, timeout=90, what="bob's pod gone")
+
+
+def test_alice_shares_the_pip_cache_with_bob_and_reads_a_store_she_may_not_write(real_lab, people, alice_train,
+                                                                                image):
+    up = labctl("up", "pipper", "--image", image, *SMALL, "--timeout", "120", kubeconfig=people["bob"])
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        in_workspace("bob", "pipper", 'echo bob > "$PIP_CACHE_DIR/from-bob"', people)
+        out = in_workspace("alice", "train", 'echo alice > "$PIP_CACHE_DIR/from-alice" && rm "$PIP_CACHE_DIR/from-bob" '
+                           '&& echo removed; touch "$TORCH_HOME/x" 2>&1; echo "torch: $?"; '
+                           'mkdir -p "$HF_HUB_CACHE" && touch "$HF_HUB_CACHE/from-alice" && echo "hf: written"', people)
+        assert "removed" in out, out
+        assert "Read-only file system" in out and "torch: 1" in out, out
+        assert "hf: written" in out, out  # a writer of the huggingface store
+        cache = real_lab.node.data_root / "cache" / "pip"
+        assert not (cache / "from-bob").exists()
+        uid = int(real_lab.status("gpuuser", "alice")["uid"])
+        assert (cache / "from-alice").stat().st_uid == uid
+    finally:
+        labctl("down", "pipper", "--yes", kubeconfig=people["bob"])
+        wait_for(lambda: real_lab.pod("pipper", "bob") is None, timeout=90, what="bob's pipper gone")
 
 
 def visible_devices(user: str, workspace: str, people) -> str:

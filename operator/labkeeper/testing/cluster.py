@@ -458,7 +458,10 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
-            result = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
+            try:
+                result = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
+            except subprocess.TimeoutExpired:
+                continue  # a starting apiserver on a loaded machine may not answer in 10 s; ask again
             if result.returncode == 0 and result.stdout.strip() == "ok":
                 return
             time.sleep(0.3)
