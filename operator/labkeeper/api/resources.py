@@ -538,6 +538,9 @@ class WorkspaceStatus(Status):
     gpu_equivalents: float | None = None
     runtime_seconds: int | None = None
     running_since: dt.datetime | None = None
+    last_seen_running: dt.datetime | None = Field(
+        default=None, description="the last moment the operator saw its pod running (at most a reportInterval old); "
+                                  "a run that ended while no operator watched ends here, so an outage is no runtime")
     last_activity: dt.datetime | None = None
     activity_reason: str | None = None
     idle_since: dt.datetime | None = None

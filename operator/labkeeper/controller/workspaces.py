@@ -357,6 +357,7 @@ class WorkspaceReconciler:
         turns_idle = (clock.idle_since + policy.report_interval + policy.check_interval - now).total_seconds()
         if turns_idle > 0:
             requeue = min(requeue, turns_idle + 0.2)
+        requeue = min(requeue, policy.report_interval.total_seconds())  # the heartbeat (lastSeenRunning) is due then
         return self._set(ws, desired, phase, reason, message, now, ready=True, extra_conditions=[capped],
                          requeue=requeue)
 
@@ -551,17 +552,35 @@ class WorkspaceReconciler:
 
     # ---- status -----------------------------------------------------------------------------
     def _runtime(self, status: dict, pod: dict | None, now: dt.datetime) -> dict:
-        """Cumulative runtime: closed segments in runtimeSeconds, the open one from runningSince."""
+        """Cumulative runtime: closed segments in runtimeSeconds, the open one from runningSince.
+
+        lastSeenRunning is the last moment an operator saw the pod running. A segment that this process has not
+        seen running yet (it ran before the operator went away) ends there, not now: a power cut that took the
+        pod, or restarted its containers, while nobody watched is no runtime."""
         total = int(status.get("runtimeSeconds") or 0)
         since = parse_time(status.get("runningSince"))
+        seen = parse_time(status.get("lastSeenRunning"))
         running = pod is not None and (pod.get("status") or {}).get("phase") == "Running" \
             and not pod["metadata"].get("deletionTimestamp")
+        unseen = since is not None and seen is not None and seen < self.started_at.replace(microsecond=0)
+        if running and unseen:
+            started = _containers_started(pod)
+            if started is not None and started > seen:
+                # its containers started again while nobody watched (a reboot): the old run ended when last seen
+                total += max(0, int((seen - since).total_seconds()))
+                since = started
         if running and since is None:
             since = now
         if not running and since is not None:
-            total += int((now - since).total_seconds())
+            total += max(0, int(((seen if unseen else now) - since).total_seconds()))
             since = None
-        return {"runtimeSeconds": total, "runningSince": format_time(since)}
+        if running:
+            # a heartbeat: written when a report interval old, or when this process has not written one yet
+            due = seen is None or seen < self.started_at.replace(microsecond=0) \
+                or now - seen >= self.policy.current.report_interval
+            seen = now if due else seen
+        return {"runtimeSeconds": total, "runningSince": format_time(since),
+                "lastSeenRunning": format_time(seen) if running else None}
 
     def _set(self, ws: dict, desired: dict, phase: str, reason: str, message: str, now: dt.datetime, *,
              requeue: float | None = None, ready: bool = False, scheduled: bool | None = None,
@@ -587,6 +606,8 @@ class WorkspaceReconciler:
         })
         if phase != status.get("phase") and phase in ("Running", "Stopped", "Failed", "Succeeded"):
             self.kube.event(ws, phase, message, type_="Warning" if phase == "Failed" else "Normal")
+        if desired.get("lastSeenRunning") and any(status.get(k) != v for k, v in desired.items()):
+            desired["lastSeenRunning"] = format_time(now)  # status is written anyway: the heartbeat rides on it
         try:
             self.kube.patch_status("Workspace", ws, desired)
         except ApiException as err:
@@ -670,6 +691,13 @@ def _was_preempted(pod: dict) -> bool:
         if cond.get("type") == "DisruptionTarget" and cond.get("reason") == "PreemptionByScheduler":
             return True
     return False
+
+
+def _containers_started(pod: dict) -> dt.datetime | None:
+    """When the pod's running containers last started (the kubelet restarts them after a reboot)."""
+    starts = [parse_time(((cs.get("state") or {}).get("running") or {}).get("startedAt"))
+              for cs in (pod.get("status") or {}).get("containerStatuses") or []]
+    return max((s for s in starts if s is not None), default=None)
 
 
 def _waiting_reason(pod_status: dict) -> tuple[str, str] | None:
