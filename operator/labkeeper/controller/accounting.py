@@ -8,6 +8,7 @@ fold starts from the winner's `through`."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 
 from kubernetes.client.exceptions import ApiException
@@ -18,6 +19,7 @@ from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, is_conflict
 from labkeeper.render.access import namespace_for
 
+log = logging.getLogger("labkeeper.operator")
 REPORT_WINDOW = dt.timedelta(days=7)  # what the metrics' waiting percentiles and stop counts cover
 
 
@@ -52,14 +54,27 @@ class Accountant:
         return True
 
     # ---- metrics ---------------------------------------------------------------------------------------------
+    def describe(self):
+        # registering must not read the API (the registry would call collect() to learn the names)
+        return []
+
     def collect(self):
-        """Prometheus families computed at scrape time from the same figures `labctl admin report` prints."""
+        """Prometheus families computed at scrape time from the same figures `labctl admin report` prints; an API
+        hiccup costs this scrape these families, never the whole /metrics."""
+        try:
+            users = self.kube.list("GPUUser")
+            workspaces = self.kube.list("Workspace")
+            nodes = self.kube.list("Node")
+        except Exception as err:  # any failure to read costs this scrape only
+            log.warning("usage metrics skipped this scrape: %s", err)
+            return
+        yield from self._families(users, workspaces, nodes)
+
+    def _families(self, users: list[dict], workspaces: list[dict], nodes: list[dict]):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         now = self.clock()
         policy = self.policy.current
-        users = self.kube.list("GPUUser")
-        workspaces = self.kube.list("Workspace")
         shares = {u["metadata"]["name"]: policy.share((u.get("spec") or {}).get("tier")) for u in users}
         everything = api_accounting.report(users, workspaces, now, now - dt.timedelta(days=api_accounting.RETENTION_DAYS),
                                            policy.fair_share.half_life, shares)
@@ -97,7 +112,7 @@ class Accountant:
                 per_user[user] = per_user.get(user, 0) + 1
         for user in sorted(shares):
             queued.add_metric([user], per_user.get(user, 0))
-        capacity, _closed = api_admission.capacity_of(self.kube.list("Node"))
+        capacity, _closed = api_admission.capacity_of(nodes)
         offered = GaugeMetricFamily("labkeeper_lab_capacity_gpu_equivalents", "GPU equivalents the nodes offer")
         offered.add_metric([], api_accounting.capacity_equivalents(capacity, policy.gpu_weights))
         yield from (held, waiting, stops, decayed, relative, wait_q, queued, offered)
