@@ -14,6 +14,12 @@ from pathlib import Path
 _POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})", re.I)
 # pure v2 first, then v1 cpu accounting, then the v2 tree of a hybrid host
 _CPU_HIERARCHIES = ("", "cpu,cpuacct", "cpuacct", "unified")
+# v1 mounts beside each other under the cgroup root: each is a hierarchy of its own, not a v2 tree to search
+_V1_MOUNTS = frozenset({"blkio", "cpu", "cpuacct", "cpu,cpuacct", "cpuacct,cpu", "cpuset", "devices", "freezer",
+                        "hugetlb", "memory", "misc", "net_cls", "net_prio", "net_cls,net_prio", "net_prio,net_cls",
+                        "perf_event", "pids", "rdma", "systemd", "unified"})
+# a kubelet's cgroupRoot puts kubepods below the hierarchy's root (/<cgroupRoot>/kubepods, /docker/<id>/kubelet/kubepods)
+_KUBEPODS_DEPTH = 4
 
 
 def pod_uid_in(cgroup_path: str) -> str | None:
@@ -72,7 +78,7 @@ class HostReader:
         wanted = {f"pod{pod_uid}", f"pod{pod_uid.replace('-', '_')}"}
         for hierarchy in _CPU_HIERARCHIES:
             root = self.cgroup_root / hierarchy if hierarchy else self.cgroup_root
-            for top in _kubepods_dirs(root):
+            for top in _kubepods_dirs(root, skip=_V1_MOUNTS if not hierarchy else frozenset()):
                 for dirpath, dirnames, _ in os.walk(top):
                     name = os.path.basename(dirpath)
                     if any(name == w or name.endswith(f"-{w}.slice") for w in wanted):
@@ -103,8 +109,21 @@ class HostReader:
             return None
 
 
-def _kubepods_dirs(root: Path) -> list[Path]:
-    try:
-        return [p for p in root.iterdir() if p.name.startswith("kubepods") and p.is_dir()]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+def _kubepods_dirs(root: Path, *, skip: frozenset[str] = frozenset()) -> list[Path]:
+    """The kubepods cgroups of a hierarchy, at its top or a few levels below it (a kubelet's cgroupRoot)."""
+    found: list[Path] = []
+    level = [root]
+    for _ in range(_KUBEPODS_DEPTH):
+        below = []
+        for parent in level:
+            try:
+                children = sorted(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink())
+            except OSError:
+                continue
+            for child in children:
+                if child.name.startswith("kubepods"):
+                    found.append(child)
+                elif not (parent == root and child.name in skip):
+                    below.append(child)
+        level = below
+    return found
