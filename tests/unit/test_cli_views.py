@@ -173,3 +173,19 @@ def test_status_puts_each_limit_beside_its_use():
     assert lines["disk (home)"][0] == "2.0 GiB"
     _, rows = views.limits_rows(user)
     assert rows[-2:] == [["maxWorkspaces", "3", "override"], ["keepAliveMax", "24h", "default"]]
+
+
+def test_a_waiting_workspace_shows_its_place_who_is_ahead_why_and_when_it_may_start():
+    queue = {"position": 2, "ahead": ["bob/slice"], "reason": "no free 1g.10gb slice (2 in use); 1 workspace ahead of you",
+             "relativeUsage": 1.5, "estimatedStart": "2026-03-01T12:12:00Z",
+             "estimateBasis": "the hold of carol/train expires"}
+    waiting = ws("slice", "Pending", reason="WaitingForDevice", message="no free 1g.10gb slice (2 in use); 1 workspace "
+                 "ahead of you", waitingSince="2026-03-01T11:50:00.000000Z", queue=queue)
+    text = ("#2 in the queue behind bob/slice: no free 1g.10gb slice (2 in use); 1 workspace ahead of you; may start "
+            "at 12:12:00 UTC, in 12m (the hold of carol/train expires)")
+    assert views.queue_text(waiting, NOW) == text
+    _headers, rows = views.workspace_rows([waiting, ws("other", "Running")], NOW)
+    assert rows[1][-1] == text  # labctl ls: the MESSAGE column
+    headers, rows = views.queue_rows([waiting, ws("other", "Running")], NOW)
+    assert headers == ["WAITING", "PLACE", "AHEAD", "YOUR USAGE", "WHY"]
+    assert rows == [["slice", "2", "bob/slice", "1.5", text]]
