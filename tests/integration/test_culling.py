@@ -324,3 +324,20 @@ def test_after_operator_and_agent_restart_idle_workspaces_get_a_full_timeout_aga
         assert seen_at - restarted >= IDLE - 1, (name, seen_at - restarted)
         assert parse(stopped["idleSince"]).timestamp() >= restarted - 1, stopped["idleSince"]
 
+
+
+# ---- 6. batch runs (issue 20) --------------------------------------------------------------------------------
+def test_a_batch_run_stuck_at_zero_gpu_and_cpu_is_warned_and_culled_like_a_workspace_and_keeps_no_hold(culling_lab):
+    lab, _, _ = culling_lab
+    running(lab, "stuck", "migb", profile="1g.10gb", mode="Batch", command=["python", "train.py"])
+    stopped, _, seen = watch_until_stopped(lab, "stuck", "migb", timeout=IDLE + 15)
+    assert stopped["stopReason"] == "Idle"
+    keys = {w["key"] for s in seen for w in s.get("warnings") or []}
+    assert {"idle-50", "idle-80"} <= keys, keys
+    reasons = [e["reason"] for e in events(lab, "stuck", "migb")]
+    assert reasons.count("IdleWarning") >= 2 and "Culled" in reasons, reasons
+    # a workspace here would hold its slice for gpuHoldAfterStop; a run's goes back at once
+    final = lab.wait_phase("stuck", "migb", "Stopped", timeout=30)
+    assert final["reason"] == "Idle" and not final.get("holdNode") and final.get("exitCode") is None, final
+    assert "HoldReleased" not in [e["reason"] for e in events(lab, "stuck", "migb")]
+    lab.kubectl("delete", "workspace", "stuck", "-n", "lab-migb", "--wait=false")

@@ -128,9 +128,6 @@ class WorkspaceReconciler:
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             last_uid = (ws.get("status") or {}).get("podUID")
             gone = pod or lost_pod or ({"metadata": {"uid": last_uid, "namespace": namespace}} if last_uid else None)
-            end = api_runs.run_end(gone) if batch else None
-            if end is not None:  # its pod ended and went before a pass saw it: the end is still the end
-                return self._finish(ws, desired, end, now)
             if gone is not None and (ws.get("status") or {}).get("reason") != "PreemptedByScheduler" \
                     and self._preempted(gone):
                 self.kube.event(ws, "Preempted", "a higher-priority workspace took this workspace's GPU; "
@@ -139,6 +136,10 @@ class WorkspaceReconciler:
                 return self._set(ws, desired, "Preempted", "PreemptedByScheduler",
                                  "a higher-priority workspace took the GPU; waiting to start again", now,
                                  requeue=0.5)
+            # a preempted run's killed command is no end: it waits in the queue and starts again
+            end = api_runs.run_end(gone) if batch and gone is not None and not _was_preempted(gone) else None
+            if end is not None:  # its pod ended while going, or went before a pass saw it: the end is the end
+                return self._finish(ws, desired, end, now)
             if pod is not None:
                 return self._set(ws, desired, "Stopping", "PodTerminating", "previous pod is terminating", now,
                                  requeue=1.0)
