@@ -206,3 +206,29 @@ def test_an_operator_restart_moves_idle_clocks_but_an_idle_stretch_stays_idle_un
     # the agent reports activity at 25: active from that sample on
     meter = step(meter, status(podUID="u", idleSince=at(25), lastActivity=at(25)), "Running", at(25.01), "PodRunning")
     assert [(m["state"], m["since"]) for m in meter][-1] == ("active", "2026-03-01T08:25:00Z")
+
+
+# ---- when a waiting workspace may start ----------------------------------------------------------------------------
+def test_the_estimated_start_is_the_release_that_frees_a_slice_for_her_after_those_ahead():
+    from labkeeper.api.admission import Release, Wait, estimated_start, releases_of
+
+    def ws(user: str, **status) -> dict:
+        return {"metadata": {"name": "ws", "namespace": f"lab-{user}"},
+                "spec": {"gpu": {"profile": "1g.10gb", "count": 1}},
+                "status": {k: format_time(v) if isinstance(v, dt.datetime) else v for k, v in status.items()}}
+
+    releases = releases_of([
+        ws("held", holdNode="h100", holdResource=MIG1, holdCount=1, holdUntil=at(15)),
+        ws("runner", phase="Running", node="h100", runtimeDeadline=at(90), idleDeadline=at(40)),
+        ws("waiting", phase="Pending"),
+    ], at(0))
+    assert [(r.at, r.why) for r in releases] == [(at(15), "the hold of held/ws expires"),
+                                                 (at(40), "runner/ws reaches its idle deadline")]
+    first = Wait("lab-a/ws", MIG1, 1, offered=2, in_use=1, held_until=(at(15),), ahead=0)
+    second = Wait("lab-b/ws", MIG1, 1, offered=2, in_use=1, held_until=(at(15),), ahead=1)
+    third = Wait("lab-c/ws", MIG1, 1, offered=2, in_use=1, held_until=(at(15),), ahead=2)
+    assert estimated_start(first, releases).why == "the hold of held/ws expires"
+    assert estimated_start(second, releases).at == at(40)
+    assert estimated_start(third, releases) is None  # only two releases are known
+    assert estimated_start(first, releases, closed=frozenset({"h100"})) is None
+    assert estimated_start(first, [Release(at(5), "h100", "nvidia.com/gpu", 1, "x")]) is None  # another kind
