@@ -232,3 +232,11 @@ def test_the_estimated_start_is_the_release_that_frees_a_slice_for_her_after_tho
     assert estimated_start(third, releases) is None  # only two releases are known
     assert estimated_start(first, releases, closed=frozenset({"h100"})) is None
     assert estimated_start(first, [Release(at(5), "h100", "nvidia.com/gpu", 1, "x")]) is None  # another kind
+
+
+def test_a_wait_given_up_is_waiting_time_but_not_a_wait_to_a_start():
+    meter = step([], status(waitingSince=at(0)), "Pending", at(0), "WaitingForDevice")
+    meter = step(meter, status(), "Stopped", at(20), "Stopped")
+    ws = {"metadata": {"name": "ws", "namespace": "lab-ann"}, "status": {"meter": meter}}
+    [day] = acc.fold_user({"metadata": {"name": "ann"}}, [ws], at(30), DAY)["days"]
+    assert day["waitingSeconds"] == 1200 and not day.get("waits") and not day.get("stops")

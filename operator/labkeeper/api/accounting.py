@@ -130,7 +130,7 @@ class Fold:
 
     segments: list[Segment] = field(default_factory=list)
     stops: list[tuple[dt.datetime, str]] = field(default_factory=list)
-    waits: list[tuple[dt.datetime, float]] = field(default_factory=list)  # (when it ended, seconds waited)
+    waits: list[tuple[dt.datetime, float]] = field(default_factory=list)  # (when it started, seconds it waited)
 
 
 def fold(marks: list[Mark], start: dt.datetime | None, end: dt.datetime) -> Fold:
@@ -139,7 +139,9 @@ def fold(marks: list[Mark], start: dt.datetime | None, end: dt.datetime) -> Fold
         stop = marks[i + 1].since if i + 1 < len(marks) else end
         if mark.reason and (start is None or mark.since > start) and mark.since <= end:
             out.stops.append((mark.since, mark.reason))
-        if mark.state == WAITING and i + 1 < len(marks) and (start is None or stop > start) and stop <= end:
+        if mark.state == WAITING and i + 1 < len(marks) and marks[i + 1].state == ACTIVE \
+                and (start is None or stop > start) and stop <= end:
+            # a wait that ended in a start; one given up (stopped, deleted) is waiting time but no wait to a start
             out.waits.append((stop, (stop - mark.since).total_seconds()))
         if mark.state == OFF:
             continue
