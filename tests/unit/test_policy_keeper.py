@@ -122,3 +122,34 @@ def test_any_one_field_of_a_tier_either_applies_whole_or_leaves_the_last_good_po
     # whatever came before, the good policy is back in force at the next offer
     keeper.offer(text(EXAMPLE))
     assert keeper.current == load_policy(text(EXAMPLE)) and keeper.refused is None
+
+
+def test_the_agents_host_pass_never_sees_the_defaults_while_another_thread_reads_the_new_policy(monkeypatch):
+    """The activity thread and the host pass both ask for the policy as the agent starts; the one that does not
+    parse it must wait for it, not take the built-in defaults (a first pass made lab-users with gid 2000)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from labkeeper.agent.main import Agent
+
+    events = []
+    agent = Agent(SimpleNamespace(api=None, event=lambda *a, **k: events.append(a[1])), SimpleNamespace(data_fd=-1),
+                  "node-1", "labkeeper-system")
+    policy = yaml.safe_load(text(EXAMPLE)) | {"labUsersGid": 3000}
+    agent.configmaps.objects["labkeeper-policy"] = {
+        "metadata": {"name": "labkeeper-policy", "namespace": "labkeeper-system", "resourceVersion": "7"},
+        "data": {"policy.yaml": text(policy)}}
+    slow_offer = agent.policy_keeper.offer
+
+    def offer(*args):
+        time.sleep(0.3)  # a parse that takes long on a loaded node
+        return slow_offer(*args)
+
+    monkeypatch.setattr(agent.policy_keeper, "offer", offer)
+    first = threading.Thread(target=agent.policy)
+    first.start()
+    time.sleep(0.05)
+    assert agent.lab_gid() == 3000
+    first.join()
+    assert events == ["PolicyApplied"]

@@ -111,6 +111,7 @@ class Agent:
         self.cleanups: dict[str, dict] = {}  # SharedCache → this node's last cleanup, until the watch shows it
         self.policy_keeper = PolicyKeeper(component=f"the agent on {node}")
         self._policy_version: str | None = None  # the ConfigMap's resourceVersion last offered to the keeper
+        self._policy_lock = threading.Lock()
         self.activity: ActivityLoop | None = None
 
     def watch_activity(self, monitor: ActivityMonitor) -> None:
@@ -125,10 +126,16 @@ class Agent:
         good policy in force and says so once on the ConfigMap; the next valid one is taken at the next read."""
         body = self.configmaps.objects.get(POLICY_CONFIGMAP)
         version = (body or {}).get("metadata", {}).get("resourceVersion")
-        if body is not None and version != self._policy_version:
-            self._policy_version = version
+        if body is None or version == self._policy_version:
+            return self.policy_keeper.current
+        # one reader at a time: the activity thread must not see the version taken while the host pass still
+        # gets the policy from before it (a first pass on the built-in defaults made lab-users with gid 2000)
+        with self._policy_lock:
+            if version == self._policy_version:
+                return self.policy_keeper.current
             outcome = self.policy_keeper.offer((body.get("data") or {}).get(POLICY_KEY),
                                                f"ConfigMap {self.ns}/{POLICY_CONFIGMAP} key {POLICY_KEY}")
+            self._policy_version = version
             if outcome.reason:
                 (log.warning if outcome.warning else log.info)("%s", outcome.message)
                 # the keeper says each text once; _event's own memory would hide a refusal repeated later
