@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from labkeeper.agent.model import HostUser, LabHost, Members, SharedTree, UnsafeName
 from labkeeper.agent.recovery import Departure, HostResult
+from labkeeper.api.nodes import ACL_FALLBACK, agent_finalizer, tree_summary
+from labkeeper.api.nodes import ALERT_RANK as ALERT_RANK  # agent/main.py ranks alerts with it
 from labkeeper.api.trees import tree_conflicts
-from labkeeper.api.units import format_size
-from labkeeper.kube.client import condition
 
 KUBECONFIG_SECRET = "kubeconfig-{user}"
 CLEAN_ANNOTATION = "labkeeper.io/clean-requested"
 
 
-def finalizer(node: str) -> str:
-    return f"labkeeper.io/agent-{node}"[:63 + len("labkeeper.io/")]
+finalizer = agent_finalizer
 
 
 @dataclass
@@ -107,10 +105,6 @@ def merged_nodes(current: list[dict], node: str, entry: dict, now: dt.datetime) 
 
 # ---- SharedCache / ModelStore: one entry per node, the top level derived from all of them --------------
 
-ACL_FALLBACK = "no ACL support"  # how shared_trees words the setgid fallback: a note in the status, not a failure
-ALERT_RANK = {"OK": 0, "Warning": 1, "Critical": 2}
-
-
 def tree_node_entry(node: str, problems: list[str], place: str, size: int | None, disk_alert: str,
                     disk_message: str, last_cleanup: dict | None) -> dict:
     """This node's entry in a SharedCache's or ModelStore's status.nodes."""
@@ -123,41 +117,6 @@ def tree_node_entry(node: str, problems: list[str], place: str, size: int | None
     if last_cleanup:
         entry["lastCleanup"] = {k: v for k, v in last_cleanup.items() if v is not None}
     return entry
-
-
-def tree_summary(nodes: list[dict], previous: list[dict], now: dt.datetime) -> dict:
-    """phase, sizeBytes, lastCleanup and conditions of a shared tree from every node's entry, so that they read
-    the same whichever node's agent wrote last."""
-    failed = [n for n in nodes if n.get("state") == "Failed"]
-    fallback = [n.get("node", "?") for n in nodes if n.get("aclSupported") is False]
-    ranked = sorted(nodes, key=lambda n: (-ALERT_RANK.get(n.get("diskAlert") or "OK", 0), n.get("node", "")))
-    worst = (ranked[0].get("diskAlert") or "OK") if ranked else "OK"
-    summary: dict = {"phase": "Failed" if failed else "Ready"}
-    sizes = [n["sizeBytes"] for n in nodes if n.get("sizeBytes") is not None]
-    if sizes:
-        # one figure for the tree: on shared storage every node measures the same files, on local disks the
-        # largest copy is the one nearest its limit
-        summary["sizeBytes"] = max(sizes)
-        summary["size"] = format_size(summary["sizeBytes"])  # what `kubectl get sharedcaches` shows
-    cleaned = [n for n in nodes if n.get("lastCleanup")]
-    if cleaned:
-        latest = max(cleaned, key=lambda n: str(n["lastCleanup"].get("time") or ""))
-        summary["lastCleanup"] = latest["lastCleanup"] | {"node": latest.get("node")}
-    summary["conditions"] = [
-        condition("Ready", not failed, "Problem" if failed else "Provisioned",
-                  _joined(failed if failed else nodes, lambda n: n.get("message", "")), previous, now),
-        condition("AclSupported", not fallback, "SetgidFallback" if fallback else "Acl",
-                  f"no ACL support on {', '.join(fallback)}: setgid 2775 and umask 002 only" if fallback
-                  else "no node reported a filesystem without ACL support", previous, now),
-        condition("DiskAlert", worst != "OK", worst,
-                  _joined(ranked, lambda n: f"{n.get('diskAlert') or 'OK'}, {n.get('diskMessage', '')}"),
-                  previous, now),
-    ]
-    return summary
-
-
-def _joined(nodes: list[dict], text: Callable[[dict], str]) -> str:
-    return "; ".join(f"{n.get('node', '?')}: {text(n)}" for n in nodes)[:4000]
 
 
 def tree_status(current: dict, node: str, entry: dict, generation: int | None, now: dt.datetime) -> dict | None:

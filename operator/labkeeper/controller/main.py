@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from labkeeper.controller.accounting import Accountant
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.leader import LeaderLease
+from labkeeper.controller.nodes import NodePruner
 from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
 from labkeeper.controller.uids import UidLedger, UidRange
 from labkeeper.controller.usage import UsageWriter
@@ -105,6 +106,7 @@ class Operator:
         self.workspaces = WorkspaceReconciler(kube, self.policy, clock, data_root=data_root)
         self.usage = UsageWriter(kube, self.policy, clock)
         self.accountant = Accountant(kube, self.policy, clock)
+        self.nodes = NodePruner(kube, clock)
         self._accounting: set[str] = set()  # users with a fold scheduled
         self._usage_queued: set[str] = set()
         self.requeue = Requeue()
@@ -116,6 +118,12 @@ class Operator:
         self.waiting: set[tuple[str, str]] = set()
         # those of them in the device queue (status.waitingSince): when one leaves it, the rest move up
         self.queued_for_device: set[tuple[str, str]] = set()
+
+    async def prune_gone_nodes(self) -> None:
+        """Entries and agent finalizers of nodes that no longer exist go; again soon if the sweep was cut short."""
+        pruned = await quietly("pruning what nodes that are gone left behind", self.nodes.sweep)
+        if pruned is None or pruned.retry:
+            self.requeue.schedule(("Node", "*"), 5.0, lambda: asyncio.ensure_future(self.prune_gone_nodes()))
 
     async def reconcile_user(self, name: str, body: dict | None = None) -> None:
         key = ("GPUUser", name)
@@ -306,6 +314,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         settings.posting.level = logging.WARNING
         await asyncio.to_thread(operator.policy.apply_priority_classes)
         await asyncio.to_thread(clear_stale_handovers, operator.kube)
+        await operator.prune_gone_nodes()  # nodes deleted while no operator watched
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_):
@@ -350,6 +359,11 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         operator.usage_changed(namespace)
         if event.get("type") == "DELETED":
             operator.device_freed(namespace, workspace)
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def _node_event(event: dict, **_):
+        if event.get("type") == "DELETED":
+            await operator.prune_gone_nodes()
 
     @kopf.on.event("", "v1", "configmaps", registry=registry,
                    when=lambda name, namespace, **_: name == POLICY_CONFIGMAP and namespace == operator.namespace)

@@ -15,6 +15,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api.conditions import condition as condition  # defined in api: the tree summary there uses it
+
 FIELD_MANAGER = "labkeeper"
 
 
@@ -237,14 +239,3 @@ def owner_reference(obj: dict, *, controller: bool = True, block: bool = True) -
     }
 
 
-def condition(type_: str, status: bool, reason: str, message: str, previous: list[dict] | None = None,
-              now: dt.datetime | None = None) -> dict:
-    """A standard condition; keeps lastTransitionTime when the status did not change."""
-    status_text = "True" if status else "False"
-    for old in previous or []:
-        if old.get("type") == type_ and old.get("status") == status_text:
-            stamp = old.get("lastTransitionTime")
-            break
-    else:
-        stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"type": type_, "status": status_text, "reason": reason, "message": message, "lastTransitionTime": stamp}
