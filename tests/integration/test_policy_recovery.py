@@ -88,9 +88,21 @@ def cache_group(lab: Lab) -> tuple[int | None, str]:
     return path.stat().st_gid, acl
 
 
+def lab_group_gid(lab: Lab) -> str | None:
+    """lab-users' gid in the host's /etc/group, as the agent wrote it."""
+    group = lab.agent.root / "etc" / "group"
+    rows = [line.split(":") for line in group.read_text().splitlines()] if group.exists() else []
+    return next((row[2] for row in rows if row[0] == "lab-users"), None)
+
+
 def provisioned(lab: Lab) -> bool:
     group, acl = cache_group(lab)
     return group == LAB_GID and f"group:{LAB_GID}:rwx" in acl and f"default:group:{LAB_GID}:rwx" in acl
+
+
+def test_the_agent_made_lab_users_with_the_policys_gid_from_its_first_pass(lab: Lab):
+    wait_for(lambda: provisioned(lab), timeout=60, what=lambda: f"pip cache group {LAB_GID}\n{lab.agent.log_tail()}")
+    assert lab_group_gid(lab) == str(LAB_GID), lab.agent.log_tail()
 
 
 def policy_events(lab: Lab, component: str) -> list[dict]:
@@ -133,6 +145,7 @@ def test_every_field_of_a_tier_broken_and_fixed_leaves_a_lab_where_a_new_workspa
         assert metric(operator_port, "labkeeper_policy_refused") == 0
         assert cache_group(lab) == (LAB_GID, acl) and f"group:{LAB_GID}:rwx" in acl, \
             f"{field}={value!r} changed the pip cache on the host:\n{cache_group(lab)[1]}"
+        assert lab_group_gid(lab) == str(LAB_GID), f"{field}={value!r} changed lab-users' gid on the host"
         lab.kubectl("delete", "workspace", during, after, "-n", "lab-ada", "--wait=false")
         wait_for(lambda: not lab.items("pods", "-n", "lab-ada", "-l", "app.kubernetes.io/managed-by=labkeeper"),
                  timeout=30, what="the round's pods gone")
