@@ -93,9 +93,11 @@ def scripted_day() -> list[dict]:
     meter = step(meter, status(waitingSince=at(0)), "Pending", at(0), "WaitingForDevice")
     meter = step(meter, status(waitingSince=at(0)), "Pending", at(5), "WaitingForDevice")  # nothing new
     meter = step(meter, status(podUID="u"), "Starting", at(10), "PodCreated")
-    meter = step(meter, status(podUID="u", idleSince=at(11)), "Running", at(11.5), "PodRunning")
-    meter = step(meter, status(podUID="u", idleSince=at(59.5)), "Running", at(60), "PodRunning")  # active: fresh
-    meter = step(meter, status(podUID="u", idleSince=at(60)), "IdleWarning", at(90), "IdleWarning")
+    meter = step(meter, status(podUID="u", runningSince=at(11)), "Running", at(11.5), "PodRunning")  # not judged yet
+    meter = step(meter, status(podUID="u", runningSince=at(11), lastActivity=at(59.5)), "Running", at(60),
+                 "PodRunning")  # active: a fresh sample
+    meter = step(meter, status(podUID="u", runningSince=at(11), lastActivity=at(60), idleSince=at(60)),
+                 "IdleWarning", at(90), "IdleWarning")
     meter = step(meter, status(stopReason="Idle", holdUntil=at(121) + HOLD), "Stopping", at(121), "Idle")
     meter = step(meter, status(stopReason="Idle", holdUntil=at(121) + HOLD), "Stopped", at(122), "Idle")
     meter = step(meter, status(stopReason="Idle"), "Stopped", at(140), "Idle")
@@ -196,15 +198,19 @@ def test_an_idle_stretch_dated_back_after_a_fold_still_counts_as_idle_when_folds
     assert naive["days"][0]["activeSeconds"] == pytest.approx(660)
 
 
-def test_an_operator_restart_moves_idle_clocks_but_an_idle_stretch_stays_idle_until_the_agent_sees_activity():
-    meter = step([], status(podUID="u", idleSince=at(0)), "Running", at(0.5), "PodRunning")
-    meter = step(meter, status(podUID="u", idleSince=at(0), lastActivity=at(0)), "Running", at(10), "PodRunning")
+def test_an_operator_restart_or_a_keep_alive_moves_idle_clocks_but_idle_stays_idle_until_the_agent_sees_activity():
+    run = {"podUID": "u", "runningSince": at(0)}
+    meter = step([], status(**run, idleSince=at(0), lastActivity=at(0)), "Running", at(0.5), "PodRunning")
+    meter = step(meter, status(**run, idleSince=at(0), lastActivity=at(0)), "Running", at(10), "PodRunning")
     assert [m["state"] for m in meter] == ["active", "idle"]
     # the operator restarts at 20: its idle clocks count from then, no activity has been seen since 0
-    meter = step(meter, status(podUID="u", idleSince=at(20), lastActivity=at(0)), "Running", at(20.01), "PodRunning")
+    meter = step(meter, status(**run, idleSince=at(20), lastActivity=at(0)), "Running", at(20.01), "PodRunning")
+    assert [(m["state"], m["since"]) for m in meter][-1] == ("idle", "2026-03-01T08:00:30Z")
+    # a keep-alive moves idleSince too, yet nothing is used: still idle
+    meter = step(meter, status(**run, idleSince=at(22), lastActivity=at(0)), "Running", at(22.01), "PodRunning")
     assert [m["state"] for m in meter] == ["active", "idle"]
     # the agent reports activity at 25: active from that sample on
-    meter = step(meter, status(podUID="u", idleSince=at(25), lastActivity=at(25)), "Running", at(25.01), "PodRunning")
+    meter = step(meter, status(**run, idleSince=at(25), lastActivity=at(25)), "Running", at(25.01), "PodRunning")
     assert [(m["state"], m["since"]) for m in meter][-1] == ("active", "2026-03-01T08:25:00Z")
 
 

@@ -62,13 +62,15 @@ def current_mark(status: Mapping, phase: str, reason: str, now: dt.datetime, *, 
                  hold_after_stop: dt.timedelta, previous: Mark | None) -> Mark:
     """What the workspace does with devices, read from the status a pass is about to write.
 
-    Idle is what the activity verdict says: the stretch since idleSince once it is older than one report and one
-    check interval (`idle_grace`; while active the agent moves lastActivity, and with it idleSince, at least that
-    often). A pod that exists holds its devices, from its creation on."""
+    Idle is what the agent's activity verdict says: the stretch since its last active sample (lastActivity) once that
+    is older than one report and one check interval (`idle_grace`; while active the agent moves lastActivity at least
+    that often). Not idleSince: that is the enforcement clock, which an operator restart or a keep-alive moves
+    without anything having been used. Until the agent has judged this run (a lastActivity from before runningSince
+    is the previous run's) it counts as active. A pod that exists holds its devices, from its creation on."""
     eq = float(status.get("gpuEquivalents") or 0)
     stop = status.get("stopReason")
     if phase in RUNNING_PHASES or phase == "Starting" or (phase, reason) in POD_PENDING:
-        idle_since = parse_time(status.get("idleSince"))
+        idle_since = idle_from(status)
         if phase in RUNNING_PHASES and idle_since is not None and now - idle_since >= idle_grace:
             return Mark(IDLE, idle_since, eq)
         if previous is not None and previous.state == ACTIVE:
@@ -96,6 +98,15 @@ def current_mark(status: Mapping, phase: str, reason: str, now: dt.datetime, *, 
     if previous is not None and previous.state == HELD:
         return Mark(OFF, min(previous.until or now, now), 0.0)
     return Mark(OFF, now, 0.0, reason=reason)
+
+
+def idle_from(status: Mapping) -> dt.datetime | None:
+    """The agent's last active sample of this run, from which an idle stretch is dated; None before its first verdict."""
+    seen = parse_time(status.get("lastActivity"))
+    running_since = parse_time(status.get("runningSince"))
+    if seen is None or (running_since is not None and seen < running_since - dt.timedelta(seconds=1)):
+        return None
+    return max(seen, running_since) if running_since is not None else seen
 
 
 def next_meter(meter: Iterable[Mapping], mark: Mark, now: dt.datetime) -> list[dict]:

@@ -355,7 +355,8 @@ class WorkspaceReconciler:
                            status.get("conditions") or [], now)
         requeue = clock.next_check(now, policy.warnings.idle, policy.warnings.runtime)
         # the meter sees an idle stretch begin once it is a report and a check old: look then, not at the next warning
-        turns_idle = (clock.idle_since + policy.report_interval + policy.check_interval - now).total_seconds()
+        seen = api_accounting.idle_from({**status, **desired})
+        turns_idle = (seen + policy.report_interval + policy.check_interval - now).total_seconds() if seen else 0
         if turns_idle > 0:
             requeue = min(requeue, turns_idle + 0.2)
         requeue = min(requeue, policy.report_interval.total_seconds())  # the heartbeat (lastSeenRunning) is due then
