@@ -105,6 +105,10 @@ def test_runs_queue_behind_a_full_box_end_with_their_exit_codes_and_hand_the_sli
     assert (done["phase"], done["reason"], done["exitCode"]) == ("Succeeded", "Completed", 0), done
     assert done.get("finishedAt") and not done.get("holdNode"), done
     assert done["message"] == "the command completed with exit code 0", done
+    # her usage meter, which accounting folds, saw the run hold its slice while it ran and stop at its end
+    assert [m["state"] for m in done["meter"]][-2:] == ["active", "off"], done["meter"]
+    assert done["meter"][-2]["gpuEquivalents"] == pytest.approx(2 / 7, abs=1e-3)
+    assert done["meter"][-1]["reason"] == "Completed", done["meter"]
     # the ended pod stays (its logs with it) but holds nothing
     assert pod(lab, "ann", "first")["status"]["phase"] == "Succeeded"
 
