@@ -39,7 +39,8 @@ def lab(tmp_path_factory):
         tier["allowedProfiles"] = ["1g.10gb", "2g.20gb", "3g.40gb"]
     with Lab((NodeSpec("h100", "h100-balanced"),), policy, tmp_path_factory.mktemp("lab")) as running:
         running.add_users(*(gpuuser(n, "researcher") for n in ("ann", "bob", "cara", "eve")),
-                          gpuuser("dora", "researcher", limits={"maxGpuEquivalents": 0.5}))
+                          gpuuser("dora", "researcher", limits={"maxGpuEquivalents": 0.5}),
+                          gpuuser("stud", "student"), gpuuser("prof", "faculty"))
         yield running
         print(running.log_tail())
 
@@ -228,4 +229,20 @@ def test_labctl_run_shows_its_place_streams_its_output_and_exits_with_the_comman
     queued = labctl(lab, "eve", "run", "bg", "--gpu", "1g.10gb", *SMALL, "--detach", "--", "python", "x.py")
     assert queued.returncode == 0 and "follow it with: labctl logs bg -f" in queued.stdout, queued.stderr
     assert lab.get("workspace", "bg", "lab-eve")["spec"]["mode"] == "Batch"
+    clear(lab)
+
+
+def test_a_preempted_run_is_not_ended_it_waits_and_runs_again_from_the_start(lab: Lab):
+    lab.apply(run("sweep", "stud", "3g.40gb"))
+    first = lab.wait_phase("sweep", "stud", "Running")
+    # faculty may preempt: the scheduler takes the student's slice for the professor's run
+    lab.apply(run("urgent", "prof", "3g.40gb"))
+    lab.wait_phase("urgent", "prof", "Running", timeout=60)
+    preempted = lab.wait_phase("sweep", "stud", "Preempted", "Pending", "Succeeded", "Failed", timeout=30)
+    assert preempted["phase"] in ("Preempted", "Pending") and preempted.get("exitCode") is None, preempted
+    assert lab.items("events", "-n", "lab-stud", "--field-selector", "reason=Preempted,involvedObject.kind=Workspace")
+    # the professor's run ends: the student's starts again, in a new pod
+    end_command(lab, "prof", "urgent", 0)
+    again = lab.wait_phase("sweep", "stud", "Running", timeout=30)
+    assert again["podUID"] != first["podUID"] and again.get("exitCode") is None, again
     clear(lab)
