@@ -15,6 +15,9 @@ command -v conntrack >/dev/null || need+=(conntrack)
 command -v socat >/dev/null || need+=(socat)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v busybox >/dev/null || need+=(busybox-static)
+# the labkeeper image (make image; the chart on the real node in make e2e)
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 # a real Prometheus scrapes the operator and runs every query of the shipped Grafana dashboard
 command -v prometheus >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then

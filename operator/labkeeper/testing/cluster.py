@@ -273,12 +273,15 @@ class LocalCluster:
         return self
 
     def stop(self) -> None:
-        for node in reversed(self.real_nodes):
-            node.cleanup()
-        self.real_nodes.clear()
-        for proc in reversed(self.processes):
-            self._terminate(proc)
-        self.processes.clear()
+        try:
+            for node in reversed(self.real_nodes):
+                node.cleanup()
+        finally:
+            # a real node that failed to stop cleanly must not leave the control plane running too
+            self.real_nodes.clear()
+            for proc in reversed(self.processes):
+                self._terminate(proc)
+            self.processes.clear()
         state = self.workdir / "state.json"
         if state.exists():
             state.unlink()

@@ -157,17 +157,29 @@ class RealNode:
         return self
 
     def stop(self) -> None:
+        """Every step runs even when one before it failed (a step left out leaves a kubelet, containers or
+        host changes behind); the first failure is raised at the end."""
+        failures: list[Exception] = []
+
+        def step(action) -> None:
+            try:
+                action()
+            except Exception as err:
+                failures.append(err)
+
         if self.device_plugin:
-            _terminate(self.device_plugin.popen)
+            step(lambda plugin=self.device_plugin: _terminate(plugin.popen))
             self.device_plugin = None
-        self._kill_containers()
+        step(self._kill_containers)
         for proc in reversed(self.processes):
-            _terminate(proc.popen)
+            step(lambda p=proc: _terminate(p.popen))
         self.processes.clear()
-        self._kill_namespace()
-        self._remove_cgroups()
-        self._restore_host_state()
+        step(self._kill_namespace)
+        step(self._remove_cgroups)
+        step(self._restore_host_state)
         shutil.rmtree(self.workdir / "private", ignore_errors=True)
+        if failures:
+            raise failures[0]
 
     def cleanup(self) -> None:
         self.stop()
@@ -446,11 +458,11 @@ class RealNode:
     # ---- stopping -------------------------------------------------------------------------------
     def _cgroup_pids(self) -> set[int]:
         pids: set[int] = set()
-        base = Path("/sys/fs/cgroup/pids", self.cgroup)
-        if base.is_dir():
-            for procs in base.rglob("cgroup.procs"):
+        # os.walk, not rglob: the kubelet removes pod cgroups while this walks, and walk skips what vanished
+        for directory, _, files in os.walk(Path("/sys/fs/cgroup/pids", self.cgroup)):
+            if "cgroup.procs" in files:
                 with contextlib.suppress(OSError, ValueError):
-                    pids.update(int(p) for p in procs.read_text().split())
+                    pids.update(int(p) for p in Path(directory, "cgroup.procs").read_text().split())
         return pids
 
     def _kill_containers(self) -> None:
@@ -487,9 +499,9 @@ class RealNode:
             base = Path("/sys/fs/cgroup", controller, self.cgroup)
             if not base.is_dir():
                 continue
-            for path in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            for directory, _, _ in sorted(os.walk(base), key=lambda entry: entry[0].count("/"), reverse=True):
                 with contextlib.suppress(OSError):
-                    path.rmdir()
+                    os.rmdir(directory)
             with contextlib.suppress(OSError):
                 base.rmdir()
 
