@@ -142,7 +142,8 @@ def test_a_fold_in_the_middle_of_a_segment_loses_nothing_and_counts_nothing_twic
     user = {"metadata": {"name": "ann"}, "spec": {}, "status": {}}
     whole = acc.fold_user(user, [ws], at(200), DAY)["days"]
     state = {}
-    for minute in (3, 30, 61, 95, 118, 125, 200):  # folds every so often, some in the middle of a state
+    # folds every so often, some in the middle of a state, at moments with fractions of a second
+    for minute in (3, 30.01234, 61, 61.00871, 61.01742, 95.3333, 118, 125.12345, 200):
         state = acc.fold_user({**user, "status": {"accounting": state}}, [ws], at(minute), DAY)
     for key in ("activeSeconds", "idleSeconds", "heldAfterStopSeconds", "waitingSeconds"):
         assert state["days"][0][key] == pytest.approx(whole[0][key], abs=0.01)

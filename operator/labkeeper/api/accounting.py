@@ -262,7 +262,8 @@ def fold_user(user: Mapping, workspaces: Iterable[Mapping], now: dt.datetime, ha
     """Her status.accounting with everything up to `now - settle` folded in."""
     acc = user_accounting(user)
     through = parse_time(acc.get("through"))
-    horizon = now - settle
+    # to the whole second: `through` is stored that way, and the next fold starts exactly where this one ended
+    horizon = (now - settle).replace(microsecond=0)
     if through is not None and horizon <= through:
         return acc
     now = horizon
