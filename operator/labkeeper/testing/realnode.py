@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -204,7 +205,7 @@ class RealNode:
                 continue
             rules = subprocess.run([tool, "-w", "-t", table, "-S"], capture_output=True, text=True, check=False).stdout
             for rule in rules.splitlines():
-                parts = rule.split()
+                parts = shlex.split(rule)  # kube-proxy's rules carry quoted comments with spaces
                 if parts[:1] == ["-A"] and parts[1] not in created and any(f"-j {c}" in rule for c in created):
                     subprocess.run([tool, "-w", "-t", table, "-D", *parts[1:]], capture_output=True, check=False)
             for chain in created:
