@@ -80,6 +80,8 @@ class RealLab:
         if self.operator:
             self.operator.stop()
         self.cluster.stop()
+        if self.node is None:  # never joined, so the cluster does not know it; its directory is made already
+            self.real_node.cleanup()
 
     # ---- verbs ------------------------------------------------------------------------------
     def kubectl(self, *args: str, **kwargs):
