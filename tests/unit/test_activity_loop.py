@@ -1,6 +1,11 @@
 """Which workspaces a node's agent samples, read from Workspace objects as the API returns them."""
 
-from labkeeper.agent.activity_loop import watched_workspaces
+import datetime as dt
+import threading
+import time
+
+from labkeeper.agent.activity_loop import ActivityLoop, watched_workspaces
+from labkeeper.api.policy import LabPolicy
 
 
 def ws(name, *, node="node-a", phase="Running", uid="0b8f3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", devices=()):
@@ -21,3 +26,28 @@ def test_a_workspaces_gpu_profiles_tell_the_verdict_it_has_a_gpu():
                                 ws("full", devices=["2 x nvidia.com/gpu"]), ws("cpu")], "node-a")
     assert [w.devices for w in found] == [("1g.10gb",), ("gpu",), ()]
     assert found[0].pod_uid == "0b8f3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b" and found[0].key == ("lab-alice", "mig")
+
+
+def test_a_new_policys_shorter_sample_interval_counts_at_once_not_after_the_old_interval():
+    slow = LabPolicy()  # samples every 30 s
+    fast = slow.model_copy(update={"activity": slow.activity.model_copy(
+        update={"sample_interval": dt.timedelta(seconds=0.05)})})
+    in_force = [slow]
+    loop = ActivityLoop(None, "node-a", None, lambda: in_force[0], lambda: dt.datetime.now(dt.UTC))
+    ticks: list[float] = []
+    loop.tick = lambda: ticks.append(time.monotonic())
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,), kwargs={"recheck": 0.05}, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not ticks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        in_force[0] = fast  # the ConfigMap changed: a sample every 50 ms from now on
+        changed = time.monotonic()
+        while len(ticks) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(ticks) >= 3 and ticks[1] - changed < 1.0, [t - changed for t in ticks]
+    finally:
+        stop.set()
+        runner.join(timeout=5)

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 
 from kubernetes.client.exceptions import ApiException
@@ -93,10 +94,17 @@ class ActivityLoop:
                 self.notices_error = str(err)
         return written
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, *, recheck: float = 1.0) -> None:
+        """Samples every sampleInterval of the policy in force; the interval is read again every `recheck`
+        seconds, so a new policy's shorter interval counts at once, not after the old one has run out."""
         while not stop.is_set():
+            sampled = time.monotonic()
             try:
                 self.tick()
             except Exception:
                 log.exception("activity sample failed; retrying next interval")
-            stop.wait(self.policy().sample_interval.total_seconds())
+            while not stop.is_set():
+                left = sampled + self.policy().sample_interval.total_seconds() - time.monotonic()
+                if left <= 0:
+                    break
+                stop.wait(min(left, recheck))
