@@ -133,4 +133,5 @@ def test_after_a_power_cut_running_workspaces_return_homes_are_intact_and_nothin
         stopped = wait_for(lambda u=user, w=ws: (s := lab.status("workspace", w, f"lab-{u}")).get("stopReason") and s,
                            timeout=IDLE + 20, what=f"{ws} culled once idle long enough")
         assert stopped["stopReason"] == "Idle", stopped
-        assert stopped["runtimeSeconds"] >= before[ws] - 1, (ws, before[ws], stopped["runtimeSeconds"])
+        # the power cut may cost up to a reportInterval, as above, and a second of timestamp resolution
+        assert stopped["runtimeSeconds"] >= before[ws] - REPORT - 1, (ws, before[ws], stopped["runtimeSeconds"])
