@@ -48,6 +48,11 @@ def parse(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
+def deadline_of(statuses: list[dict]) -> float:
+    """The last idle deadline the operator announced before the stop, as a Unix time."""
+    return parse([s["idleDeadline"] for s in statuses if s.get("idleDeadline")][-1]).timestamp()
+
+
 def test_a_cpu_burner_in_a_real_container_keeps_it_active_and_once_it_stops_it_is_warned_and_culled(active_lab):
     lab = active_lab
     image = lab.node.workspace_image.name
@@ -65,6 +70,7 @@ def test_a_cpu_burner_in_a_real_container_keeps_it_active_and_once_it_stops_it_i
                     timeout=60, what=lambda: f"an activity reason naming cpu cores; {lab.diagnostics()}")
     cores = float(re.search(r"cpu (\d+\.\d+) cores", seen["activityReason"]).group(1))
     assert cores >= 0.1, seen["activityReason"]
+    print(f"\nbusy: {seen['activityReason']}")
 
     # busy for longer than the idle timeout: never warned, never stopped, lastActivity moves with the burner
     started = time.monotonic()
@@ -84,6 +90,8 @@ def test_a_cpu_burner_in_a_real_container_keeps_it_active_and_once_it_stops_it_i
         return s.get("stopReason") and s
 
     final = wait_for(stopped, timeout=IDLE + 60, interval=0.5, what=lab.diagnostics)
+    print(f"stopped {final['stopReason']}: {final.get('message')}; seen {time.time() - deadline_of(seen_statuses):.1f} s "
+          "after the idle deadline")
     assert final["stopReason"] == "Idle", final
     warned = {w["key"] for s in seen_statuses for w in s.get("warnings") or []}
     assert {"idle-50", "idle-80"} <= warned, warned
