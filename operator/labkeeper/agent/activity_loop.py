@@ -98,11 +98,14 @@ class ActivityLoop:
         """Samples every sampleInterval of the policy in force; the interval is read again every `recheck`
         seconds, so a new policy's shorter interval counts at once, not after the old one has run out."""
         while not stop.is_set():
-            sampled = time.monotonic()
             try:
                 self.tick()
             except Exception:
                 log.exception("activity sample failed; retrying next interval")
+            # the interval counts from the end of a sample, as before: samples on exact multiples of it land a
+            # hair before each report is due, so every report slipped a whole sample and the operator, which
+            # calls a workspace idle once its last report is reportInterval + checkInterval old, saw gaps
+            sampled = time.monotonic()
             while not stop.is_set():
                 left = sampled + self.policy().sample_interval.total_seconds() - time.monotonic()
                 if left <= 0:
