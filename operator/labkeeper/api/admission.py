@@ -258,6 +258,14 @@ def is_device(resource: str) -> bool:
     return resource == "nvidia.com/gpu" or resource.startswith("nvidia.com/mig-")
 
 
+def equivalents(resource: str, count: int, weights: Mapping[str, float]) -> float:
+    """GPU equivalents of `count` devices of one kind, by the policy's weights (a full GPU weighs `full`)."""
+    if not is_device(resource):
+        return 0.0
+    profile = "full" if resource == "nvidia.com/gpu" else resource.removeprefix("nvidia.com/mig-")
+    return weights.get(profile, 1.0) * count
+
+
 def capacity_of(nodes: Iterable[dict]) -> tuple[dict[Slot, int], frozenset[str]]:
     """Devices each node offers, and the nodes that take no new pod (cordoned or not Ready)."""
     capacity: dict[Slot, int] = {}

@@ -19,23 +19,15 @@ from labkeeper.render.pod import LABEL_ROLE, LABEL_WORKSPACE
 MANAGED_PODS = f"{LABEL_MANAGED}={MANAGED_BY}"
 
 
-def resource_equivalents(resource: str, count: int, weights: dict[str, float]) -> float:
-    if resource == "nvidia.com/gpu":
-        return weights.get("full", 1.0) * count
-    if resource.startswith("nvidia.com/mig-"):
-        return weights.get(resource.removeprefix("nvidia.com/mig-"), 1.0) * count
-    return 0.0
-
-
 def usage_of(pods: list[dict], workspaces: list[dict], weights: dict[str, float], now: dt.datetime) -> dict:
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
-    gpus = sum(resource_equivalents(r, n, weights) for p in live for r, n in api_admission.pod_devices(p))
+    gpus = sum(api_admission.equivalents(r, n, weights) for p in live for r, n in api_admission.pod_devices(p))
     with_pod = {(p["metadata"].get("labels") or {}).get(LABEL_WORKSPACE) for p in live}
     for ws in workspaces:
         held = api_admission.hold_claim(ws, now)
         if held is not None and ws["metadata"]["name"] not in with_pod:
-            gpus += resource_equivalents(held.resource, held.count, weights)
+            gpus += api_admission.equivalents(held.resource, held.count, weights)
     return {
         "gpuEquivalents": round(gpus, 4),
         "workspaces": sum(1 for p in live if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "workspace"),

@@ -179,7 +179,7 @@ class WorkspaceReconciler:
         for other in self.kube.list("Workspace", namespace):
             held = api_admission.hold_claim(other, now)
             if held is not None and other["metadata"]["name"] not in holding | {name}:
-                in_use += _resource_equivalents(held.resource, held.count, policy.gpu_weights)
+                in_use += api_admission.equivalents(held.resource, held.count, policy.gpu_weights)
         asked = request.equivalents(policy.gpu_weights)
         if asked > 0 and in_use + asked > cap + 1e-9:
             message = (f"{in_use:.2f} GPU equivalents in use + {asked:.2f} requested > cap {cap:.2f} "
@@ -710,13 +710,8 @@ def _waiting_reason(pod_status: dict) -> tuple[str, str] | None:
     return None
 
 
-def _resource_equivalents(resource: str, count: int, weights: dict[str, float]) -> float:
-    profile = "full" if resource == "nvidia.com/gpu" else resource.removeprefix("nvidia.com/mig-")
-    return weights.get(profile, 1.0) * count
-
-
 def _pod_equivalents(pod: dict, weights: dict[str, float]) -> float:
-    return sum(_resource_equivalents(r, n, weights) for r, n in api_admission.pod_devices(pod))
+    return sum(api_admission.equivalents(r, n, weights) for r, n in api_admission.pod_devices(pod))
 
 
 def _devices(pod: dict) -> list[str]:
