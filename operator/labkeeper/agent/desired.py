@@ -8,13 +8,10 @@ from dataclasses import dataclass, field
 
 from labkeeper.agent.model import HostUser, LabHost, Members, SharedTree, UnsafeName
 from labkeeper.agent.recovery import Departure, HostResult
+from labkeeper.api.names import CLEAN_ANNOTATION as CLEAN_ANNOTATION
 from labkeeper.api.nodes import ACL_FALLBACK, agent_finalizer, tree_summary
 from labkeeper.api.nodes import ALERT_RANK as ALERT_RANK  # agent/main.py ranks alerts with it
 from labkeeper.api.trees import tree_conflicts
-
-KUBECONFIG_SECRET = "kubeconfig-{user}"
-CLEAN_ANNOTATION = "labkeeper.io/clean-requested"
-
 
 finalizer = agent_finalizer
 

@@ -33,6 +33,8 @@ from labkeeper.agent.activity import (
 from labkeeper.agent.activity_loop import ActivityLoop, thresholds_of
 from labkeeper.agent.notices import HomeNotices
 from labkeeper.agent.recovery import Host, HostResult, reconcile_host
+from labkeeper.api.kinds import GROUP, VERSION
+from labkeeper.api.names import KUBECONFIG_SECRET_PREFIX, SYSTEM_NAMESPACE
 from labkeeper.api.policy import POLICY_CONFIGMAP, POLICY_KEY, LabPolicy, PolicyKeeper
 from labkeeper.api.units import parse_duration, parse_quantity
 from labkeeper.kube.client import Kube, api_error_message, is_conflict
@@ -40,7 +42,6 @@ from labkeeper.kube.client import Kube, api_error_message, is_conflict
 log = logging.getLogger("labkeeper.agent")
 DISK_RATIO = Gauge("labkeeper_disk_used_ratio", "used fraction of the data filesystem or of a tree's limit",
                    ["node", "scope", "name"])
-GROUP, VERSION = "labkeeper.io", "v1alpha1"
 
 
 def utcnow() -> dt.datetime:
@@ -150,10 +151,10 @@ class Agent:
     def kubeconfigs(self) -> dict[str, bytes]:
         out = {}
         for name, secret in list(self.secrets.objects.items()):
-            if name.startswith("kubeconfig-"):
+            if name.startswith(KUBECONFIG_SECRET_PREFIX):
                 config = desired.kubeconfig_from_secret(secret)
                 if config:
-                    out[name.removeprefix("kubeconfig-")] = config
+                    out[name.removeprefix(KUBECONFIG_SECRET_PREFIX)] = config
         return out
 
     # ---- one pass -----------------------------------------------------------------------------
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--host-data-root", help="the data root's path as users see it (default: derived)")
     parser.add_argument("--kubeconfig")
-    parser.add_argument("--system-namespace", default="labkeeper-system")
+    parser.add_argument("--system-namespace", default=SYSTEM_NAMESPACE)
     parser.add_argument("--resync", type=float, default=60.0)
     parser.add_argument("--metrics-port", type=int, default=0)
     parser.add_argument("--selector", help="label selector: only GPUUsers, caches and stores that match (tests, staged rollouts)")

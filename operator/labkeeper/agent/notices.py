@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from labkeeper.agent import hostops
 from labkeeper.agent.hostops import Owner, UnsafePath
 from labkeeper.agent.model import Report, UnsafeName, check_username
-from labkeeper.api.names import DNS_LABEL_PATTERN
+from labkeeper.api.names import DNS_LABEL_PATTERN, username_of
 from labkeeper.api.units import format_time, human_duration, parse_time
 
 log = logging.getLogger("labkeeper.agent.notices")
@@ -172,7 +172,8 @@ def desired_notices(workspaces: list[dict], node: str, now: dt.datetime) -> dict
     for ws in workspaces:
         meta = ws.get("metadata") or {}
         namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-        if not namespace.startswith("lab-") or not valid_workspace_name(name):
+        username = username_of(namespace)
+        if username is None or not valid_workspace_name(name):
             continue
         try:
             text = notice_text(ws, now)
@@ -181,7 +182,7 @@ def desired_notices(workspaces: list[dict], node: str, now: dt.datetime) -> dict
             text = ""  # a status this agent cannot read: the file stays as it is
         if text is not None and (ws.get("status") or {}).get("node") != node:
             text = ""  # a workspace with a notice on another node: its file is left alone here
-        wanted.setdefault(namespace.removeprefix("lab-"), {})[name] = text
+        wanted.setdefault(username, {})[name] = text
     return wanted
 
 

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from labkeeper.api.names import namespace_for
 from labkeeper.api.units import format_time, parse_time
 
 WAITING, ACTIVE, IDLE, HELD, OFF = "waiting", "active", "idle", "held", "off"
@@ -322,7 +323,7 @@ def report(users: Iterable[Mapping], workspaces: Iterable[Mapping], now: dt.date
         acc = user_accounting(user)
         through = parse_time(acc.get("through"))
         rows = [d for d in acc.get("days") or [] if d["date"] >= first_day]
-        mine = by_ns.get(f"lab-{name}", [])
+        mine = by_ns.get(namespace_for(name), [])
         for ws in mine:
             live = fold(marks_of(ws), max(through, since) if through else since, now)
             rows = add_to_days(rows, ws["metadata"]["name"], live)
@@ -354,7 +355,7 @@ def relative_usages(users: Iterable[Mapping], workspaces: Iterable[Mapping], now
     out = {}
     for user in users:
         name = user["metadata"]["name"]
-        decayed = decayed_usage(user, by_ns.get(f"lab-{name}", []), now, half_life)
+        decayed = decayed_usage(user, by_ns.get(namespace_for(name), []), now, half_life)
         out[name] = relative_usage(decayed, share_of((user.get("spec") or {}).get("tier")))
     return out
 

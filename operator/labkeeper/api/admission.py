@@ -11,6 +11,9 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from labkeeper.api.names import LABEL_ROLE as LABEL_ROLE
+from labkeeper.api.names import LABEL_WORKSPACE as LABEL_WORKSPACE
+from labkeeper.api.names import username_of
 from labkeeper.api.units import parse_time
 
 Slot = tuple[str, str]  # (node, resource)
@@ -250,8 +253,6 @@ def _preemption_target(waiter: Waiter, free: dict[Slot, int], victims: dict[Slot
 
 # ---- from API objects ---------------------------------------------------------------------------
 # labels and fields shared by the operator, which writes them, and labctl, which reads them
-LABEL_WORKSPACE = "labkeeper.io/workspace"
-LABEL_ROLE = "labkeeper.io/role"
 
 
 def is_device(resource: str) -> bool:
@@ -350,7 +351,7 @@ def releases_of(workspaces: Iterable[dict], now: dt.datetime) -> list[Release]:
     out = []
     for ws in workspaces:
         status = ws.get("status") or {}
-        who = f"{ws['metadata']['namespace'].removeprefix('lab-')}/{ws['metadata']['name']}"
+        who = f"{username_of(ws['metadata']['namespace']) or ws['metadata']['namespace']}/{ws['metadata']['name']}"
         hold = hold_claim(ws, now)
         if hold is not None:
             out.append(Release(hold.held_until, hold.node, hold.resource, hold.count, f"the hold of {who} expires"))

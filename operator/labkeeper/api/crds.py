@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from labkeeper.api.kinds import CATEGORY, GPUUSER, GROUP, MODELSTORE, SHAREDCACHE, VERSION, WORKSPACE, Kind
+from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY
 from labkeeper.api.resources import GPUUser, ModelStore, SharedCache, Workspace
 
 DEFAULT_DIR = Path(__file__).resolve().parents[3] / "crds"
@@ -116,7 +117,7 @@ def crd(info: CrdInfo) -> dict:
         "kind": "CustomResourceDefinition",
         "metadata": {"name": kind.crd_name,
                      "labels": {"app.kubernetes.io/part-of": "labkeeper",
-                                "app.kubernetes.io/managed-by": "labkeeper"}},
+                                LABEL_MANAGED: MANAGED_BY}},
         "spec": {
             "group": GROUP,
             "names": {"kind": kind.kind, "listKind": f"{kind.kind}List", "plural": kind.plural,

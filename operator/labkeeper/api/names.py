@@ -45,6 +45,44 @@ CACHE_ENV_RULE_TEXT = (f"one of {', '.join(sorted(CACHE_ENV_NAMES, key=lambda n:
                        "in _CACHE, _CACHE_DIR, _MODELS or _MODELS_DIR")
 
 
+# ---- names of what labkeeper makes in the API ------------------------------------------------------------
+SYSTEM_NAMESPACE = "labkeeper-system"  # the default; the operator and the agent take --namespace
+NAMESPACE_PREFIX = "lab-"
+OPERATOR_FINALIZER = "labkeeper.io/operator"
+LABEL_USER = "labkeeper.io/user"
+LABEL_WORKSPACE = "labkeeper.io/workspace"
+LABEL_ROLE = "labkeeper.io/role"  # "workspace" on a workspace's pod
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+MANAGED_BY = "labkeeper"
+MANAGED_SELECTOR = f"{LABEL_MANAGED}={MANAGED_BY}"
+KUBECONFIG_SECRET_PREFIX = "kubeconfig-"
+CLEAN_ANNOTATION = "labkeeper.io/clean-requested"  # on a SharedCache: labctl asks the agents to clean it now
+
+
+def namespace_for(username: str) -> str:
+    """A lab member's own namespace."""
+    return f"{NAMESPACE_PREFIX}{username}"
+
+
+def username_of(namespace: str) -> str | None:
+    """The lab member whose namespace this is; None for any other namespace."""
+    return namespace.removeprefix(NAMESPACE_PREFIX) if namespace.startswith(NAMESPACE_PREFIX) else None
+
+
+def kubeconfig_secret(username: str) -> str:
+    """The Secret in the system namespace that holds her kubeconfig."""
+    return f"{KUBECONFIG_SECRET_PREFIX}{username}"
+
+
+def pod_name(workspace: str) -> str:
+    return f"ws-{workspace}"
+
+
+def hold_name(workspace: str) -> str:
+    """A hold pod of an older labkeeper (holds are status records now): adopted and deleted."""
+    return f"hold-{workspace}"
+
+
 class InvalidName(ValueError):
     pass
 

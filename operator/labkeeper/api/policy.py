@@ -24,7 +24,13 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from labkeeper.api.names import DNS_LABEL_PATTERN, GPU_PROFILES, RELATIVE_PATH_PATTERN, validate_username
+from labkeeper.api.names import (
+    DNS_LABEL_PATTERN,
+    GPU_PROFILES,
+    RELATIVE_PATH_PATTERN,
+    SYSTEM_NAMESPACE,
+    validate_username,
+)
 from labkeeper.api.resources import KEEP_ALIVE_CEILING, Limits
 from labkeeper.api.units import (
     DURATION_PATTERN,
@@ -510,7 +516,7 @@ class PolicyKeeper:
                                 "the last good policy holds", value=1 if self.refused else 0)
 
 
-def policy_configmap(policy: LabPolicy, namespace: str = "labkeeper-system") -> dict:
+def policy_configmap(policy: LabPolicy, namespace: str = SYSTEM_NAMESPACE) -> dict:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": POLICY_CONFIGMAP, "namespace": namespace},
             "data": {POLICY_KEY: yaml.safe_dump(policy.to_yaml_dict(), sort_keys=False)}}

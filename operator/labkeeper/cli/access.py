@@ -22,6 +22,7 @@ from kubernetes import client as k8s
 from kubernetes.stream import portforward, stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL
 
+from labkeeper.api.names import pod_name
 from labkeeper.cli import views
 from labkeeper.cli.app import app, session
 from labkeeper.cli.errors import EXIT_USAGE, LabctlError
@@ -43,7 +44,7 @@ def running_pod(s: Session, name: str) -> str:
         status = ws.get("status") or {}
         raise LabctlError(f"workspace {name} is {phase}" + (f" ({status['reason']})" if status.get("reason") else ""),
                           f"start it with: labctl start {name}")
-    return (ws.get("status") or {}).get("podName") or f"ws-{name}"
+    return (ws.get("status") or {}).get("podName") or pod_name(name)
 
 
 def core(s: Session) -> k8s.CoreV1Api:
@@ -161,7 +162,7 @@ def logs(
     ws = s.kube.get("Workspace", name, s.namespace)
     if ws is None:
         raise LabctlError(f"workspace {name} not found in {s.namespace}", "`labctl ls` lists your workspaces")
-    pod = (ws.get("status") or {}).get("podName") or f"ws-{name}"
+    pod = (ws.get("status") or {}).get("podName") or pod_name(name)
     kwargs = {"container": CONTAINER, "follow": follow, "previous": previous, "_preload_content": False}
     if tail is not None:
         kwargs["tail_lines"] = tail

@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 import yaml
 
-from labkeeper.api.policy import PolicyError, load_policy
+from labkeeper.api.names import CLEAN_ANNOTATION
+from labkeeper.api.policy import POLICY_CONFIGMAP, POLICY_KEY, PolicyError, load_policy
 from labkeeper.cli import board as board_view
 from labkeeper.cli import doctor as doctor_checks
 from labkeeper.cli import views
@@ -18,10 +19,6 @@ from labkeeper.cli.errors import EXIT_USAGE, LabctlError
 from labkeeper.cli.output import Format, as_list, console, dump, emit, table
 from labkeeper.cli.session import SYSTEM_NAMESPACE, Session, namespace_for
 from labkeeper.kube.client import is_conflict
-
-POLICY_CONFIGMAP = "labkeeper-policy"
-POLICY_KEY = "policy.yaml"
-CLEAN_ANNOTATION = "labkeeper.io/clean-requested"
 
 
 def usage_error(message: str) -> LabctlError:

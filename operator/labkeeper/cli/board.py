@@ -18,14 +18,17 @@ from rich.live import Live
 from rich.text import Text
 
 from labkeeper.api import accounting, admission
-from labkeeper.api.policy import LabPolicy
+from labkeeper.api.names import LABEL_ROLE, LABEL_USER, LABEL_WORKSPACE, MANAGED_SELECTOR, username_of
+from labkeeper.api.policy import POLICY_CONFIGMAP, LabPolicy
 from labkeeper.cli import views
 from labkeeper.cli.doctor import gpu_resources
 from labkeeper.cli.session import SYSTEM_NAMESPACE, Session
 
-LABEL_WORKSPACE = "labkeeper.io/workspace"
-LABEL_ROLE = "labkeeper.io/role"
-LABEL_USER = "labkeeper.io/user"
+
+def _user_of(namespace: str) -> str:
+    """The lab member a namespace belongs to; any other namespace names itself."""
+    return username_of(namespace) or namespace
+
 QUEUED_PHASES = ("Pending", "Preempted")
 
 
@@ -86,7 +89,7 @@ def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], use
                 if not free.get((node, resource)):
                     break
                 slot = free[(node, resource)].pop(0)
-                slot.user = labels.get(LABEL_USER) or pod["metadata"].get("namespace", "").removeprefix("lab-")
+                slot.user = labels.get(LABEL_USER) or _user_of(pod["metadata"].get("namespace", ""))
                 slot.workspace = labels.get(LABEL_WORKSPACE) or pod["metadata"]["name"]
                 slot.state, slot.style = _slot_state(labels.get(LABEL_ROLE), ws, now)
     decision = _mark_holds_and_decide(data, free, nodes, pods, workspaces, users, now, tier_priority or {},
@@ -95,7 +98,7 @@ def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], use
         phase = views.phase_of(ws)
         data.phases[phase] = data.phases.get(phase, 0) + 1
         spec, status = ws.get("spec") or {}, ws.get("status") or {}
-        who = f"{ws['metadata'].get('namespace', '').removeprefix('lab-')}/{ws['metadata']['name']}"
+        who = f"{_user_of(ws['metadata'].get('namespace', ''))}/{ws['metadata']['name']}"
         gpu = views.gpu_label(spec)
         if phase in QUEUED_PHASES and spec.get("state", "Running") == "Running" \
                 and admission.owner_of(ws) not in decision:
@@ -133,7 +136,7 @@ def _mark_holds_and_decide(data: BoardData, free: dict[tuple[str, str], list[Slo
                 break
             slot = free[(hold.node, hold.resource)].pop(0)
             namespace, _, slot.workspace = owner.partition("/")
-            slot.user = namespace.removeprefix("lab-")
+            slot.user = _user_of(namespace)
             slot.state, slot.style = f"held until {hold.held_until.strftime('%H:%M')}", "yellow"
     with_pod = {admission.owner_of(p) for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "workspace"}
     tiers = {u["metadata"]["name"]: (u.get("spec") or {}).get("tier") for u in users}
@@ -146,7 +149,7 @@ def _mark_holds_and_decide(data: BoardData, free: dict[tuple[str, str], list[Slo
             continue
         profile = gpu["profile"]
         resource = "nvidia.com/gpu" if profile == "full" else f"nvidia.com/mig-{profile}"
-        username = ws["metadata"]["namespace"].removeprefix("lab-")
+        username = _user_of(ws["metadata"]["namespace"])
         priority = tier_priority.get(tiers.get(username) or "", 0)
         waiters.append(admission.Waiter(admission.owner_of(ws), resource, int(gpu.get("count") or 1), priority, since,
                                         usage=usages.get(username, 0.0)))
@@ -156,7 +159,7 @@ def _mark_holds_and_decide(data: BoardData, free: dict[tuple[str, str], list[Slo
         ws = by_owner[waiter.owner]
         wait = decision.waiting.get(waiter.owner)
         why = wait.short() if wait else f"starting on {decision.admitted.get(waiter.owner)}"
-        data.queue.append(f"{namespace.removeprefix('lab-')}/{name} {views.gpu_label(ws.get('spec') or {})}, "
+        data.queue.append(f"{_user_of(namespace)}/{name} {views.gpu_label(ws.get('spec') or {})}, "
                           f"{views.human_duration(now - waiter.waiting_since)}: {why}")
     return {w.owner for w in waiters}
 
@@ -248,7 +251,7 @@ def render_lines(data: BoardData, width: int = 80, height: int = 24) -> list[tup
 def lab_policy(kube) -> LabPolicy:
     """The policy in force (the built-in one where the ConfigMap is missing or broken, as the operator does)."""
     policy = LabPolicy()
-    configmap = kube.get("ConfigMap", "labkeeper-policy", SYSTEM_NAMESPACE) or {}
+    configmap = kube.get("ConfigMap", POLICY_CONFIGMAP, SYSTEM_NAMESPACE) or {}
     with contextlib.suppress(ValueError, yaml.YAMLError):
         policy = LabPolicy.model_validate(yaml.safe_load((configmap.get("data") or {}).get("policy.yaml") or "") or {})
     return policy
@@ -257,7 +260,7 @@ def lab_policy(kube) -> LabPolicy:
 def collect(s: Session, now: dt.datetime | None = None) -> BoardData:
     kube = s.kube
     now = now or dt.datetime.now(dt.UTC)
-    pods = kube.list("Pod", label_selector="app.kubernetes.io/managed-by=labkeeper")
+    pods = kube.list("Pod", label_selector=MANAGED_SELECTOR)
     policy = lab_policy(kube)
     workspaces, users = kube.list("Workspace"), kube.list("GPUUser")
     # fair share sits between tier and waiting time, as admission weighs it

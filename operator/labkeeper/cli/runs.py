@@ -12,6 +12,7 @@ import time
 import typer
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api.names import pod_name, username_of
 from labkeeper.cli import views
 from labkeeper.cli.access import CONTAINER, core
 from labkeeper.cli.app import OutputOption, app, session
@@ -96,7 +97,7 @@ def wait_until_started(s: Session, name: str) -> dict:
 
 def follow(s: Session, name: str, ws: dict) -> dict:
     """Streams the pod's log through the API server (as `labctl logs -f`) until the run has ended."""
-    pod = (ws.get("status") or {}).get("podName") or f"ws-{name}"
+    pod = (ws.get("status") or {}).get("podName") or pod_name(name)
     try:
         response = core(s).read_namespaced_pod_log(pod, s.namespace, container=CONTAINER, follow=True,
                                                    _preload_content=False)
@@ -149,6 +150,6 @@ def list_runs(
     if all_users:
         headers = ["USER", *headers]
         ordered = sorted(items, key=lambda w: w["metadata"]["name"])
-        rows = [[w["metadata"]["namespace"].removeprefix("lab-"), *row] for w, row in zip(ordered, rows, strict=True)]
+        rows = [[(username_of(w["metadata"]["namespace"]) or w["metadata"]["namespace"]), *row] for w, row in zip(ordered, rows, strict=True)]
     emit(as_list(items), output, headers, rows,
          empty="no runs yet; queue one with: labctl run NAME --gpu 1g.10gb -- python train.py")

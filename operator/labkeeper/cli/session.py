@@ -10,15 +10,11 @@ from pathlib import Path
 import yaml
 from kubernetes import config as k8s_config
 
+from labkeeper.api.names import SYSTEM_NAMESPACE as SYSTEM_NAMESPACE
+from labkeeper.api.names import namespace_for as namespace_for
+from labkeeper.api.names import username_of
 from labkeeper.cli.errors import LabctlError
 from labkeeper.kube.client import Kube
-
-NAMESPACE_PREFIX = "lab-"
-SYSTEM_NAMESPACE = "labkeeper-system"
-
-
-def namespace_for(username: str) -> str:
-    return f"{NAMESPACE_PREFIX}{username}"
 
 
 def kubeconfig_path(explicit: str | None, env: dict[str, str] | None = None, home: Path | None = None) -> Path:
@@ -50,10 +46,6 @@ def context_namespace(path: Path) -> str | None:
         if ctx.get("name") == current:
             return (ctx.get("context") or {}).get("namespace")
     return None
-
-
-def username_from_namespace(namespace: str) -> str | None:
-    return namespace[len(NAMESPACE_PREFIX):] if namespace.startswith(NAMESPACE_PREFIX) else None
 
 
 @dataclass
@@ -92,8 +84,8 @@ class Session:
         if self.user:
             return self.user
         namespace = context_namespace(self.kubeconfig_file)
-        if namespace and username_from_namespace(namespace):
-            return username_from_namespace(namespace)
+        if namespace and username_of(namespace):
+            return username_of(namespace)
         name = self.identity
         if name.startswith("system:") or ":" in name:
             raise LabctlError(f"you are {name!r}, not a lab user",

@@ -9,12 +9,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from labkeeper.api.kinds import API_VERSION
 from labkeeper.api.names import InvalidName, validate_group, validate_username
 from labkeeper.api.policy import not_entitled
 from labkeeper.api.units import format_time
 from labkeeper.api.units import parse_duration as parse_policy_duration
 
-API_VERSION = "labkeeper.io/v1alpha1"
 GPU_PROFILES = ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full", "none")
 WORKSPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")

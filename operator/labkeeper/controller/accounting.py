@@ -15,9 +15,9 @@ from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
+from labkeeper.api.names import namespace_for, username_of
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, is_conflict
-from labkeeper.render.access import namespace_for
 
 log = logging.getLogger("labkeeper.operator")
 REPORT_WINDOW = dt.timedelta(days=7)  # what the metrics' waiting percentiles and stop counts cover
@@ -108,7 +108,7 @@ class Accountant:
         per_user: dict[str, int] = {}
         for ws in workspaces:
             if (ws.get("status") or {}).get("waitingSince"):
-                user = ws["metadata"]["namespace"].removeprefix("lab-")
+                user = username_of(ws["metadata"]["namespace"]) or ws["metadata"]["namespace"]
                 per_user[user] = per_user.get(user, 0) + 1
         for user in sorted(shares):
             queued.add_metric([user], per_user.get(user, 0))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
+from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY, username_of
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube
 from labkeeper.render.access import gpu_resource
@@ -73,7 +74,7 @@ class Admissions:
         pods = self.kube.list("Pod")
         claims = api_admission.pod_claims(pods)
         pods_of = frozenset(api_admission.owner_of(p) for p in pods
-                            if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "labkeeper"
+                            if (p["metadata"].get("labels") or {}).get(LABEL_MANAGED) == MANAGED_BY
                             and (p["metadata"].get("labels") or {}).get(api_admission.LABEL_ROLE) == "workspace")
         users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
         workspaces = self.kube.list("Workspace")
@@ -90,19 +91,20 @@ class Admissions:
                 claims.append(hold)
             if key == mine:
                 continue
-            user = users.get(ws["metadata"]["namespace"].removeprefix("lab-"))
+            username = username_of(ws["metadata"]["namespace"]) or ""
+            user = users.get(username)
             since = api_admission.waiting_since(ws)
             state = (user or {}).get("spec", {}).get("state", "Active")
             if since is None or key in pods_of or state != "Active" \
                     or (ws.get("spec") or {}).get("state", "Running") != "Running" \
                     or ws["metadata"].get("deletionTimestamp"):
                 continue
-            waiter = self.waiter(ws, user, since, usages.get(ws["metadata"]["namespace"].removeprefix("lab-"), 0.0))
+            waiter = self.waiter(ws, user, since, usages.get(username, 0.0))
             if waiter is not None:
                 waiters.append(waiter)
                 places[key] = (((ws.get("status") or {}).get("queue")) or {}).get("position")
         if me is not None and my_since is not None:
-            username = me["metadata"]["namespace"].removeprefix("lab-")
+            username = username_of(me["metadata"]["namespace"]) or ""
             waiter = self.waiter(me, users.get(username), my_since, usages.get(username, 0.0))
             if waiter is not None:
                 waiters.append(waiter)

@@ -19,17 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from labkeeper.api.names import LABEL_MANAGED, LABEL_USER, MANAGED_BY, kubeconfig_secret, namespace_for
 from labkeeper.kube.client import Kube, owner_reference
-from labkeeper.render.access import LABEL_MANAGED, LABEL_USER, MANAGED_BY, USERS_GROUP
+from labkeeper.render.access import USERS_GROUP
 
 SIGNER = "kubernetes.io/kube-apiserver-client"
 CERT_LIFETIME = dt.timedelta(days=30)
 # renew once two thirds of the lifetime has passed
 RENEW_FRACTION = 2 / 3
-
-
-def secret_name(username: str) -> str:
-    return f"kubeconfig-{username}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,7 @@ class Credentials:
     def ensure(self, user: dict, now: dt.datetime, group: str) -> CredentialState:
         """A valid certificate in `group`; one of an earlier incarnation (another group) is replaced."""
         username = user["metadata"]["name"]
-        name = secret_name(username)
+        name = kubeconfig_secret(username)
         secret = self.kube.get("Secret", name, self.namespace)
         data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
         cert = data.get("client.crt")
@@ -134,14 +131,14 @@ class Credentials:
             self.kube.delete("CertificateSigningRequest", request_name)
             return CredentialState(False, f"CertificateSigningRequest {request_name} was for an earlier "
                                           f"incarnation of {username}; asking again")
-        config = kubeconfig(username, self.endpoint, cert, key, f"lab-{username}").encode()
+        config = kubeconfig(username, self.endpoint, cert, key, namespace_for(username)).encode()
         self._write_secret(user, {"client.crt": cert, "client.key": key, "config": config})
         self.kube.delete("CertificateSigningRequest", request_name)
         not_after = x509.load_pem_x509_certificate(cert).not_valid_after_utc.isoformat()
         return CredentialState(True, "client certificate issued", not_after)
 
     def revoke(self, username: str) -> None:
-        self.kube.delete("Secret", secret_name(username), self.namespace)
+        self.kube.delete("Secret", kubeconfig_secret(username), self.namespace)
 
     def _csr(self, user: dict, name: str, key: bytes, group: str) -> dict:
         username = user["metadata"]["name"]
@@ -178,7 +175,7 @@ class Credentials:
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": {"name": secret_name(username), "namespace": self.namespace,
+            "metadata": {"name": kubeconfig_secret(username), "namespace": self.namespace,
                          "labels": {LABEL_USER: username, LABEL_MANAGED: MANAGED_BY}},
             "data": {k: _b64(v) for k, v in data.items()},
         })

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,16 @@ import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api.kinds import GPUUSER, GROUP, VERSION, WORKSPACE
+from labkeeper.api.names import (
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_WORKSPACE,
+    MANAGED_BY,
+    SYSTEM_NAMESPACE,
+    namespace_for,
+    username_of,
+)
 from labkeeper.controller.accounting import Accountant
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.leader import LeaderLease
@@ -34,13 +45,37 @@ from labkeeper.kube.client import Kube
 
 log = logging.getLogger("labkeeper.operator")
 
-GROUP, VERSION = "labkeeper.io", "v1alpha1"
 # a Workspace in these phases waits for a device or for quota that another pod's deletion may free
 WAITING_PHASES = ("Pending", "Preempted")
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledClock:
+    """An accelerated clock for replays (bench/labweek.py): `origin` at wall-clock `anchor` (epoch seconds), then
+    `scale` seconds for every wall-clock second. Every process that shares the three values reads the same time
+    (the operator, and the bench that plays the agent and the users), and the operator waits 1/scale of each
+    delay it decides, so a 30-minute idle timeout is still 30 minutes of this clock."""
+
+    origin: dt.datetime
+    anchor: float
+    scale: float
+
+    def __call__(self) -> dt.datetime:
+        return self.origin + dt.timedelta(seconds=(time.time() - self.anchor) * self.scale)
+
+    def wall(self, seconds: float) -> float:
+        """A delay of this clock in wall-clock seconds, never under 20 ms (a retry must not spin)."""
+        return max(0.02, seconds / self.scale) if seconds > 0 else 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> ScaledClock:
+        """`SCALE@ORIGIN@ANCHOR`, e.g. `336@2026-11-02T00:00:00Z@1765062000.5`."""
+        scale, origin, anchor = text.split("@")
+        return cls(dt.datetime.fromisoformat(origin.replace("Z", "+00:00")), float(anchor), float(scale))
 
 
 def log_failure(err: Exception, message: str, *args) -> None:
@@ -55,7 +90,8 @@ def log_failure(err: Exception, message: str, *args) -> None:
 class Requeue:
     """One pending re-check per object, like controller-runtime's RequeueAfter."""
 
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[float], float] = lambda seconds: seconds) -> None:
+        self.wall = wall  # a delay of the operator's clock in wall-clock seconds (ScaledClock.wall)
         self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -68,7 +104,7 @@ class Requeue:
         if old:
             old.cancel()
         # an empty context: the current one holds kopf's whole cause and body until the timer fires
-        self._handles[key] = loop.call_later(delay, callback, context=contextvars.Context())
+        self._handles[key] = loop.call_later(self.wall(delay), callback, context=contextvars.Context())
 
     def cancel(self, key: tuple[str, str]) -> None:
         handle = self._handles.pop(key, None)
@@ -109,7 +145,7 @@ class Operator:
         self.nodes = NodePruner(kube, clock)
         self._accounting: set[str] = set()  # users with a fold scheduled
         self._usage_queued: set[str] = set()
-        self.requeue = Requeue()
+        self.requeue = Requeue(clock.wall if isinstance(clock, ScaledClock) else (lambda seconds: seconds))
         # Workspaces with a pass queued but not yet started: events that arrive meanwhile fold into it
         self._queued: set[tuple[str, str]] = set()
         self._lost_pods: dict[tuple[str, str], dict] = {}
@@ -187,9 +223,9 @@ class Operator:
 
     def usage_changed(self, namespace: str) -> None:
         """Queues one usage pass for the namespace's user; the pod and user events of a burst fold into it."""
-        if not namespace.startswith("lab-"):
+        username = username_of(namespace)
+        if username is None:
             return
-        username = namespace.removeprefix("lab-")
         if username in self._usage_queued:
             return
         self._usage_queued.add(username)
@@ -205,7 +241,7 @@ class Operator:
                 await asyncio.to_thread(self.usage.refresh, username)
             except Exception as err:  # retried; a usage figure must never kill the watch
                 log_failure(err, "GPUUser %s: usage failed: %s", username, err)
-                self.requeue.schedule(key, 5.0, lambda: self.usage_changed(f"lab-{username}"))
+                self.requeue.schedule(key, 5.0, lambda: self.usage_changed(namespace_for(username)))
 
     def accounting_due(self, username: str) -> None:
         """Her next fold, one flush interval from now, unless one is scheduled already (her own status writes
@@ -320,7 +356,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     async def _cleanup(**_):
         operator.stop()
 
-    @kopf.on.event(GROUP, VERSION, "gpuusers", registry=registry)
+    @kopf.on.event(GROUP, VERSION, GPUUSER.plural, registry=registry)
     async def _user_event(event: dict, body: kopf.Body, name: str, **_):
         if event.get("type") == "DELETED":
             operator.users.forget(name)
@@ -329,13 +365,13 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             return
         operator.accounting_due(name)
         await operator.reconcile_user(name, dict(body))
-        operator.usage_changed(f"lab-{name}")
+        operator.usage_changed(namespace_for(name))
         # suspension, a tier change or a new uid can change what each of her workspaces may do
-        items = await quietly("listing workspaces", operator.kube.list, "Workspace", f"lab-{name}") or []
+        items = await quietly("listing workspaces", operator.kube.list, "Workspace", namespace_for(name)) or []
         for ws in items:
             operator.workspace_changed(ws["metadata"]["namespace"], ws["metadata"]["name"])
 
-    @kopf.on.event(GROUP, VERSION, "workspaces", registry=registry)
+    @kopf.on.event(GROUP, VERSION, WORKSPACE.plural, registry=registry)
     async def _workspace_event(event: dict, body: kopf.Body, name: str, namespace: str, **_):
         if event.get("type") == "DELETED":
             operator.workspace_seen(namespace, name, None)
@@ -349,12 +385,12 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         operator.workspace_changed(namespace, name)
         operator.usage_changed(namespace)  # a hold after a stop is recorded in the Workspace's status
 
-    @kopf.on.event("", "v1", "pods", registry=registry, labels={"app.kubernetes.io/managed-by": "labkeeper"})
+    @kopf.on.event("", "v1", "pods", registry=registry, labels={LABEL_MANAGED: MANAGED_BY})
     async def _pod_event(event: dict, body: kopf.Body, labels: dict, namespace: str, **_):
-        workspace = labels.get("labkeeper.io/workspace")
+        workspace = labels.get(LABEL_WORKSPACE)
         if not workspace:
             return
-        lost = dict(body) if event.get("type") == "DELETED" and labels.get("labkeeper.io/role") == "workspace" else None
+        lost = dict(body) if event.get("type") == "DELETED" and labels.get(LABEL_ROLE) == "workspace" else None
         operator.workspace_changed(namespace, workspace, lost_pod=lost)
         operator.usage_changed(namespace)
         if event.get("type") == "DELETED":
@@ -435,7 +471,7 @@ def endpoint_from(kube: Kube) -> ClusterEndpoint:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkeeper operator")
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
-    parser.add_argument("--namespace", default=os.environ.get("LABKEEPER_NAMESPACE", "labkeeper-system"))
+    parser.add_argument("--namespace", default=os.environ.get("LABKEEPER_NAMESPACE", SYSTEM_NAMESPACE))
     parser.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--no-require-host", action="store_true",
                         help="a GPUUser is Ready without a node agent's report (clusters without agents)")
@@ -446,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("LABKEEPER_METRICS_PORT", "0")),
                         help="serve Prometheus metrics on this port (0: off)")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--accelerated-clock", type=ScaledClock.parse, default=None, metavar="SCALE@ORIGIN@ANCHOR",
+                        help="benchmarks only: the operator's clock runs SCALE times faster than the wall clock, "
+                             "from ORIGIN at epoch second ANCHOR, and every delay it decides is waited 1/SCALE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -458,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         with standby_health(args.liveness):
             LeaderLease(kube, args.namespace, identity, args.lease_duration).acquire()
     operator = Operator(kube, args.namespace, endpoint_from(kube), require_host=not args.no_require_host,
-                        data_root=args.data_root)
+                        data_root=args.data_root, clock=args.accelerated_clock or utcnow)
     if args.metrics_port:
         from prometheus_client import REGISTRY
 

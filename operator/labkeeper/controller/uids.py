@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY
 from labkeeper.kube.client import Kube, is_conflict
 
 LEDGER_NAME = "labkeeper-uid-ledger"
@@ -46,7 +47,7 @@ class UidLedger:
                 ledger = self.kube.create({
                     "apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": LEDGER_NAME, "namespace": self.namespace,
-                                 "labels": {"app.kubernetes.io/managed-by": "labkeeper"}},
+                                 "labels": {LABEL_MANAGED: MANAGED_BY}},
                     "data": {},
                 })
             except ApiException as err:

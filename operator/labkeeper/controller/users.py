@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api.names import OPERATOR_FINALIZER, kubeconfig_secret
 from labkeeper.controller.credentials import Credentials
 from labkeeper.controller.policy import PolicyStore, UserEntitlement
 from labkeeper.controller.uids import LedgerFull, UidLedger
 from labkeeper.kube.client import Kube, condition, is_conflict, owner_reference
 from labkeeper.render import access as render
 
-FINALIZER = "labkeeper.io/operator"
-AGENT_FINALIZER_PREFIX = "labkeeper.io/agent"
+FINALIZER = OPERATOR_FINALIZER
 
 
 @dataclass
@@ -121,7 +121,7 @@ class UserReconciler:
             "namespace": render.namespace_for(name) if state != "Offboarded" else None,
             "home": f"/home/{name}",
             "phase": phase,
-            "kubeconfigSecret": f"{self.credentials.namespace}/kubeconfig-{name}" if state == "Active" else None,
+            "kubeconfigSecret": f"{self.credentials.namespace}/{kubeconfig_secret(name)}" if state == "Active" else None,
             # an offboarded user's incarnation ends: if she is ever re-added, she gets a new one
             **({"incarnation": None} if state == "Offboarded" else {}),
             "effectiveLimits": entitlement.status_view(),
@@ -180,8 +180,8 @@ class UserReconciler:
         if self._applied.get(name) == "offboarded":
             return
         self.kube.delete("Namespace", render.namespace_for(name))
-        self.kube.delete("ClusterRoleBinding", f"labkeeper-user:{name}")
-        self.kube.delete("ClusterRole", f"labkeeper-user:{name}")
+        self.kube.delete("ClusterRoleBinding", render.self_reader_name(name))
+        self.kube.delete("ClusterRole", render.self_reader_name(name))
         self._applied[name] = "offboarded"
 
     def _apply_children(self, user: dict, entitlement: UserEntitlement, group: str | None) -> None:
@@ -237,8 +237,8 @@ class UserReconciler:
         name = meta["name"]
         finalizers = meta.get("finalizers") or []
         self.kube.delete("Namespace", render.namespace_for(name))
-        self.kube.delete("ClusterRoleBinding", f"labkeeper-user:{name}")
-        self.kube.delete("ClusterRole", f"labkeeper-user:{name}")
+        self.kube.delete("ClusterRoleBinding", render.self_reader_name(name))
+        self.kube.delete("ClusterRole", render.self_reader_name(name))
         self.credentials.revoke(name)
         self.forget(name)
         if FINALIZER in finalizers:

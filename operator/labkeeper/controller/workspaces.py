@@ -19,6 +19,7 @@ from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
 from labkeeper.api import policy as api_policy
 from labkeeper.api import runs as api_runs
+from labkeeper.api.names import MANAGED_SELECTOR, NAMESPACE_PREFIX, username_of
 from labkeeper.api.trees import TREE_KINDS, tree_conflicts
 from labkeeper.api.units import format_time, parse_time
 from labkeeper.controller.admission import Admissions, LabView, owner_key
@@ -57,10 +58,6 @@ def gpu_request(spec: dict) -> GpuRequest:
     return GpuRequest(gpu.get("profile") or "none", int(gpu.get("count") or 1))
 
 
-def username_for(namespace: str) -> str | None:
-    return namespace[4:] if namespace.startswith("lab-") else None
-
-
 class WorkspaceReconciler:
     def __init__(self, kube: Kube, policy: PolicyStore, clock: Callable[[], dt.datetime], *,
                  data_root: str = "/data", lab_users_gid: int | None = None) -> None:
@@ -79,7 +76,7 @@ class WorkspaceReconciler:
         status = ws.get("status") or {}
         namespace, name = meta["namespace"], meta["name"]
         now = self.clock()
-        username = username_for(namespace)
+        username = username_of(namespace)
         user = self.kube.get("GPUUser", username) if username else None
         pod = self.kube.get("Pod", render_pod.pod_name(name), namespace)
         hold = self.kube.get("Pod", render_pod.hold_name(name), namespace)
@@ -166,7 +163,7 @@ class WorkspaceReconciler:
         meta = ws["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         policy = self.policy.current
-        pods = self.kube.list("Pod", namespace, label_selector="app.kubernetes.io/managed-by=labkeeper")
+        pods = self.kube.list("Pod", namespace, label_selector=MANAGED_SELECTOR)
         # an ended run's pod stays for its logs but holds no device and counts for nothing
         others = [p for p in pods if p["metadata"].get("labels", {}).get(render_pod.LABEL_WORKSPACE) != name
                   and not p["metadata"].get("deletionTimestamp")
@@ -264,7 +261,7 @@ class WorkspaceReconciler:
         mine = next((w for w in view.waiters if w.owner == wait.owner), None)
         release = api_admission.estimated_start(wait, view.releases, view.closed)
         return {"position": wait.ahead + 1,
-                "ahead": [o.removeprefix("lab-") for o in wait.ahead_owners],
+                "ahead": [o.removeprefix(NAMESPACE_PREFIX) for o in wait.ahead_owners],
                 "reason": message,
                 "relativeUsage": round(mine.usage, 2) if mine is not None else None,
                 "estimatedStart": format_time(release.at) if release is not None else None,
@@ -316,7 +313,7 @@ class WorkspaceReconciler:
         """Idle and runtime limits: warnings at the policy's fractions, a stop at the deadline."""
         status, spec = ws.get("status") or {}, ws.get("spec") or {}
         policy = self.policy.current
-        username = username_for(ws["metadata"]["namespace"]) or ""
+        username = username_of(ws["metadata"]["namespace"]) or ""
         user = self.kube.get("GPUUser", username) or {}
         limits = self.policy.entitlement(username, user.get("spec") or {}).limits
         idle_timeout = _within(spec.get("idleTimeout"), limits.get("idleTimeout", {}).get("value"))

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s
@@ -16,54 +15,9 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api.conditions import condition as condition  # defined in api: the tree summary there uses it
+from labkeeper.api.kinds import KINDS
 
 FIELD_MANAGER = "labkeeper"
-
-
-@dataclass(frozen=True)
-class Kind:
-    group: str  # "" for the core group
-    version: str
-    plural: str
-    namespaced: bool
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, name: str | None = None, namespace: str | None = None, subresource: str | None = None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{namespace}"
-        base += f"/{self.plural}"
-        if name:
-            base += f"/{name}"
-        if subresource:
-            base += f"/{subresource}"
-        return base
-
-
-KINDS: dict[str, Kind] = {
-    "Namespace": Kind("", "v1", "namespaces", False),
-    "Pod": Kind("", "v1", "pods", True),
-    "Secret": Kind("", "v1", "secrets", True),
-    "ConfigMap": Kind("", "v1", "configmaps", True),
-    "Event": Kind("", "v1", "events", True),
-    "ResourceQuota": Kind("", "v1", "resourcequotas", True),
-    "LimitRange": Kind("", "v1", "limitranges", True),
-    "Node": Kind("", "v1", "nodes", False),
-    "Role": Kind("rbac.authorization.k8s.io", "v1", "roles", True),
-    "RoleBinding": Kind("rbac.authorization.k8s.io", "v1", "rolebindings", True),
-    "ClusterRole": Kind("rbac.authorization.k8s.io", "v1", "clusterroles", False),
-    "ClusterRoleBinding": Kind("rbac.authorization.k8s.io", "v1", "clusterrolebindings", False),
-    "PriorityClass": Kind("scheduling.k8s.io", "v1", "priorityclasses", False),
-    "CertificateSigningRequest": Kind("certificates.k8s.io", "v1", "certificatesigningrequests", False),
-    "Lease": Kind("coordination.k8s.io", "v1", "leases", True),
-    "GPUUser": Kind("labkeeper.io", "v1alpha1", "gpuusers", False),
-    "SharedCache": Kind("labkeeper.io", "v1alpha1", "sharedcaches", False),
-    "ModelStore": Kind("labkeeper.io", "v1alpha1", "modelstores", False),
-    "Workspace": Kind("labkeeper.io", "v1alpha1", "workspaces", True),
-}
 
 
 def is_not_found(err: Exception) -> bool:

@@ -7,19 +7,18 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-LABEL_USER = "labkeeper.io/user"
-LABEL_MANAGED = "app.kubernetes.io/managed-by"
-MANAGED_BY = "labkeeper"
+from labkeeper.api.kinds import GROUP
+from labkeeper.api.names import LABEL_MANAGED as LABEL_MANAGED
+from labkeeper.api.names import LABEL_USER as LABEL_USER
+from labkeeper.api.names import MANAGED_BY as MANAGED_BY
+from labkeeper.api.names import namespace_for as namespace_for
+
 USERS_GROUP = "labkeeper:users"
 HOLD_PRIORITY_CLASS = "labkeeper-hold"
 QUOTA_NAME = "labkeeper-limits"
 PRIORITY_QUOTA_NAME = "labkeeper-priority"
 LIMIT_RANGE_NAME = "labkeeper-defaults"
 ROLE_NAME = "labkeeper-user"
-
-
-def namespace_for(username: str) -> str:
-    return f"lab-{username}"
 
 
 def access_group(username: str, incarnation: str) -> str:
@@ -73,9 +72,9 @@ def user_role(username: str) -> dict:
         "kind": "Role",
         "metadata": {"name": ROLE_NAME, "namespace": namespace_for(username), "labels": _labels(username)},
         "rules": [
-            {"apiGroups": ["labkeeper.io"], "resources": ["workspaces"],
+            {"apiGroups": [GROUP], "resources": ["workspaces"],
              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-            {"apiGroups": ["labkeeper.io"], "resources": ["workspaces/status"], "verbs": ["get"]},
+            {"apiGroups": [GROUP], "resources": ["workspaces/status"], "verbs": ["get"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
             {"apiGroups": [""], "resources": ["pods/exec", "pods/portforward"], "verbs": ["get", "create"]},
@@ -95,9 +94,13 @@ def user_role_binding(username: str, group: str) -> dict:
     }
 
 
+def self_reader_name(username: str) -> str:
+    return f"labkeeper-user:{username}"
+
+
 def self_reader_role(username: str, group: str, owner: dict | None = None) -> tuple[dict, dict]:
     """A ClusterRole + binding that lets the user read her own GPUUser and nothing else cluster-wide."""
-    name = f"labkeeper-user:{username}"
+    name = self_reader_name(username)
     meta: dict = {"name": name, "labels": _labels(username)}
     if owner:
         meta["ownerReferences"] = [owner]
@@ -105,7 +108,7 @@ def self_reader_role(username: str, group: str, owner: dict | None = None) -> tu
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": meta,
-        "rules": [{"apiGroups": ["labkeeper.io"], "resources": ["gpuusers"], "resourceNames": [username],
+        "rules": [{"apiGroups": [GROUP], "resources": ["gpuusers"], "resourceNames": [username],
                    "verbs": ["get", "watch"]}],
     }
     binding = {

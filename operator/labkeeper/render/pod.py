@@ -8,21 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkeeper.render.access import LABEL_MANAGED, LABEL_USER, MANAGED_BY, gpu_resource
+from labkeeper.api.names import LABEL_MANAGED, LABEL_USER, MANAGED_BY
+from labkeeper.api.names import LABEL_ROLE as LABEL_ROLE
+from labkeeper.api.names import LABEL_WORKSPACE as LABEL_WORKSPACE
+from labkeeper.api.names import hold_name as hold_name
+from labkeeper.api.names import pod_name as pod_name
+from labkeeper.render.access import gpu_resource
 
-LABEL_WORKSPACE = "labkeeper.io/workspace"
-LABEL_ROLE = "labkeeper.io/role"
 # the host's user database, which the agent keeps: an image that never heard of a lab user's uid would
 # otherwise leave her as "I have no name!" (whoami, the shell prompt, ls -l of her own files)
 USER_DATABASE = ("/etc/passwd", "/etc/group")
-
-
-def pod_name(workspace: str) -> str:
-    return f"ws-{workspace}"
-
-
-def hold_name(workspace: str) -> str:
-    return f"hold-{workspace}"
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from labkeeper.api.kinds import API_VERSION
+from labkeeper.api.policy import POLICY_CONFIGMAP
 from labkeeper.testing.cluster import NVIDIA_RUNTIME_CLASS, REPO_ROOT, LocalCluster, NodeSpec, manifest
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, OperatorProcess, wait_for
-
-API_VERSION = "labkeeper.io/v1alpha1"
 
 
 def example_policy() -> dict:
@@ -25,7 +25,7 @@ def example_policy() -> dict:
 
 def policy_configmap(policy: dict) -> dict:
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "labkeeper-policy", "namespace": SYSTEM_NAMESPACE},
+            "metadata": {"name": POLICY_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
             "data": {"policy.yaml": yaml.safe_dump(policy, sort_keys=False)}}
 
 

@@ -10,9 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from labkeeper.api.names import SYSTEM_NAMESPACE as SYSTEM_NAMESPACE
 from labkeeper.testing.cluster import REPO_ROOT, LocalCluster
-
-SYSTEM_NAMESPACE = "labkeeper-system"
 
 
 class _Process:
