@@ -153,3 +153,59 @@ def test_the_agents_host_pass_never_sees_the_defaults_while_another_thread_reads
     assert agent.lab_gid() == 3000
     first.join()
     assert events == ["PolicyApplied"]
+
+
+def test_a_process_started_on_a_refused_configmap_runs_on_the_last_good_copy_until_the_configmap_is_fixed():
+    keeper = PolicyKeeper(component="the agent on n1")
+    kept = with_student("maxWorkspaces", 1) | {"labUsersGid": 3000}
+    # a copy is only for a process with no good policy: one that has read a good text ignores it
+    assert keeper.recover(text(kept), "copy").changed is False
+    refusal = keeper.offer(text(with_student("maxGpuEquivalents", -1)))
+    assert refusal.reason == "InvalidPolicy" and keeper.paused
+    assert metrics(keeper)["labkeeper_policy_generation"] == 0
+    outcome = keeper.recover(text(kept), "ConfigMap labkeeper-system/labkeeper-policy-last-good")
+    assert outcome.changed and outcome.warning and outcome.reason == "PolicyRecovered"
+    assert "tiers.student.maxGpuEquivalents" in outcome.message and "labkeeper-policy-last-good" in outcome.message
+    assert keeper.current.lab_users_gid == 3000 and keeper.current.tiers["student"].max_workspaces == 1
+    assert not keeper.paused and metrics(keeper)["labkeeper_policy_refused"] == 1
+    # the refusal stands, so the fixed ConfigMap is still news and is taken at once
+    fixed = keeper.offer(text(with_student("maxWorkspaces", 2)))
+    assert fixed.changed and keeper.current.tiers["student"].max_workspaces == 2 and keeper.refused is None
+
+
+def test_with_neither_a_good_configmap_nor_a_good_copy_the_process_is_paused_not_on_the_defaults():
+    keeper = PolicyKeeper()
+    assert not keeper.paused  # no ConfigMap read yet: nothing has been refused
+    keeper.offer(text(with_student("memory", -1)))
+    assert keeper.recover(None, "copy") == PolicyOutcome(False)
+    broken_copy = keeper.recover("tiers: [\n", "ConfigMap labkeeper-system/labkeeper-policy-last-good")
+    assert broken_copy.reason == "InvalidPolicy" and "cannot be used either" in broken_copy.message
+    assert keeper.paused and keeper.generation == 0
+    registry = CollectorRegistry()
+    registry.register(keeper)
+    assert registry.get_sample_value("labkeeper_policy_paused") == 1
+    keeper.offer(text(EXAMPLE))
+    assert not keeper.paused and registry.get_sample_value("labkeeper_policy_paused") == 0
+
+
+def test_the_agent_makes_no_host_pass_while_paused_and_takes_the_operators_copy_when_there_is_one():
+    from types import SimpleNamespace
+
+    from labkeeper.agent.main import Agent
+
+    events = []
+    agent = Agent(SimpleNamespace(api=None, event=lambda *a, **k: events.append(a[1])), SimpleNamespace(data_fd=-1),
+                  "node-1", "labkeeper-system")
+    agent.configmaps.objects["labkeeper-policy"] = {
+        "metadata": {"name": "labkeeper-policy", "namespace": "labkeeper-system", "resourceVersion": "7"},
+        "data": {"policy.yaml": text(with_student("maxGpuEquivalents", -1))}}
+    # the host is a namespace with no data fd: a pass that went on would fail on it, not return None
+    assert agent.reconcile() is None and agent.last_result is None
+    assert events == ["InvalidPolicy"] and agent.policy_keeper.paused
+
+    kept = yaml.safe_load(text(EXAMPLE)) | {"labUsersGid": 3000}
+    agent.configmaps.objects["labkeeper-policy-last-good"] = {
+        "metadata": {"name": "labkeeper-policy-last-good", "namespace": "labkeeper-system", "resourceVersion": "3"},
+        "data": {"policy.yaml": text(kept)}}
+    agent.configmaps.objects["labkeeper-policy"]["metadata"]["resourceVersion"] = "8"  # the watch saw it again
+    assert agent.lab_gid() == 3000 and events == ["InvalidPolicy", "PolicyRecovered"]

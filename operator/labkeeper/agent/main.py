@@ -35,7 +35,7 @@ from labkeeper.agent.notices import HomeNotices
 from labkeeper.agent.recovery import Host, HostResult, reconcile_host
 from labkeeper.api.kinds import GROUP, VERSION
 from labkeeper.api.names import KUBECONFIG_SECRET_PREFIX, SYSTEM_NAMESPACE
-from labkeeper.api.policy import POLICY_CONFIGMAP, POLICY_KEY, LabPolicy, PolicyKeeper
+from labkeeper.api.policy import LAST_GOOD_CONFIGMAP, POLICY_CONFIGMAP, POLICY_KEY, LabPolicy, PolicyKeeper
 from labkeeper.api.units import parse_duration, parse_quantity
 from labkeeper.kube.client import Kube, api_error_message, is_conflict
 
@@ -136,6 +136,11 @@ class Agent:
                 return self.policy_keeper.current
             outcome = self.policy_keeper.offer((body.get("data") or {}).get(POLICY_KEY),
                                                f"ConfigMap {self.ns}/{POLICY_CONFIGMAP} key {POLICY_KEY}")
+            if self.policy_keeper.paused:  # started on a refused ConfigMap: the operator's last good copy
+                copy = self.configmaps.objects.get(LAST_GOOD_CONFIGMAP) or {}
+                recovered = self.policy_keeper.recover((copy.get("data") or {}).get(POLICY_KEY),
+                                                       f"ConfigMap {self.ns}/{LAST_GOOD_CONFIGMAP}")
+                outcome = recovered if recovered.reason else outcome
             self._policy_version = version
             if outcome.reason:
                 (log.warning if outcome.warning else log.info)("%s", outcome.message)
@@ -158,7 +163,14 @@ class Agent:
         return out
 
     # ---- one pass -----------------------------------------------------------------------------
-    def reconcile(self) -> HostResult:
+    def reconcile(self) -> HostResult | None:
+        """One host pass; none while no good policy has been read (the ConfigMap is refused and the operator
+        kept no last good copy): the built-in defaults are not the lab's policy, and applied to the host they
+        would rewrite every group and ACL. The refusal is said on the ConfigMap; the next valid text resumes."""
+        self.policy()  # the ConfigMap's newest text is offered first
+        if self.policy_keeper.paused:
+            log.warning("host pass skipped: %s", self.policy_keeper.refused)
+            return None
         users, caches, stores = self.users.items(), self.caches.items(), self.stores.items()
         want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid())
         want.lab = dataclasses.replace(want.lab, toolchains=toolchains.from_policy(self.policy().toolchains))

@@ -7,7 +7,7 @@ import datetime as dt
 import fnmatch
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
@@ -27,6 +27,8 @@ from pydantic.alias_generators import to_camel
 from labkeeper.api.names import (
     DNS_LABEL_PATTERN,
     GPU_PROFILES,
+    LABEL_MANAGED,
+    MANAGED_BY,
     RELATIVE_PATH_PATTERN,
     SYSTEM_NAMESPACE,
     validate_username,
@@ -42,16 +44,19 @@ from labkeeper.api.units import (
 )
 
 __all__ = [
-    "LIMIT_FIELDS", "POLICY_CONFIGMAP", "POLICY_KEY", "Activity", "LabPolicy", "LimitValue", "PolicyError",
+    "LAST_GOOD_CONFIGMAP", "LIMIT_FIELDS", "POLICY_CONFIGMAP", "POLICY_KEY", "Activity", "LabPolicy", "LimitValue", "PolicyError",
     "PolicyKeeper", "PolicyOutcome", "Tier",
     "Toolchain",
-    "effective_limits", "gpu_equivalents", "load_policy", "not_entitled", "parse_cpu", "parse_duration", "parse_memory",
+    "effective_limits", "gpu_equivalents", "last_good_configmap", "load_policy", "not_entitled", "parse_cpu", "parse_duration", "parse_memory",
     "parse_quantity", "policy_configmap",
 ]
 
 LIMIT_FIELDS = tuple(Limits.model_fields)
 POLICY_CONFIGMAP = "labkeeper-policy"
 POLICY_KEY = "policy.yaml"
+# the operator's copy of the last text it put in force: what a process that starts while the ConfigMap is refused
+# runs on (operator and agent alike), so a restart never falls back to the built-in defaults
+LAST_GOOD_CONFIGMAP = "labkeeper-policy-last-good"
 
 
 class _Policy(BaseModel):
@@ -83,7 +88,7 @@ class FullLimits(Limits):
     idle_timeout: str = "30m"
     max_runtime: str = "24h"
     allowed_profiles: list[Literal["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full"]] = Field(
-        default_factory=lambda: list(GPU_PROFILES))
+        default_factory=lambda: list(GPU_PROFILES))  # type: ignore[arg-type]  # GPU_PROFILES are these names
     allowed_images: list[str] = Field(default_factory=list)
 
 
@@ -355,12 +360,12 @@ class LabPolicy(_Policy):
         return self.activity.check_interval
 
     def effective_limits(self, username: str, tier: str | None = None,
-                         user_overrides: Limits | dict | None = None) -> dict[str, LimitValue]:
+                         user_overrides: Limits | dict[str, Any] | None = None) -> dict[str, LimitValue]:
         """Each limit with where it came from: the user's own overrides (GPUUser spec.limits, then the
         policy's users section), the tier, or the defaults — merged field by field, never replaced whole."""
         tier_name = tier or self.default_tier
         tier_limits = self.tiers.get(tier_name)
-        overrides = [self.users.get(username)]
+        overrides: list[Limits | None] = [self.users.get(username)]
         if isinstance(user_overrides, dict):
             user_overrides = Limits.model_validate(user_overrides)
         overrides.insert(0, user_overrides)
@@ -379,7 +384,7 @@ class LabPolicy(_Policy):
             result[camel] = chosen
         return result
 
-    def to_yaml_dict(self) -> dict:
+    def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
@@ -389,7 +394,7 @@ def gpu_equivalents(profile: str, count: int, policy: LabPolicy) -> float:
     return policy.gpu_weights.get(profile, 1.0) * count
 
 
-def not_entitled(spec: dict, *, tier: str, cpu: str, memory: str, allowed_profiles: Sequence[str],
+def not_entitled(spec: dict[str, Any], *, tier: str, cpu: str, memory: str, allowed_profiles: Sequence[str],
                  allowed_images: Sequence[str] = ()) -> str | None:
     """Why a Workspace spec asks for more than the user's tier allows, or None. The operator's NotEntitled
     status and labctl's refusal before it applies anything both say exactly this."""
@@ -410,7 +415,7 @@ def not_entitled(spec: dict, *, tier: str, cpu: str, memory: str, allowed_profil
 
 
 def effective_limits(policy: LabPolicy, username: str, tier: str | None = None,
-                     user_overrides: Limits | dict | None = None) -> dict[str, LimitValue]:
+                     user_overrides: Limits | dict[str, Any] | None = None) -> dict[str, LimitValue]:
     """Module-level spelling of `LabPolicy.effective_limits`."""
     return policy.effective_limits(username, tier, user_overrides)
 
@@ -504,7 +509,33 @@ class PolicyKeeper:
             return PolicyOutcome(False, "InvalidPolicy", f"{refused}; the last good policy ({kept}) stays "
                                  "in force until the ConfigMap is fixed", warning=True)
 
-    def collect(self):
+    @property
+    def paused(self) -> bool:
+        """True while the ConfigMap is refused and no good policy has been read by this process: the built-in
+        defaults in force then are a guess, not the lab's policy, and nothing should be applied to a host on it."""
+        return self.generation == 0 and self.refused is not None
+
+    def recover(self, text: str | None, source: str) -> PolicyOutcome:
+        """Puts the last good copy `text` in force, but only while the ConfigMap's own text is refused and this
+        process has no good policy yet (it started on a broken ConfigMap). Leaves the refusal standing, so the
+        next valid ConfigMap text is still taken the moment it is offered."""
+        if text is None:
+            return PolicyOutcome(False)
+        with self._lock:
+            if not self.paused:
+                return PolicyOutcome(False)
+            try:
+                policy = load_policy(text, source)
+            except Exception as err:  # a broken copy changes nothing: the process stays paused
+                return PolicyOutcome(False, "InvalidPolicy", f"{self.refused}; the last good copy in {source} "
+                                     f"cannot be used either ({err})", warning=True)
+            self.current = policy
+            self.generation += 1
+            return PolicyOutcome(True, "PolicyRecovered", f"{self.refused}; the last good policy, kept in {source}, "
+                                 f"is in force (generation {self.generation} in {self.component}) until the "
+                                 "ConfigMap is fixed", warning=True)
+
+    def collect(self) -> Iterator[Any]:
         """A Prometheus collector: register the keeper with a registry to expose these."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -512,11 +543,23 @@ class PolicyKeeper:
                                   "policy stayed in force", value=self.rejected_total)
         yield GaugeMetricFamily("labkeeper_policy_generation", "policies put in force since this process started "
                                 "(0: the built-in defaults)", value=self.generation)
+        yield GaugeMetricFamily("labkeeper_policy_paused", "1 while no good policy has been read (the ConfigMap is "
+                                "refused and there is no last good copy): the agent changes no host", value=int(self.paused))
         yield GaugeMetricFamily("labkeeper_policy_refused", "1 while the policy ConfigMap's text is refused and "
                                 "the last good policy holds", value=1 if self.refused else 0)
 
 
-def policy_configmap(policy: LabPolicy, namespace: str = SYSTEM_NAMESPACE) -> dict:
+def last_good_configmap(text: str, namespace: str) -> dict[str, Any]:
+    """The operator's copy of the policy text it last put in force (see LAST_GOOD_CONFIGMAP)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": LAST_GOOD_CONFIGMAP, "namespace": namespace,
+                         "labels": {LABEL_MANAGED: MANAGED_BY},
+                         "annotations": {"labkeeper.io/about": f"the last {POLICY_CONFIGMAP} text labkeeper put in "
+                                         "force; used only while that ConfigMap is refused at a start"}},
+            "data": {POLICY_KEY: text}}
+
+
+def policy_configmap(policy: LabPolicy, namespace: str = SYSTEM_NAMESPACE) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": POLICY_CONFIGMAP, "namespace": namespace},
             "data": {POLICY_KEY: yaml.safe_dump(policy.to_yaml_dict(), sort_keys=False)}}

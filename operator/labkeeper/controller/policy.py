@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api import policy as api_policy
+from labkeeper.api.units import format_duration
 from labkeeper.kube.client import Kube, api_error_message
 from labkeeper.render import access as render
 
@@ -15,16 +17,17 @@ log = logging.getLogger("labkeeper.policy")
 
 POLICY_CONFIGMAP = api_policy.POLICY_CONFIGMAP
 POLICY_KEY = api_policy.POLICY_KEY
+LAST_GOOD_CONFIGMAP = api_policy.LAST_GOOD_CONFIGMAP
 
 
 @dataclass(frozen=True)
 class UserEntitlement:
     tier: str
     access: render.Access
-    limits: dict  # field → {"value", "source"}
+    limits: dict[str, Any]  # field → {"value", "source"}
     allowed_images: tuple[str, ...] = ()
 
-    def status_view(self) -> dict:
+    def status_view(self) -> dict[str, Any]:
         return self.limits
 
     def summary(self) -> str:
@@ -40,9 +43,11 @@ class PolicyStore(api_policy.PolicyKeeper):
         super().__init__(component="the operator")
         self.kube = kube
         self.namespace = namespace
+        self._kept: str | None = None  # the text last written to the last-good copy by this process
 
     def refresh(self) -> bool:
-        """Reads the ConfigMap now; returns whether the policy in force changed."""
+        """Reads the ConfigMap now; returns whether the policy in force changed. A process that starts while the
+        ConfigMap is refused runs on the last good copy the operator kept, not on the built-in defaults."""
         try:
             body = self.kube.get("ConfigMap", POLICY_CONFIGMAP, self.namespace)
         except ApiException as err:
@@ -50,21 +55,50 @@ class PolicyStore(api_policy.PolicyKeeper):
             return False
         return self.load_configmap(body) if body is not None else False
 
-    def load_configmap(self, body: dict) -> bool:
+    def load_configmap(self, body: dict[str, Any]) -> bool:
         """Adopts the ConfigMap's policy if the models accept it; returns whether the policy in force changed."""
-        outcome = self.offer((body.get("data") or {}).get(POLICY_KEY),
-                             f"ConfigMap {self.namespace}/{POLICY_CONFIGMAP} key {POLICY_KEY}")
+        text = (body.get("data") or {}).get(POLICY_KEY)
+        outcome = self.offer(text, f"ConfigMap {self.namespace}/{POLICY_CONFIGMAP} key {POLICY_KEY}")
+        if self.paused:
+            outcome = self._recover(outcome)
+        self._say(body, outcome)
+        if text is not None and self.refused is None:
+            self._keep(text)
+        return outcome.changed
+
+    def _recover(self, refusal: api_policy.PolicyOutcome) -> api_policy.PolicyOutcome:
+        """Started on a refused ConfigMap: the last good copy is what the lab ran on; the refusal is said too."""
+        try:
+            copy = self.kube.get("ConfigMap", LAST_GOOD_CONFIGMAP, self.namespace)
+        except ApiException as err:
+            log.warning("cannot read %s: %s", LAST_GOOD_CONFIGMAP, api_error_message(err))
+            return refusal
+        recovered = self.recover((copy or {}).get("data", {}).get(POLICY_KEY),
+                                 f"ConfigMap {self.namespace}/{LAST_GOOD_CONFIGMAP}")
+        return recovered if recovered.reason else refusal
+
+    def _say(self, body: dict[str, Any], outcome: api_policy.PolicyOutcome) -> None:
         if outcome.reason:
             (log.error if outcome.warning else log.info)("%s", outcome.message)
             self.kube.event({"apiVersion": "v1", "kind": "ConfigMap", **body}, outcome.reason, outcome.message,
                             type_="Warning" if outcome.warning else "Normal")
-        return outcome.changed
+
+    def _keep(self, text: str) -> None:
+        """The text in force is kept in the last-good copy (a server-side apply: no write when it is the same)."""
+        if text == self._kept:
+            return
+        try:
+            self.kube.apply(api_policy.last_good_configmap(text, self.namespace))
+        except ApiException as err:  # the next valid text or the next start tries again
+            log.warning("cannot keep the last good policy in %s: %s", LAST_GOOD_CONFIGMAP, api_error_message(err))
+            return
+        self._kept = text
 
     def uid_range(self) -> tuple[int, int]:
         r = self.current.uid_range
         return r.start, r.end
 
-    def entitlement(self, username: str, spec: dict) -> UserEntitlement:
+    def entitlement(self, username: str, spec: dict[str, Any]) -> UserEntitlement:
         policy = self.current
         tier = spec.get("tier") or policy.default_tier
         limits = policy.effective_limits(username, tier, spec.get("limits") or {})
@@ -81,10 +115,10 @@ class PolicyStore(api_policy.PolicyKeeper):
         )
         view = {name: {"value": _text(item.value), "source": item.source} for name, item in limits.items()}
         # lab-wide, but the user reads it here (not the policy ConfigMap): labctl keepalive refuses beyond it
-        view["keepAliveMax"] = {"value": api_policy.format_duration(policy.keep_alive_max), "source": "default"}
+        view["keepAliveMax"] = {"value": format_duration(policy.keep_alive_max), "source": "default"}
         return UserEntitlement(tier, grant, view, tuple(values.get("allowedImages") or ()))
 
-    def priority_classes(self) -> list[dict]:
+    def priority_classes(self) -> list[dict[str, Any]]:
         policy = self.current
         classes = [render.priority_class(
             render.HOLD_PRIORITY_CLASS, policy.hold_priority, preempt=False,
@@ -110,7 +144,7 @@ class PolicyStore(api_policy.PolicyKeeper):
         return len(classes)
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     if isinstance(value, float):
