@@ -11,7 +11,7 @@ help:
 	@echo "make dev    - local control plane + operator + agent on a sandbox host root, examples applied"
 	@echo "make down   - stop what make dev started"
 	@echo "make test   - the full suite (unit, host, integration, reduced reliability)"
-	@echo "make lint   - ruff and the import-layer contracts"
+	@echo "make lint   - ruff, the import-layer contracts and mypy (strict on api, render, controller)"
 	@echo "make e2e    - the real-node suite: a kubelet, containerd and runc join the local cluster"
 
 deps:
@@ -45,6 +45,7 @@ unit: venv
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench hack
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 crds: venv
 	$(PY) -m labkeeper.api.crds

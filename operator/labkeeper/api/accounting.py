@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from labkeeper.api.names import namespace_for
 from labkeeper.api.units import format_time, parse_time
@@ -42,8 +43,8 @@ class Mark:
     until: dt.datetime | None = None
     reason: str | None = None
 
-    def as_status(self) -> dict:
-        out: dict = {"state": self.state, "since": format_time(self.since), "gpuEquivalents": self.gpu_equivalents}
+    def as_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state, "since": format_time(self.since), "gpuEquivalents": self.gpu_equivalents}
         if self.until is not None:
             out["until"] = format_time(self.until)
         if self.reason:
@@ -51,7 +52,7 @@ class Mark:
         return out
 
     @classmethod
-    def from_status(cls, entry: Mapping) -> Mark | None:
+    def from_status(cls, entry: Mapping[str, Any]) -> Mark | None:
         since = parse_time(entry.get("since"))
         if since is None or entry.get("state") not in (WAITING, ACTIVE, IDLE, HELD, OFF):
             return None
@@ -59,7 +60,7 @@ class Mark:
                    entry.get("reason"))
 
 
-def current_mark(status: Mapping, phase: str, reason: str, now: dt.datetime, *, idle_grace: dt.timedelta,
+def current_mark(status: Mapping[str, Any], phase: str, reason: str, now: dt.datetime, *, idle_grace: dt.timedelta,
                  hold_after_stop: dt.timedelta, previous: Mark | None) -> Mark:
     """What the workspace does with devices, read from the status a pass is about to write.
 
@@ -91,17 +92,17 @@ def current_mark(status: Mapping, phase: str, reason: str, now: dt.datetime, *, 
     was_running = previous is not None and previous.state in (ACTIVE, IDLE)
     if hold_until is not None and hold_until > now:
         since = min(hold_until - hold_after_stop, now)
-        reason = stop if was_running else (previous.reason if previous is not None and previous.state == HELD else None)
-        return Mark(HELD, since, eq, until=hold_until, reason=reason)
+        began = stop if was_running else (previous.reason if previous is not None and previous.state == HELD else None)
+        return Mark(HELD, since, eq, until=hold_until, reason=began)
     if previous is not None and previous.state == OFF:
         return previous
-    reason = (stop or phase) if was_running else None
+    began = (stop or phase) if was_running else None
     if previous is not None and previous.state == HELD:
         return Mark(OFF, min(previous.until or now, now), 0.0)
-    return Mark(OFF, now, 0.0, reason=reason)
+    return Mark(OFF, now, 0.0, reason=began)
 
 
-def idle_from(status: Mapping) -> dt.datetime | None:
+def idle_from(status: Mapping[str, Any]) -> dt.datetime | None:
     """The agent's last active sample of this run, from which an idle stretch is dated; None before its first verdict."""
     seen = parse_time(status.get("lastActivity"))
     running_since = parse_time(status.get("runningSince"))
@@ -110,7 +111,7 @@ def idle_from(status: Mapping) -> dt.datetime | None:
     return max(seen, running_since) if running_since is not None else seen
 
 
-def next_meter(meter: Iterable[Mapping], mark: Mark, now: dt.datetime) -> list[dict]:
+def next_meter(meter: Iterable[Mapping[str, Any]], mark: Mark, now: dt.datetime) -> list[dict[str, Any]]:
     """The meter with `mark` appended when it says something new; marks long folded are dropped."""
     marks = [m for m in (Mark.from_status(e) for e in meter or ()) if m is not None]
     last = marks[-1] if marks else None
@@ -123,7 +124,7 @@ def next_meter(meter: Iterable[Mapping], mark: Mark, now: dt.datetime) -> list[d
     return [m.as_status() for m in keep[-METER_MAX:]]
 
 
-def marks_of(ws: Mapping) -> list[Mark]:
+def marks_of(ws: Mapping[str, Any]) -> list[Mark]:
     return [m for m in (Mark.from_status(e) for e in (ws.get("status") or {}).get("meter") or ()) if m is not None]
 
 
@@ -181,12 +182,12 @@ def split_days(segment: Segment) -> list[tuple[str, float]]:
 SECONDS_FIELDS = {ACTIVE: "activeSeconds", IDLE: "idleSeconds", HELD: "heldAfterStopSeconds"}
 
 
-def add_to_days(days: list[dict], workspace: str, result: Fold) -> list[dict]:
+def add_to_days(days: list[dict[str, Any]], workspace: str, result: Fold) -> list[dict[str, Any]]:
     """Daily buckets (one per date and workspace) with `result` added. GPU figures are GPU-equivalent-seconds;
     waitingSeconds is plain time spent waiting for a device."""
     index = {(d["date"], d["workspace"]): dict(d) for d in days}
 
-    def bucket(date: str) -> dict:
+    def bucket(date: str) -> dict[str, Any]:
         return index.setdefault((date, workspace), {"date": date, "workspace": workspace})
 
     for seg in result.segments:
@@ -206,7 +207,7 @@ def add_to_days(days: list[dict], workspace: str, result: Fold) -> list[dict]:
     return [index[k] for k in sorted(index)]
 
 
-def prune_days(days: list[dict], now: dt.datetime, keep_days: int = RETENTION_DAYS) -> list[dict]:
+def prune_days(days: list[dict[str, Any]], now: dt.datetime, keep_days: int = RETENTION_DAYS) -> list[dict[str, Any]]:
     oldest = (now - dt.timedelta(days=keep_days)).date().isoformat()
     return [d for d in days if d["date"] >= oldest]
 
@@ -215,7 +216,7 @@ def prune_days(days: list[dict], now: dt.datetime, keep_days: int = RETENTION_DA
 def decay(value: float, since: dt.datetime, now: dt.datetime, half_life: dt.timedelta) -> float:
     if now <= since or value == 0:
         return value
-    return value * 0.5 ** ((now - since) / half_life)
+    return float(value * 0.5 ** ((now - since) / half_life))
 
 
 def decayed_hours(segments: Iterable[Segment], now: dt.datetime, half_life: dt.timedelta) -> float:
@@ -232,11 +233,11 @@ def decayed_hours(segments: Iterable[Segment], now: dt.datetime, half_life: dt.t
     return total
 
 
-def user_accounting(user: Mapping) -> dict:
+def user_accounting(user: Mapping[str, Any]) -> dict[str, Any]:
     return dict((user.get("status") or {}).get("accounting") or {})
 
 
-def decayed_usage(user: Mapping, workspaces: Iterable[Mapping], now: dt.datetime, half_life: dt.timedelta) -> float:
+def decayed_usage(user: Mapping[str, Any], workspaces: Iterable[Mapping[str, Any]], now: dt.datetime, half_life: dt.timedelta) -> float:
     """Her decayed GPU-equivalent-hours now: what was folded, decayed from `through`, plus the marks since."""
     acc = user_accounting(user)
     through = parse_time(acc.get("through"))
@@ -258,8 +259,8 @@ def settle_time(report_interval: dt.timedelta, check_interval: dt.timedelta) -> 
     return 2 * (report_interval + check_interval)
 
 
-def fold_user(user: Mapping, workspaces: Iterable[Mapping], now: dt.datetime, half_life: dt.timedelta,
-              settle: dt.timedelta = dt.timedelta(0)) -> dict:
+def fold_user(user: Mapping[str, Any], workspaces: Iterable[Mapping[str, Any]], now: dt.datetime, half_life: dt.timedelta,
+              settle: dt.timedelta = dt.timedelta(0)) -> dict[str, Any]:
     """Her status.accounting with everything up to `now - settle` folded in."""
     acc = user_accounting(user)
     through = parse_time(acc.get("through"))
@@ -292,7 +293,7 @@ class UserReport:
     stops: dict[str, int] = field(default_factory=dict)
     decayed_gpu_hours: float = 0.0
     relative_usage: float = 0.0
-    workspaces: dict[str, dict] = field(default_factory=dict)
+    workspaces: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def held(self) -> float:
@@ -308,10 +309,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def report(users: Iterable[Mapping], workspaces: Iterable[Mapping], now: dt.datetime, since: dt.datetime,
+def report(users: Iterable[Mapping[str, Any]], workspaces: Iterable[Mapping[str, Any]], now: dt.datetime, since: dt.datetime,
            half_life: dt.timedelta, shares: Mapping[str, float] | None = None) -> list[UserReport]:
     """Per user, (since, now]: folded buckets of whole days from `since`'s date on, plus the live marks."""
-    by_ns: dict[str, list[Mapping]] = {}
+    by_ns: dict[str, list[Mapping[str, Any]]] = {}
     for ws in workspaces:
         by_ns.setdefault(ws["metadata"]["namespace"], []).append(ws)
     first_day = since.date().isoformat()
@@ -346,10 +347,10 @@ def report(users: Iterable[Mapping], workspaces: Iterable[Mapping], now: dt.date
     return out
 
 
-def relative_usages(users: Iterable[Mapping], workspaces: Iterable[Mapping], now: dt.datetime,
-                    half_life: dt.timedelta, share_of) -> dict[str, float]:
+def relative_usages(users: Iterable[Mapping[str, Any]], workspaces: Iterable[Mapping[str, Any]], now: dt.datetime,
+                    half_life: dt.timedelta, share_of: Callable[[str | None], float]) -> dict[str, float]:
     """username → decayed usage relative to her tier's share (`share_of(tier)`), as the queue weighs it."""
-    by_ns: dict[str, list[Mapping]] = {}
+    by_ns: dict[str, list[Mapping[str, Any]]] = {}
     for ws in workspaces:
         by_ns.setdefault(ws["metadata"]["namespace"], []).append(ws)
     out = {}

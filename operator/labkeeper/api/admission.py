@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from labkeeper.api.names import LABEL_ROLE as LABEL_ROLE
 from labkeeper.api.names import LABEL_WORKSPACE as LABEL_WORKSPACE
@@ -48,11 +49,11 @@ class Waiter:
     usage: float = 0.0  # her decayed usage relative to her tier's share (api/accounting.py)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[int, float, dt.datetime, str]:
         return queue_key(self.priority, self.usage, self.waiting_since, self.owner)
 
 
-def queue_key(priority: int, usage: float, waiting_since: dt.datetime, owner: str) -> tuple:
+def queue_key(priority: int, usage: float, waiting_since: dt.datetime, owner: str) -> tuple[int, float, dt.datetime, str]:
     """Tier priority first, then fair share (the lowest decayed usage relative to her tier's share), then first
     come, first served. Usage is rounded to a thousandth so that what accrues while two wait cannot reorder them
     by noise."""
@@ -200,6 +201,7 @@ def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Itera
         behind[waiter.resource] = [*ahead_owners, waiter.owner]
         open_slots = [s for s in capacity if s[1] == waiter.resource and s[0] not in closed]
         held = tuple(sorted(c.held_until for c in holds.values() if (c.node, c.resource) in open_slots
+                            and c.held_until is not None
                             for _ in range(taken.extra[c.owner])))
         result.waiting[waiter.owner] = Wait(
             waiter.owner, waiter.resource, waiter.count, offered=sum(capacity[s] for s in open_slots),
@@ -267,7 +269,7 @@ def equivalents(resource: str, count: int, weights: Mapping[str, float]) -> floa
     return weights.get(profile, 1.0) * count
 
 
-def capacity_of(nodes: Iterable[dict]) -> tuple[dict[Slot, int], frozenset[str]]:
+def capacity_of(nodes: Iterable[dict[str, Any]]) -> tuple[dict[Slot, int], frozenset[str]]:
     """Devices each node offers, and the nodes that take no new pod (cordoned or not Ready)."""
     capacity: dict[Slot, int] = {}
     closed = set()
@@ -282,22 +284,23 @@ def capacity_of(nodes: Iterable[dict]) -> tuple[dict[Slot, int], frozenset[str]]
     return capacity, frozenset(closed)
 
 
-def pinned_node(pod: dict) -> str | None:
+def pinned_node(pod: dict[str, Any]) -> str | None:
     """The node a pod is bound to, or the one node its required affinity allows."""
     spec = pod.get("spec") or {}
     if spec.get("nodeName"):
-        return spec["nodeName"]
+        return str(spec["nodeName"])
     required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
                 .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
     for term in required.get("nodeSelectorTerms") or []:
         for expr in (term.get("matchFields") or []) + (term.get("matchExpressions") or []):
             if expr.get("key") in ("metadata.name", "kubernetes.io/hostname") and expr.get("operator") == "In" \
                     and len(expr.get("values") or []) == 1:
-                return expr["values"][0]
-    return (spec.get("nodeSelector") or {}).get("kubernetes.io/hostname")
+                return str(expr["values"][0])
+    host = (spec.get("nodeSelector") or {}).get("kubernetes.io/hostname")
+    return str(host) if host is not None else None
 
 
-def pod_devices(pod: dict) -> list[tuple[str, int]]:
+def pod_devices(pod: dict[str, Any]) -> list[tuple[str, int]]:
     out = []
     for container in (pod.get("spec") or {}).get("containers") or []:
         for resource, qty in ((container.get("resources") or {}).get("limits") or {}).items():
@@ -306,12 +309,12 @@ def pod_devices(pod: dict) -> list[tuple[str, int]]:
     return out
 
 
-def owner_of(pod: dict) -> str:
+def owner_of(pod: dict[str, Any]) -> str:
     meta = pod["metadata"]
     return f"{meta.get('namespace')}/{(meta.get('labels') or {}).get(LABEL_WORKSPACE) or meta['name']}"
 
 
-def pod_claims(pods: Iterable[dict]) -> list[Claim]:
+def pod_claims(pods: Iterable[dict[str, Any]]) -> list[Claim]:
     """Devices of every pod that is bound or pinned to a node and not finished."""
     claims = []
     for pod in pods:
@@ -324,7 +327,7 @@ def pod_claims(pods: Iterable[dict]) -> list[Claim]:
     return claims
 
 
-def hold_claim(ws: dict, now: dt.datetime) -> Claim | None:
+def hold_claim(ws: dict[str, Any], now: dt.datetime) -> Claim | None:
     """The hold a stopped workspace's status records (holdNode, holdResource, holdCount, holdUntil), if
     it has not expired."""
     status = ws.get("status") or {}
@@ -336,7 +339,7 @@ def hold_claim(ws: dict, now: dt.datetime) -> Claim | None:
                  int(status.get("holdCount") or 1), held_until=until)
 
 
-def waiting_since(ws: dict) -> dt.datetime | None:
+def waiting_since(ws: dict[str, Any]) -> dt.datetime | None:
     return parse_time((ws.get("status") or {}).get("waitingSince"))
 
 
@@ -345,7 +348,7 @@ def format_waiting_since(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def releases_of(workspaces: Iterable[dict], now: dt.datetime) -> list[Release]:
+def releases_of(workspaces: Iterable[dict[str, Any]], now: dt.datetime) -> list[Release]:
     """What each workspace's status says about when its devices come free: a hold's expiry, or for a running one
     the nearer of its runtime deadline and idle deadline."""
     out = []
@@ -353,7 +356,7 @@ def releases_of(workspaces: Iterable[dict], now: dt.datetime) -> list[Release]:
         status = ws.get("status") or {}
         who = f"{username_of(ws['metadata']['namespace']) or ws['metadata']['namespace']}/{ws['metadata']['name']}"
         hold = hold_claim(ws, now)
-        if hold is not None:
+        if hold is not None and hold.held_until is not None:
             out.append(Release(hold.held_until, hold.node, hold.resource, hold.count, f"the hold of {who} expires"))
             continue
         gpu = (ws.get("spec") or {}).get("gpu") or {}

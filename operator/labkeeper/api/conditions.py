@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 __all__ = ["condition"]
 
 
-def condition(type_: str, status: bool, reason: str, message: str, previous: list[dict] | None = None,
-              now: dt.datetime | None = None) -> dict:
+def condition(type_: str, status: bool, reason: str, message: str, previous: list[dict[str, Any]] | None = None,
+              now: dt.datetime | None = None) -> dict[str, Any]:
     """A standard condition; keeps lastTransitionTime when the status did not change."""
     status_text = "True" if status else "False"
     for old in previous or []:

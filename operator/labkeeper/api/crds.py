@@ -87,13 +87,13 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def _mark_status(schema: dict, model: type[BaseModel]) -> dict:
+def _mark_status(schema: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
     # status is written by labkeeper's own controllers; keep fields a newer agent may add
     schema["x-kubernetes-preserve-unknown-fields"] = True
     return schema
 
 
-def openapi_schema(model: type[BaseModel]) -> dict:
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     schema = _resolve(raw, defs)
@@ -105,10 +105,10 @@ def openapi_schema(model: type[BaseModel]) -> dict:
     if "status" in properties:
         properties["status"] = _mark_status(properties["status"], model)
     schema["required"] = ["spec"]
-    return schema
+    return dict(schema)
 
 
-def crd(info: CrdInfo) -> dict:
+def crd(info: CrdInfo) -> dict[str, Any]:
     kind = info.kind
     columns = [{"name": name, "type": type_, "jsonPath": path} for name, type_, path in info.columns]
     columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})

@@ -110,7 +110,10 @@ _IGNORED_KEYS = {"shm_size"}  # docker's /dev/shm size; a workspace pod gets a m
 _DOCKER_UNITS = {"b": "", "k": "Ki", "m": "Mi", "g": "Gi", "t": "Ti"}
 
 
-def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+LineIndex = dict[tuple[str | int, ...], int]
+
+
+def _line_index(node: yaml.Node, path: tuple[str | int, ...] = (), out: LineIndex | None = None) -> LineIndex:
     """Each key path → the 1-based line it is written on, so a problem can point at it."""
     out = {} if out is None else out
     if isinstance(node, yaml.MappingNode):
@@ -145,7 +148,8 @@ def _ds01_duration(value: Any, unlimited: str | None = None) -> str:
     return format_duration(parse_duration(text))
 
 
-def _convert_limits(section: dict, where: tuple, lines: dict, problems: list, allowed: set[str]) -> dict:
+def _convert_limits(section: dict[str, Any], where: tuple[str | int, ...], lines: LineIndex,
+                    problems: list[tuple[int, str]], allowed: set[str]) -> dict[str, Any]:
     limits: dict[str, Any] = {}
     for key, value in section.items():
         line = lines.get((*where, key), lines.get(where, 0))
@@ -185,7 +189,7 @@ def read_ds01(text: str, source: str = "resource-limits.yaml") -> Ds01Import:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         raise ImportProblem(source, [((mark.line + 1) if mark else 0, f"not valid YAML: {err}")]) from err
-    if not isinstance(data, dict):
+    if root is None or not isinstance(data, dict):
         raise ImportProblem(source, [(1, "must be a mapping with defaults, groups and user_overrides")])
     lines = _line_index(root)
     notes: list[str] = []
@@ -205,7 +209,7 @@ def read_ds01(text: str, source: str = "resource-limits.yaml") -> Ds01Import:
     for key in _IGNORED_KEYS & set(defaults):
         notes.append(f"defaults.{key} has no labkeeper equivalent and was left out")
 
-    tiers: dict[str, dict] = {}
+    tiers: dict[str, dict[str, Any]] = {}
     members: dict[str, tuple[str, int]] = {}
     for group, section in (data.get("groups") or {}).items():
         line = lines[("groups", group)]
@@ -240,7 +244,7 @@ def read_ds01(text: str, source: str = "resource-limits.yaml") -> Ds01Import:
 
     default_tier = "default" if "default" not in tiers else "default-tier"
     tiers[default_tier] = {"priority": int(defaults.get("priority", 10) or 0) * 1000}
-    overrides: dict[str, dict] = {}
+    overrides: dict[str, dict[str, Any]] = {}
     for name, section in (data.get("user_overrides") or {}).items():
         line = lines[("user_overrides", name)]
         try:
@@ -290,7 +294,7 @@ def export_ds01(result: Ds01Import) -> str:
     """A labkeeper policy and its users written back as a DS01 resource-limits.yaml."""
     policy = result.policy
 
-    def limits(values: dict) -> dict:
+    def limits(values: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, target in _LIMIT_KEYS.items():
             if values.get(target) is None:
@@ -310,7 +314,7 @@ def export_ds01(result: Ds01Import) -> str:
     defaults["priority"] = policy.tiers[policy.default_tier].priority // 1000
     defaults["gpu_hold_after_stop"] = format_duration(policy.gpu_hold_after_stop)
     defaults["container_hold_after_stop"] = format_duration(policy.stopped_retention)
-    groups: dict[str, dict] = {}
+    groups: dict[str, dict[str, Any]] = {}
     for name, tier in policy.tiers.items():
         if name == policy.default_tier:
             continue

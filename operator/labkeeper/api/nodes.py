@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Collection
+from typing import Any
 
 from labkeeper.api.conditions import condition
 from labkeeper.api.units import format_size
@@ -30,14 +31,14 @@ def stale_finalizers(finalizers: list[str], nodes: Collection[str]) -> list[str]
     return [f for f in finalizers if f.startswith(AGENT_FINALIZER_PREFIX) and f not in live]
 
 
-def tree_summary(nodes: list[dict], previous: list[dict], now: dt.datetime) -> dict:
+def tree_summary(nodes: list[dict[str, Any]], previous: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any]:
     """phase, sizeBytes, lastCleanup and conditions of a shared tree from every node's entry, so that they read
     the same whichever node's agent wrote last."""
     failed = [n for n in nodes if n.get("state") == "Failed"]
     fallback = [n.get("node", "?") for n in nodes if n.get("aclSupported") is False]
     ranked = sorted(nodes, key=lambda n: (-ALERT_RANK.get(n.get("diskAlert") or "OK", 0), n.get("node", "")))
     worst = (ranked[0].get("diskAlert") or "OK") if ranked else "OK"
-    summary: dict = {"phase": "Failed" if failed else "Ready"}
+    summary: dict[str, Any] = {"phase": "Failed" if failed else "Ready"}
     sizes = [n["sizeBytes"] for n in nodes if n.get("sizeBytes") is not None]
     if sizes:
         # one figure for the tree: on shared storage every node measures the same files, on local disks the
@@ -61,5 +62,5 @@ def tree_summary(nodes: list[dict], previous: list[dict], now: dt.datetime) -> d
     return summary
 
 
-def _joined(nodes: list[dict], text: Callable[[dict], str]) -> str:
+def _joined(nodes: list[dict[str, Any]], text: Callable[[dict[str, Any]], str]) -> str:
     return "; ".join(f"{n.get('node', '?')}: {text(n)}" for n in nodes)[:4000]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     AfterValidator,
@@ -11,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -35,7 +38,7 @@ from labkeeper.api.names import (
 from labkeeper.api.units import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict:
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
@@ -44,7 +47,7 @@ def cel(rule: str, message: str, *, field_path: str | None = None, reason: str |
     return entry
 
 
-def validations(*rules: dict) -> dict:
+def validations(*rules: dict[str, Any]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
@@ -62,9 +65,10 @@ class Model(BaseModel):
             values = getattr(self, name)
             if not values or list_type not in ("set", "map"):
                 continue
-            keys = [getattr(v, k) for v in values for k in extra["x-kubernetes-list-map-keys"]] \
+            map_keys: list[str] = list(extra.get("x-kubernetes-list-map-keys") or [])  # type: ignore[arg-type]
+            keys = [getattr(v, k) for v in values for k in map_keys] \
                 if list_type == "map" else list(values)
-            seen: set = set()
+            seen: set[Any] = set()
             for index, key in enumerate(keys):
                 if key in seen:
                     raise ValueError(f"{to_camel(name)}[{index}]: duplicate entry {key!r}")
@@ -85,7 +89,7 @@ MAX_RUNTIME_CEILING = "720h"
 KEEP_ALIVE_CEILING = "168h"
 
 
-def _within(floor: str, ceiling: str):
+def _within(floor: str, ceiling: str) -> Callable[[str], str]:
     def check(value: str) -> str:
         if not parse_duration(floor) <= parse_duration(value) <= parse_duration(ceiling):
             raise ValueError(f"{value!r} must be between {floor} and {ceiling} (no tier allows more)")
@@ -127,7 +131,7 @@ DnsName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
 GroupName = Annotated[str, Field(pattern=USERNAME_PATTERN, max_length=32)]
 
 
-def _cel_list(names) -> str:
+def _cel_list(names: Iterable[str]) -> str:
     return "[" + ", ".join(f"'{n}'" for n in sorted(names)) + "]"
 
 
@@ -313,7 +317,7 @@ class GPUUserStatus(Status):
 class Resource(Model):
     """A whole object as `kubectl apply` sends it: apiVersion, kind, metadata, spec, status."""
 
-    api_version: Literal["labkeeper.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: str = Field(default=API_VERSION, alias="apiVersion", pattern=f"^{re.escape(API_VERSION)}$")
     kind: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -331,7 +335,7 @@ class Resource(Model):
     def name(self) -> str:
         return str(self.metadata.get("name", ""))
 
-    def manifest(self) -> dict:
+    def manifest(self) -> dict[str, Any]:
         """The object as YAML/JSON for kubectl or server-side apply: camelCase, no status, no unset fields."""
         return self.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"status"})
 
@@ -367,7 +371,7 @@ class Cleanup(Model):
 
 
 # the API server checks a default against the CEL rules before nested defaults apply, so it is spelled out
-DEFAULT_ALERTS = {"warnPercent": 80, "criticalPercent": 95}
+DEFAULT_ALERTS: dict[str, JsonValue] = {"warnPercent": 80, "criticalPercent": 95}
 
 
 class SharedCacheSpec(Model):
@@ -445,6 +449,17 @@ class GpuRequest(Model):
         return self
 
 
+if TYPE_CHECKING:  # to a type checker each is the string it holds; pydantic sees the pattern and the bounds
+    IdleTimeout: TypeAlias = str
+    MaxRuntime: TypeAlias = str
+    KeepAliveFor: TypeAlias = str
+else:
+    IdleTimeout = go_duration(IDLE_TIMEOUT_CEILING, what="stop after idling this long, within the user's entitlement; ")
+    MaxRuntime = go_duration(MAX_RUNTIME_CEILING, what="stop after running this long in total, within the "
+                             "user's entitlement; ")
+    KeepAliveFor = go_duration(KEEP_ALIVE_CEILING, what="self-service: count the workspace as active for this long "
+                               "after its last activity, capped by the policy's keepAliveMax; ")
+
 BATCH_NEEDS_COMMAND = ("spec.command is required when spec.mode is Batch: the run's command, "
                        "e.g. [python, train.py]")
 
@@ -476,12 +491,9 @@ class WorkspaceSpec(Model):
                                                description="ModelStores to mount; absent: all")
     toolchains: list[DnsName] = Field(default_factory=list, max_length=16,
                                       json_schema_extra={"x-kubernetes-list-type": "set"})
-    idle_timeout: go_duration(IDLE_TIMEOUT_CEILING, what="stop after idling this long, within the user's "
-                              "entitlement; ") | None = None
-    max_runtime: go_duration(MAX_RUNTIME_CEILING, what="stop after running this long in total, within the "
-                             "user's entitlement; ") | None = None
-    keep_alive: go_duration(KEEP_ALIVE_CEILING, what="self-service: count the workspace as active for this long "
-                            "after its last activity, capped by the policy's keepAliveMax; ") | None = None
+    idle_timeout: IdleTimeout | None = None
+    max_runtime: MaxRuntime | None = None
+    keep_alive: KeepAliveFor | None = None
     keep_alive_until: dt.datetime | None = Field(
         default=None, description="postpone idle culling until this time; the operator caps it at keepAliveMax")
 

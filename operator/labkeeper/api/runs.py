@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from labkeeper.api.units import parse_time
 
@@ -17,7 +18,7 @@ KILLED = {"OOMKilled": "killed for running out of memory (its memory limit)",
           "ContainerCannotRun": "could not be started"}
 
 
-def is_batch(ws: dict) -> bool:
+def is_batch(ws: dict[str, Any]) -> bool:
     return ((ws.get("spec") or {}).get("mode") or "Interactive") == BATCH
 
 
@@ -30,7 +31,7 @@ class RunEnd:
     finished_at: dt.datetime | None
 
 
-def run_end(pod: dict | None) -> RunEnd | None:
+def run_end(pod: dict[str, Any] | None) -> RunEnd | None:
     """The end of the run whose pod this is; None while its command has not ended (a pod whose phase is not
     Succeeded or Failed still holds its devices, so the run is not over for the lab either)."""
     status = (pod or {}).get("status") or {}

@@ -7,6 +7,7 @@ told why. A tree in one of the agent's own top-level directories is left out the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = ["RESERVED_TOP_DIRS", "TREE_KINDS", "tree_conflicts"]
 
@@ -19,7 +20,7 @@ def _parts(path: str) -> tuple[str, ...]:
     return tuple(p for p in str(path).split("/") if p)
 
 
-def tree_conflicts(trees: Mapping[str, Iterable[dict]]) -> dict[tuple[str, str], str]:
+def tree_conflicts(trees: Mapping[str, Iterable[dict[str, Any]]]) -> dict[tuple[str, str], str]:
     """(kind, name) → why that tree is left out, for every tree that may not have its path: {kind: objects}.
 
     Trees are taken in the order they were created (creationTimestamp, then kind, then name), so a new tree

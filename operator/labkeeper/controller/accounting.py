@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -54,11 +55,11 @@ class Accountant:
         return True
 
     # ---- metrics ---------------------------------------------------------------------------------------------
-    def describe(self):
+    def describe(self) -> list[Any]:
         # registering must not read the API (the registry would call collect() to learn the names)
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Any]:
         """Prometheus families computed at scrape time from the same figures `labctl admin report` prints; an API
         hiccup costs this scrape these families, never the whole /metrics."""
         try:
@@ -70,7 +71,7 @@ class Accountant:
             return
         yield from self._families(users, workspaces, nodes)
 
-    def _families(self, users: list[dict], workspaces: list[dict], nodes: list[dict]):
+    def _families(self, users: list[dict[str, Any]], workspaces: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         now = self.clock()
@@ -101,9 +102,9 @@ class Accountant:
             decayed.add_metric([rep.user, rep.tier], rep.decayed_gpu_hours)
             relative.add_metric([rep.user, rep.tier], rep.relative_usage)
             for q in (50, 95):
-                value = api_accounting.percentile(recent[rep.user].waits, q)
-                if value is not None:
-                    wait_q.add_metric([rep.user, str(q / 100)], value)
+                wait = api_accounting.percentile(recent[rep.user].waits, q)
+                if wait is not None:
+                    wait_q.add_metric([rep.user, str(q / 100)], wait)
         queued = GaugeMetricFamily("labkeeper_workspaces_waiting", "workspaces waiting for a device", labels=["user"])
         per_user: dict[str, int] = {}
         for ws in workspaces:

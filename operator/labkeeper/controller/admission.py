@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
@@ -39,7 +40,7 @@ class LabView:
         return api_admission.decide(self.capacity, self.claims, self.waiters, self.closed)
 
 
-def owner_key(ws: dict) -> str:
+def owner_key(ws: dict[str, Any]) -> str:
     return f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
 
 
@@ -50,13 +51,13 @@ class Admissions:
         # one decision (and the pod it admits) at a time, for the whole lab
         self.lock = threading.Lock()
 
-    def tier_of(self, user: dict | None) -> tuple[int, bool]:
+    def tier_of(self, user: dict[str, Any] | None) -> tuple[int, bool]:
         """The tier's priority and whether it may preempt; an unknown tier waits behind every known one."""
         policy = self.policy.current
         tier = policy.tiers.get(((user or {}).get("spec") or {}).get("tier") or policy.default_tier)
         return (tier.priority, tier.preempt) if tier is not None else (0, False)
 
-    def waiter(self, ws: dict, user: dict | None, since: dt.datetime,
+    def waiter(self, ws: dict[str, Any], user: dict[str, Any] | None, since: dt.datetime,
                usage: float = 0.0) -> api_admission.Waiter | None:
         gpu = (ws.get("spec") or {}).get("gpu") or {}
         profile = gpu.get("profile") or "none"
@@ -66,7 +67,7 @@ class Admissions:
         return api_admission.Waiter(owner_key(ws), gpu_resource(profile), int(gpu.get("count") or 1), priority,
                                     since, preempt, usage)
 
-    def view(self, now: dt.datetime, *, me: dict | None = None, my_since: dt.datetime | None = None) -> LabView:
+    def view(self, now: dt.datetime, *, me: dict[str, Any] | None = None, my_since: dt.datetime | None = None) -> LabView:
         """The whole lab as admission sees it; `me`, a workspace asking now, waits since `my_since`."""
         capacity, closed = api_admission.capacity_of(self.kube.list("Node"))
         # every pod, not only the lab's: a device taken by anyone else (an operator's validator, an admin's

@@ -12,11 +12,12 @@ import base64
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from labkeeper.api.names import LABEL_MANAGED, LABEL_USER, MANAGED_BY, kubeconfig_secret, namespace_for
@@ -47,6 +48,8 @@ def new_key_pem() -> bytes:
 
 def csr_pem(username: str, key_pem: bytes, group: str) -> bytes:
     key = serialization.load_pem_private_key(key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"the key for {username} is a {type(key).__name__}, not an EC or RSA key")
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, USERS_GROUP),
                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, group),
                          x509.NameAttribute(NameOID.COMMON_NAME, username)])
@@ -100,7 +103,7 @@ class Credentials:
         self.endpoint = endpoint
         self.identity = operator_identity
 
-    def ensure(self, user: dict, now: dt.datetime, group: str) -> CredentialState:
+    def ensure(self, user: dict[str, Any], now: dt.datetime, group: str) -> CredentialState:
         """A valid certificate in `group`; one of an earlier incarnation (another group) is replaced."""
         username = user["metadata"]["name"]
         name = kubeconfig_secret(username)
@@ -140,7 +143,7 @@ class Credentials:
     def revoke(self, username: str) -> None:
         self.kube.delete("Secret", kubeconfig_secret(username), self.namespace)
 
-    def _csr(self, user: dict, name: str, key: bytes, group: str) -> dict:
+    def _csr(self, user: dict[str, Any], name: str, key: bytes, group: str) -> dict[str, Any]:
         username = user["metadata"]["name"]
         return {
             "apiVersion": "certificates.k8s.io/v1",
@@ -155,7 +158,7 @@ class Credentials:
             },
         }
 
-    def _approve(self, request: dict) -> None:
+    def _approve(self, request: dict[str, Any]) -> None:
         conditions = (request.get("status") or {}).get("conditions") or []
         if any(c.get("type") in ("Approved", "Denied") for c in conditions):
             return
@@ -169,7 +172,7 @@ class Credentials:
         }]}
         self.kube.replace_subresource("CertificateSigningRequest", body, "approval")
 
-    def _write_secret(self, user: dict, data: dict[str, bytes]) -> None:
+    def _write_secret(self, user: dict[str, Any], data: dict[str, bytes]) -> None:
         username = user["metadata"]["name"]
         self.kube.apply({
             "apiVersion": "v1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from labkeeper.api.units import format_time, human_duration, parse_time
 
@@ -16,7 +17,7 @@ class Warning:
     message: str
     since: dt.datetime | None
 
-    def as_status(self, now: dt.datetime) -> dict:
+    def as_status(self, now: dt.datetime) -> dict[str, Any]:
         return {"key": self.key, "reason": self.reason, "message": self.message, "at": format_time(now),
                 "since": format_time(self.since)}
 
@@ -26,15 +27,15 @@ class KeepAlive:
     """The keep-alive in force and, when a request asked for more than the policy's keepAliveMax, why not."""
 
     until: dt.datetime | None  # in force until then; None when no keep-alive is in force now
-    grant: dict | None  # status.keepAliveGrant: spec.keepAliveUntil as seen, and what was granted for it
+    grant: dict[str, Any] | None  # status.keepAliveGrant: spec.keepAliveUntil as seen, and what was granted for it
     capped: str | None
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {"keepAliveUntil": format_time(self.until), "keepAliveGrant": self.grant}
 
 
 def keep_alive_in_force(*, requested_until: dt.datetime | None, requested_for: dt.timedelta | None,
-                        last_active: dt.datetime, grant: dict | None, now: dt.datetime,
+                        last_active: dt.datetime, grant: dict[str, Any] | None, now: dt.datetime,
                         cap: dt.timedelta) -> KeepAlive:
     """spec.keepAliveUntil counts from when the operator first saw it and spec.keepAlive from the last activity;
     each is cut to the policy's cap. The grant for a keepAliveUntil is remembered in status, so the cap is
@@ -74,7 +75,7 @@ class EnforcementClock:
     keep_alive_refused: str | None
     keep_alive: KeepAlive | None = None
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         # a workspace kept active by spec.keepAlive is not idle yet: no idleSince in the future
         idle_since = self.idle_since if self.idle_since <= self.now else None
         return {"idleSince": format_time(idle_since), "idleDeadline": format_time(self.idle_deadline),
@@ -109,10 +110,11 @@ class EnforcementClock:
         return None
 
     def stop_message(self, reason: str) -> str:
-        if reason == "MaxRuntime":
+        if reason == "MaxRuntime" and self.max_runtime is not None:
             return f"stopped: total runtime {human_duration(self.runtime)} reached the {human_duration(self.max_runtime)} limit"
+        limit = human_duration(self.idle_timeout) if self.idle_timeout is not None else "none"
         return (f"stopped: idle for {human_duration(self.now - self.idle_since)} "
-                f"(limit {human_duration(self.idle_timeout)}; {self.activity_reason or 'no activity seen'})")
+                f"(limit {limit}; {self.activity_reason or 'no activity seen'})")
 
     def next_check(self, now: dt.datetime, idle_fractions: Sequence[float],
                    runtime_fractions: Sequence[float], ceiling: float = 60.0) -> float:
@@ -130,7 +132,7 @@ class EnforcementClock:
         return max(0.2, min([ceiling, *ahead]))
 
 
-def enforcement_clock(status: dict, desired: dict, now: dt.datetime, started_at: dt.datetime,
+def enforcement_clock(status: dict[str, Any], desired: dict[str, Any], now: dt.datetime, started_at: dt.datetime,
                       idle_timeout: dt.timedelta | None, max_runtime: dt.timedelta | None, *,
                       keep_alive_until: dt.datetime | None, keep_alive_cap: dt.timedelta,
                       keep_alive: dt.timedelta | None = None) -> EnforcementClock:

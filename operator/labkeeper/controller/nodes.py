@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -47,13 +48,13 @@ class NodePruner:
             log.info("nodes gone: pruned %s; finalizers %s", pruned.entries, pruned.finalizers)
         return pruned
 
-    def _prune(self, kind: str, obj: dict, nodes: set[str], pruned: Pruned) -> None:
+    def _prune(self, kind: str, obj: dict[str, Any], nodes: set[str], pruned: Pruned) -> None:
         meta, status = obj["metadata"], obj.get("status") or {}
         name = meta["name"]
         entries = status.get("nodes") or []
         kept = [n for n in entries if n.get("node") in nodes]
         if len(kept) != len(entries):
-            patch: dict = {"nodes": kept}
+            patch: dict[str, Any] = {"nodes": kept}
             if kind in TREE_KINDS:
                 # the top level is derived from the entries: a Failed entry of a node that is gone fails nothing
                 patch |= tree_summary(kept, status.get("conditions") or [], self.clock())

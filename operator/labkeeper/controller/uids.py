@@ -5,6 +5,7 @@ given is never given again, offboarded or not."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -40,7 +41,7 @@ class UidLedger:
         self.namespace = namespace
         self.range = uid_range
 
-    def _load(self) -> dict:
+    def _load(self) -> dict[str, Any]:
         ledger = self.kube.get("ConfigMap", LEDGER_NAME, self.namespace)
         if ledger is None:
             try:
@@ -54,6 +55,8 @@ class UidLedger:
                 if not is_conflict(err):
                     raise
                 ledger = self.kube.get("ConfigMap", LEDGER_NAME, self.namespace)
+        if ledger is None:  # created and deleted again between two reads
+            raise RuntimeError(f"ConfigMap {self.namespace}/{LEDGER_NAME} vanished while being created")
         return ledger
 
     def lookup(self, username: str) -> int | None:

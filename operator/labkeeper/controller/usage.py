@@ -7,6 +7,8 @@ status write."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -19,7 +21,7 @@ from labkeeper.render.pod import LABEL_ROLE, LABEL_WORKSPACE
 MANAGED_PODS = f"{LABEL_MANAGED}={MANAGED_BY}"
 
 
-def usage_of(pods: list[dict], workspaces: list[dict], weights: dict[str, float], now: dt.datetime) -> dict:
+def usage_of(pods: list[dict[str, Any]], workspaces: list[dict[str, Any]], weights: dict[str, float], now: dt.datetime) -> dict[str, Any]:
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
     gpus = sum(api_admission.equivalents(r, n, weights) for p in live for r, n in api_admission.pod_devices(p))
@@ -35,7 +37,7 @@ def usage_of(pods: list[dict], workspaces: list[dict], weights: dict[str, float]
 
 
 class UsageWriter:
-    def __init__(self, kube: Kube, policy: PolicyStore, clock) -> None:
+    def __init__(self, kube: Kube, policy: PolicyStore, clock: Callable[[], dt.datetime]) -> None:
         self.kube = kube
         self.policy = policy
         self.clock = clock

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from labkeeper.api.kinds import GROUP
 from labkeeper.api.names import LABEL_MANAGED as LABEL_MANAGED
@@ -28,7 +29,7 @@ def access_group(username: str, incarnation: str) -> str:
     return f"labkeeper:{username}:{incarnation}"
 
 
-def _group_subject(group: str) -> list[dict]:
+def _group_subject(group: str) -> list[dict[str, Any]]:
     return [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]
 
 
@@ -59,14 +60,14 @@ def _labels(username: str) -> dict[str, str]:
     return {LABEL_USER: username, LABEL_MANAGED: MANAGED_BY}
 
 
-def namespace(username: str, owner: dict | None = None) -> dict:
-    meta: dict = {"name": namespace_for(username), "labels": _labels(username)}
+def namespace(username: str, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": namespace_for(username), "labels": _labels(username)}
     if owner:
         meta["ownerReferences"] = [owner]
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
 
-def user_role(username: str) -> dict:
+def user_role(username: str) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -84,7 +85,7 @@ def user_role(username: str) -> dict:
     }
 
 
-def user_role_binding(username: str, group: str) -> dict:
+def user_role_binding(username: str, group: str) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
@@ -98,10 +99,10 @@ def self_reader_name(username: str) -> str:
     return f"labkeeper-user:{username}"
 
 
-def self_reader_role(username: str, group: str, owner: dict | None = None) -> tuple[dict, dict]:
+def self_reader_role(username: str, group: str, owner: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A ClusterRole + binding that lets the user read her own GPUUser and nothing else cluster-wide."""
     name = self_reader_name(username)
-    meta: dict = {"name": name, "labels": _labels(username)}
+    meta: dict[str, Any] = {"name": name, "labels": _labels(username)}
     if owner:
         meta["ownerReferences"] = [owner]
     role = {
@@ -126,7 +127,7 @@ def workspace_object_cap(max_running: int) -> int:
     return max(10, 3 * max_running)
 
 
-def resource_quota(access: Access) -> dict:
+def resource_quota(access: Access) -> dict[str, Any]:
     """Hard caps the API enforces on its own; the weighted GPU-equivalent cap is the operator's job."""
     hard = {
         "requests.cpu": access.cpu,
@@ -150,7 +151,7 @@ def resource_quota(access: Access) -> dict:
     }
 
 
-def priority_quota(access: Access) -> dict:
+def priority_quota(access: Access) -> dict[str, Any]:
     """Pods in the user's namespace may only use the tier's PriorityClass (or the hold class)."""
     return {
         "apiVersion": "v1",
@@ -167,7 +168,7 @@ def priority_quota(access: Access) -> dict:
     }
 
 
-def limit_range(access: Access) -> dict:
+def limit_range(access: Access) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "LimitRange",
@@ -182,7 +183,7 @@ def limit_range(access: Access) -> dict:
     }
 
 
-def priority_class(name: str, value: int, *, preempt: bool, description: str) -> dict:
+def priority_class(name: str, value: int, *, preempt: bool, description: str) -> dict[str, Any]:
     return {
         "apiVersion": "scheduling.k8s.io/v1",
         "kind": "PriorityClass",

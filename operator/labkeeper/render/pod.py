@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from labkeeper.api.names import LABEL_MANAGED, LABEL_USER, MANAGED_BY
 from labkeeper.api.names import LABEL_ROLE as LABEL_ROLE
@@ -34,7 +35,7 @@ class Mount:
 class PodInputs:
     workspace: str
     namespace: str
-    owner: dict
+    owner: dict[str, Any]
     username: str
     uid: int
     gid: int
@@ -81,8 +82,8 @@ def _volume_name(prefix: str, name: str) -> str:
     return f"{plain.replace('.', '-')[:52].rstrip('-')}-{digest}"
 
 
-def workspace_pod(inputs: PodInputs) -> dict:
-    env: list[dict] = [
+def workspace_pod(inputs: PodInputs) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
         {"name": "HOME", "value": f"/home/{inputs.username}"},
         {"name": "USER", "value": inputs.username},
         {"name": "LABKEEPER_WORKSPACE", "value": inputs.workspace},
@@ -90,11 +91,11 @@ def workspace_pod(inputs: PodInputs) -> dict:
     if inputs.gpu_profile == "none":
         # the nvidia runtime would otherwise expose every GPU to a pod that asked for none
         env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
-    volumes: list[dict] = [
+    volumes: list[dict[str, Any]] = [
         {"name": "home", "hostPath": {"path": inputs.home_host_path, "type": "Directory"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": inputs.shm_size}},
     ]
-    mounts: list[dict] = [
+    mounts: list[dict[str, Any]] = [
         {"name": "home", "mountPath": f"/home/{inputs.username}"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
@@ -118,7 +119,7 @@ def workspace_pod(inputs: PodInputs) -> dict:
             seen_env.add(key)
 
     resources = {"cpu": inputs.cpu, "memory": inputs.memory, **gpu_limits(inputs.gpu_profile, inputs.gpu_count)}
-    container: dict = {
+    container: dict[str, Any] = {
         "name": "workspace",
         "image": inputs.image,
         "env": env,
@@ -139,7 +140,7 @@ def workspace_pod(inputs: PodInputs) -> dict:
         container["command"] = list(inputs.command)
     if inputs.args:
         container["args"] = list(inputs.args)
-    spec: dict = {
+    spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
         "restartPolicy": "Never" if inputs.batch else "Always",
