@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEV_DIR ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: dev down test e2e image-test unit lint bench reliability deps venv bin crds chart image clean help
+.PHONY: dev down test e2e image-test unit lint bench bench-scale labweek reliability deps venv bin crds chart image clean help
 
 help:
 	@echo "make dev    - local control plane + operator + agent on a sandbox host root, examples applied"
@@ -65,6 +65,14 @@ down:
 
 bench: deps venv bin
 	$(PY) bench/run.py
+
+# a department-sized lab on kwok (100 nodes, 1000 users, 10 000 workspaces); under 40 min on 2 cores, not in make test
+bench-scale: deps venv bin
+	$(PY) bench/scale.py $(BENCH_ARGS)
+
+# a lab's week under DS01's rules (simulated) and under the real operator on an accelerated clock (~30 min)
+labweek: deps venv bin
+	$(PY) bench/labweek.py $(BENCH_ARGS)
 
 reliability: deps venv bin
 	LABKEEPER_RELIABILITY_FULL=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
