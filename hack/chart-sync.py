@@ -117,6 +117,7 @@ def hand_written_schema() -> dict:
                                  "not": {"enum": ["/etc", "/proc", "/sys", "/home", "/usr", "/var", "/boot"]}},
                     "runtimeClassName": _str,
                     "activitySampling": _bool,
+                    "sampler": {"type": "string", "pattern": r"^(nvml|none|file:/.*[^/])$"},
                     "logLevel": _log_level,
                     "extraArgs": {"type": "array", "items": _str},
                     "extraEnv": _list,

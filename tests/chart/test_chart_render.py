@@ -174,6 +174,23 @@ def test_a_changed_policy_rolls_the_agents_and_an_operator_tweak_does_not(render
 def test_without_activity_sampling_the_agent_sees_no_host_processes(render):
     ds = render({"agent": {"activitySampling": False}}).one("DaemonSet", "labkeeper-agent")
     assert set(host_paths(ds)) == {"/etc", "/home", "/data"}
+    assert not [a for a in container(ds, "agent")["args"] if a.startswith(("--proc-root", "--cgroup-root"))]
+
+
+def test_the_agent_samples_from_the_host_proc_and_cgroups_where_they_are_mounted(render):
+    ds = render().one("DaemonSet", "labkeeper-agent")
+    args = container(ds, "agent")["args"]
+    mounted = {p: m["mountPath"] for p, m in host_paths(ds).items()}
+    # the agent's own /proc and cgroup tree show its own container only: it must read the host's mounts
+    assert f"--proc-root={mounted['/proc']}" in args and f"--cgroup-root={mounted['/sys/fs/cgroup']}" in args
+    assert "--sampler=nvml" in args
+
+
+def test_a_file_sampler_gets_its_directory_mounted_read_only_at_the_same_path(render):
+    ds = render({"agent": {"sampler": "file:/run/fake-nvml/gpus.json"}}).one("DaemonSet", "labkeeper-agent")
+    assert "--sampler=file:/run/fake-nvml/gpus.json" in container(ds, "agent")["args"]
+    mount = host_paths(ds)["/run/fake-nvml"]
+    assert mount["mountPath"] == "/run/fake-nvml" and mount["readOnly"] is True
 
 
 def test_without_an_agent_there_is_no_daemonset_and_no_agent_account(render):

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from labkeeper.testing.devices import MigDevice, mig_devices
+from labkeeper.testing.devices import MigDevice, cgroup_pids, fake_nvml, mig_devices
 
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
@@ -204,14 +204,34 @@ class FakeNvidiaDevicePlugin:
         self.plugins.clear()
 
 
+def write_activity_file(path: Path, devices: Sequence[MigDevice], pids_cgroup: Path | None) -> None:
+    """NVML's view of the node as an activity file, replaced atomically so the agent never reads half of it."""
+    doc = fake_nvml(devices, cgroup_pids(pids_cgroup) if pids_cgroup else ())
+    text = json.dumps(doc, sort_keys=True)
+    try:
+        if path.read_text() == text:
+            return
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.rename(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serves the devices of a MIG layout until SIGTERM, registering again whenever the kubelet's socket
-    is created anew (a restarted kubelet forgets its plugins, as NVIDIA's plugin also handles)."""
+    is created anew (a restarted kubelet forgets its plugins, as NVIDIA's plugin also handles). With
+    `--activity-file` it also plays NVML: every half second it writes the GPU, its MIG instances and the GPU
+    processes of the containers in `--pids-cgroup` to that file (`labkeeper.testing.devices.fake_nvml`)."""
     parser = argparse.ArgumentParser(prog="python -m labkeeper.testing.deviceplugin")
     parser.add_argument("--plugin-dir", required=True, type=Path, help="the kubelet's device-plugins directory")
     parser.add_argument("--layout", required=True, help='MIG layout as JSON, e.g. {"1g.10gb": 2}')
+    parser.add_argument("--activity-file", type=Path, help="write NVML's view here (docs/activity-file.md)")
+    parser.add_argument("--pids-cgroup", type=Path, help="the cgroup (pids controller) holding the node's containers")
     args = parser.parse_args(argv)
     devices = mig_devices(json.loads(args.layout))
+    if args.activity_file:
+        write_activity_file(args.activity_file, devices, args.pids_cgroup)  # before any agent looks for it
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -229,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             plugin = FakeNvidiaDevicePlugin(args.plugin_dir, devices).start()
             registered_to = current
             print(f"registered {len(devices)} devices with the kubelet at {kubelet}", flush=True)
+        if args.activity_file:
+            try:
+                write_activity_file(args.activity_file, devices, args.pids_cgroup)
+            except OSError as err:
+                print(f"activity file {args.activity_file}: {err}", flush=True)
         stopping.wait(0.5)
     if plugin is not None:
         plugin.stop()

@@ -211,28 +211,64 @@ def pause_image(cache: Path | None = None) -> Image:
     return docker_archive(rootfs, "labkeeper.local/pause", config, cache)
 
 
-PRODUCT_SOURCES = ("Dockerfile", "pyproject.toml", "README.md", "operator", "hack/image.sh", "hack/image-base.sh")
+# what the Dockerfile's build depends on besides the package's own sources (README only feeds the metadata)
+PRODUCT_BASE_SOURCES = ("Dockerfile", "pyproject.toml", "hack/image.sh", "hack/image-base.sh")
+PACKAGE = "labkeeper"
+_SITE_PACKAGES_MARKER = f"/site-packages/{PACKAGE}/__init__.py"
 
 
-def product_image(repo: Path, cache: Path | None = None) -> Image:
-    """labkeeper's own image from the Dockerfile (`make image`, buildah), as a docker-archive in the cache,
-    keyed by the hash of what goes into it; a warm cache builds nothing. A cold build writes about 7 GB
-    through buildah's vfs driver."""
-    h = hashlib.sha256(RECIPE_VERSION.encode())
-    for source in PRODUCT_SOURCES:
+def _hash_paths(repo: Path, sources: Sequence[str], h=None):
+    h = h or hashlib.sha256(RECIPE_VERSION.encode())
+    for source in sources:
         root = repo / source
         paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for path in paths:
             if "__pycache__" in path.parts or not path.exists():
                 continue
             h.update(str(path.relative_to(repo)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h
+
+
+def _package_files(repo: Path) -> list[Path]:
+    """The files pip installs from operator/labkeeper: its modules and py.typed."""
+    root = repo / "operator" / PACKAGE
+    return sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                  and (p.suffix == ".py" or p.name == "py.typed"))
+
+
+def product_image(repo: Path, cache: Path | None = None) -> Image:
+    """labkeeper's own image: the Dockerfile built with buildah (`make image`), then the labkeeper package in it
+    replaced by this tree's sources as one more layer. The Dockerfile's build is cached by the hash of what it
+    depends on besides the package (Dockerfile, pyproject.toml, the build scripts): a cold build writes about
+    7 GB through buildah's vfs driver and takes minutes, and the package changes with every commit under
+    operator/, so a change there costs only a new top layer (a second). The layer hides the installed package
+    directory (an opaque whiteout) and puts the sources there, as `pip install` would have put them, without
+    byte-compiled files (the image runs with PYTHONDONTWRITEBYTECODE; modules compile in memory)."""
+    cache = cache or cache_root()
+    base_key = _hash_paths(repo, PRODUCT_BASE_SOURCES).hexdigest()[:16]
+    files = _package_files(repo)
+    h = hashlib.sha256(base_key.encode())
+    for path in files:
+        h.update(str(path.relative_to(repo)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     tag = h.hexdigest()[:16]
     name = f"localhost/labkeeper/labkeeper:{tag}"
-    cache = cache or cache_root()
     tarball = cache / f"labkeeper-{tag}.tar"
     if tarball.exists():
         return Image(name, tarball)
     cache.mkdir(parents=True, exist_ok=True)
+    base = _product_base(repo, base_key, cache)
+    partial = tarball.with_suffix(f".partial-{os.getpid()}")
+    _with_package_layer(base, repo, files, name, partial)
+    partial.rename(tarball)
+    return Image(name, tarball)
+
+
+def _product_base(repo: Path, key: str, cache: Path) -> Path:
+    """The Dockerfile's image as a docker-archive, built once per base key."""
+    tarball = cache / f"labkeeper-base-{key}.tar"
+    if tarball.exists():
+        return tarball
+    name = f"localhost/labkeeper/labkeeper-base:{key}"
     subprocess.run(["bash", str(repo / "hack" / "image.sh")], check=True, cwd=repo, env={**os.environ, "IMAGE": name},
                    stdout=subprocess.DEVNULL)
     storage = ["--storage-driver", os.environ.get("BUILDAH_STORAGE_DRIVER", "vfs")]
@@ -240,4 +276,55 @@ def product_image(repo: Path, cache: Path | None = None) -> Image:
     subprocess.run(["buildah", *storage, "push", "--quiet", name, f"docker-archive:{partial}:{name}"], check=True,
                    stdout=subprocess.DEVNULL)
     partial.rename(tarball)
-    return Image(name, tarball)
+    return tarball
+
+
+def _with_package_layer(base: Path, repo: Path, files: Sequence[Path], name: str, out: Path) -> None:
+    """`base` (a docker-archive) plus a layer that replaces its installed labkeeper package with `files`."""
+    with tarfile.open(base) as archive:
+        manifest = json.loads(archive.extractfile("manifest.json").read())[0]
+        config = json.loads(archive.extractfile(manifest["Config"]).read())
+        package_dir = None
+        for layer_name in reversed(manifest["Layers"]):
+            with tarfile.open(fileobj=archive.extractfile(layer_name)) as layer:
+                for member in layer:
+                    if member.name.endswith(_SITE_PACKAGES_MARKER):
+                        package_dir = member.name.removesuffix("/__init__.py").lstrip("./")
+                        break
+            if package_dir:
+                break
+        if package_dir is None:
+            raise RuntimeError(f"{base}: no installed {PACKAGE} package (…{_SITE_PACKAGES_MARKER}) in any layer")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as layer:
+            source_root = repo / "operator" / PACKAGE
+            directories = {package_dir} | {f"{package_dir}/{p.parent.relative_to(source_root)}".rstrip("/.")
+                                           for p in files}
+            for directory in sorted(directories):
+                info = tarfile.TarInfo(directory)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                layer.addfile(info)
+            # an opaque whiteout: nothing of the installed package shows through, so a removed module is gone
+            layer.addfile(tarfile.TarInfo(f"{package_dir}/.wh..wh..opq"), io.BytesIO(b""))
+            for path in files:
+                data = path.read_bytes()
+                info = tarfile.TarInfo(f"{package_dir}/{path.relative_to(source_root)}")
+                info.size, info.mode = len(data), 0o644
+                layer.addfile(info, io.BytesIO(data))
+        layer_bytes = buf.getvalue()
+        config["rootfs"]["diff_ids"].append("sha256:" + hashlib.sha256(layer_bytes).hexdigest())
+        config.setdefault("history", []).append({"created_by": "labkeeper.testing.images: the package from the tree"})
+        config_bytes = json.dumps(config, sort_keys=True).encode()
+        config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+        new_layer = hashlib.sha256(layer_bytes).hexdigest() + "/layer.tar"
+        manifest_bytes = json.dumps([{"Config": config_name, "RepoTags": [name],
+                                      "Layers": [*manifest["Layers"], new_layer]}]).encode()
+        with tarfile.open(out, "w") as result:
+            for layer_name in manifest["Layers"]:
+                member = archive.getmember(layer_name)
+                result.addfile(member, archive.extractfile(member))
+            for member_name, data in ((new_layer, layer_bytes), (config_name, config_bytes),
+                                      ("manifest.json", manifest_bytes)):
+                info = tarfile.TarInfo(member_name)
+                info.size = len(data)
+                result.addfile(info, io.BytesIO(data))

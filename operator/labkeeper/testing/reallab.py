@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from pathlib import Path
 
 from labkeeper.testing.cluster import NVIDIA_RUNTIME_CLASS, REPO_ROOT, LocalCluster, NodeSpec, manifest
+from labkeeper.testing.devices import process_environ
 from labkeeper.testing.lab import example_policy, policy_configmap
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, AgentProcess, OperatorProcess, wait_for
 from labkeeper.testing.realnode import RealNode
@@ -111,6 +113,72 @@ class RealLab:
 
     def pod(self, workspace: str, user: str) -> dict | None:
         return self.get("pod", f"ws-{workspace}", f"lab-{user}")
+
+    # ---- the chart ----------------------------------------------------------------------------
+    def helm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.cluster.bin_dir / "helm"), "--kubeconfig", str(self.cluster.kubeconfig),
+                               *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+    def chart_values(self, image) -> dict:
+        """Values that install charts/labkeeper on this lab (without `processes`): its image, imported on the
+        node; the node's data root; the operator on the real node (the kwok node only pretends to run pods);
+        the agent's GPU sampler reading the node's stand-in for NVML, which the device plugin writes."""
+        assert self.node is not None
+        repository, tag = image.name.rsplit(":", 1)
+        return {
+            "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+            "agent": {"dataRoot": str(self.node.data_root), "sampler": f"file:{self.node.activity_file}"},
+            "operator": {"nodeSelector": {"labkeeper.io/node-kind": "real"}},
+            "runtimeClass": {"create": True},
+        }
+
+    def install_chart(self, image, values: dict | None = None, timeout: str = "5m") -> subprocess.CompletedProcess:
+        """`helm install --wait` of charts/labkeeper into the system namespace."""
+        values_file = self.workdir / "values.json"
+        values_file.write_text(json.dumps(values if values is not None else self.chart_values(image)))
+        return self.helm("install", "labkeeper", str(REPO_ROOT / "charts" / "labkeeper"), "--namespace",
+                         SYSTEM_NAMESPACE, "--create-namespace", "-f", str(values_file), "--wait", "--timeout", timeout)
+
+    def component_logs(self, tail: int = 40) -> str:
+        return "\n".join(f"--- {c} pod log ---\n" + self.kubectl(
+            "logs", "-n", SYSTEM_NAMESPACE, "-l", f"app.kubernetes.io/component={c}", f"--tail={tail}",
+            check=False).stdout for c in ("operator", "agent"))
+
+    # ---- real processes ---------------------------------------------------------------------------
+    def workspace_pids(self, workspace: str, user: str) -> list[int]:
+        """Host pids of the workspace's own container (not its sandbox's pause process): those whose
+        environment names the workspace, as the operator's pod sets it."""
+        assert self.node is not None
+        status = self.status("workspace", workspace, f"lab-{user}")
+        if not status.get("podUID"):
+            return []
+        return [pid for pid in self.node.pod_pids(status["podUID"])
+                if process_environ(Path("/proc"), pid).get("LABKEEPER_WORKSPACE") == workspace]
+
+    # ---- a power cut ----------------------------------------------------------------------------
+    def power_cut(self, *, wipe_host: bool = True) -> None:
+        """The node loses power: every process of it dies at once, the operator and agent with it (as pods, or
+        SIGKILLed as processes); with `wipe_host` its /etc accounts and /home go too. The control plane
+        (etcd) and the data root stay."""
+        assert self.node is not None
+        if self.operator:
+            self.operator.kill()
+        if self.agent:
+            self.agent.kill()
+        self.node.power_cut()
+        if wipe_host:
+            self.node.wipe_accounts_and_homes()
+
+    def power_on(self) -> float:
+        """The node boots; the operator and agent processes (if this lab runs them) start again. Returns the
+        wall-clock time the kubelet was started."""
+        assert self.node is not None
+        kubelet_started = self.node.power_on()
+        if self.operator:
+            self.operator.start()
+        if self.agent:
+            self.agent.start()
+        return kubelet_started
 
     def diagnostics(self) -> str:
         parts = [self.cluster.log_tails(10)]

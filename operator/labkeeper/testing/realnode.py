@@ -14,6 +14,7 @@ iptables chains, the bridge, the node's cgroups."""
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from labkeeper.testing.devices import MigDevice, mig_devices
+from labkeeper.testing.devices import ACTIVITY_FILE, MigDevice, mig_devices
 from labkeeper.testing.images import Image, pause_image, workspace_image
 from labkeeper.testing.pki import CertificateAuthority
 
@@ -117,6 +118,12 @@ class RealNode:
     def device_plugin_dir(self) -> Path:
         return self.private("/var/lib/kubelet/device-plugins")
 
+    @property
+    def activity_file(self) -> str:
+        """The node's stand-in for NVML (the device plugin writes it), as the node and its pods see it; an agent
+        reads it with `--sampler file:<this>`."""
+        return ACTIVITY_FILE
+
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self, cluster, timeout: float = 90.0) -> RealNode:
         started = time.monotonic()
@@ -145,10 +152,7 @@ class RealNode:
             self._wait_registered(timeout)
             if self.pods_reach_apiserver:
                 self._start_kube_proxy(cluster.ca, cluster.server)
-            # its own process, as NVIDIA's plugin is a pod of its own: gRPC must never load in a process that forks
-            self.device_plugin = self._spawn("device-plugin", [
-                sys.executable, "-m", "labkeeper.testing.deviceplugin",
-                "--plugin-dir", "/var/lib/kubelet/device-plugins", "--layout", json.dumps(dict(self.mig_layout))])
+            self._start_device_plugin()
             self._wait_ready(timeout)
         except Exception as err:
             tails = self.log_tails()
@@ -185,6 +189,86 @@ class RealNode:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- a power cut and the boot after it -------------------------------------------------------
+    def power_cut(self) -> None:
+        """Everything of the node dies at once, as in a power cut: SIGKILL to the kubelet, containerd, its
+        shims, every container, kube-proxy and the device plugin in one sweep (nothing is stopped gracefully),
+        then what a reboot loses goes: the mount namespace with every mount the kubelet made, `/run`, the
+        pods' cgroups, the bridge with the pods' network namespaces. Kept, as on a disk: `/etc`, `/home`,
+        `/var/lib` (the kubelet's checkpoints, containerd's images) and the data root."""
+        victims = {p.popen.pid for p in self.processes if p.popen.poll() is None}
+        victims |= self._cgroup_pids() | self._namespace_pids()
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._kill_containers()
+        self._kill_namespace()
+        for proc in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(10)
+        self.processes.clear()
+        self.device_plugin = None
+        run = self.private("/run")
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a cgroup is busy until its last killed process is reaped
+            self._remove_cgroups()
+            if not any(Path("/sys/fs/cgroup", c, self.cgroup).exists() for c in CGROUP_CONTROLLERS):
+                break
+            time.sleep(0.1)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+
+    def wipe_accounts_and_homes(self) -> None:
+        """The node's /etc accounts back to root only and /home emptied (a reinstalled or tmpfs /etc); the
+        data root, where the homes' contents live, is kept."""
+        for name, line in (("passwd", "root:x:0:0:root:/root:/bin/bash"), ("group", "root:x:0:"),
+                           ("shadow", "root:*:19000:0:99999:7:::"), ("gshadow", "root:*::")):
+            (self.host_root / "etc" / name).write_text(line + "\n")
+        shutil.rmtree(self.host_root / "etc" / "profile.d", ignore_errors=True)
+        shutil.rmtree(self.host_root / "home", ignore_errors=True)
+        (self.host_root / "home").mkdir()
+
+    def power_on(self, timeout: float = 90.0) -> float:
+        """Boots the node again after `power_cut`, with the configuration and certificates it had; returns the
+        wall-clock time (time.time()) the kubelet was started, once the node is Ready with its devices."""
+        assert self.workspace_image is not None, "power_on follows a start and a power_cut"
+        try:
+            self.private("/run/containerd").mkdir(parents=True, exist_ok=True)
+            for controller in CGROUP_CONTROLLERS:
+                base = Path("/sys/fs/cgroup", controller)
+                if base.is_dir():
+                    (base / self.cgroup).mkdir(exist_ok=True)
+            self._enter_namespace()
+            self._create_bridge()
+            self._start_containerd(pause_image())
+            if self.pods_reach_apiserver:
+                self._start_relay(self.cluster.apiserver_port)
+            # first: it writes the activity file at once, before an agent pod may look for it
+            self._start_device_plugin()
+            kubelet_started = time.time()
+            self._start_kubelet(self.cluster.ca, self.cluster.server)
+            if self.pods_reach_apiserver:  # the Node object is there already: no need to wait for it
+                self._start_kube_proxy(self.cluster.ca, self.cluster.server)
+            # the Node still shows what the kubelet reported before the cut: wait for a heartbeat of the new one
+            self._wait_ready(timeout, heartbeat_since=kubelet_started)
+        except Exception as err:
+            raise RealNodeError(f"real node {self.name} did not boot again: {err}\n{self.log_tails()}") from err
+        return kubelet_started
+
+    def pod_pids(self, pod_uid: str) -> list[int]:
+        """Host pids of a pod's containers on this node (its sandbox's pause process included)."""
+        pids: list[int] = []
+        wanted = f"pod{pod_uid}"
+        for directory, dirnames, _ in os.walk(Path("/sys/fs/cgroup/pids", self.cgroup)):
+            if os.path.basename(directory) == wanted:
+                for below, _, files in os.walk(directory):
+                    if "cgroup.procs" in files:
+                        with contextlib.suppress(OSError, ValueError):
+                            pids += [int(p) for p in Path(below, "cgroup.procs").read_text().split()]
+                dirnames.clear()
+        return sorted(pids)
 
     # ---- host state -----------------------------------------------------------------------------
     def _record_host_state(self) -> None:
@@ -429,6 +513,13 @@ class RealNode:
             "--node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items()), "--v=1",
         ])
 
+    def _start_device_plugin(self) -> None:
+        # its own process, as NVIDIA's plugin is a pod of its own: gRPC must never load in a process that forks
+        self.device_plugin = self._spawn("device-plugin", [
+            sys.executable, "-m", "labkeeper.testing.deviceplugin",
+            "--plugin-dir", "/var/lib/kubelet/device-plugins", "--layout", json.dumps(dict(self.mig_layout)),
+            "--activity-file", self.activity_file, "--pids-cgroup", f"/sys/fs/cgroup/pids/{self.cgroup}"])
+
     def _node(self) -> dict | None:
         result = self.cluster.kubectl("get", "node", self.name, "-o", "json", check=False)
         return json.loads(result.stdout) if result.returncode == 0 else None
@@ -442,14 +533,17 @@ class RealNode:
             time.sleep(0.3)
         raise RealNodeError(f"kubelet of node {self.name} did not register in {timeout:.0f}s")
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, heartbeat_since: float | None = None) -> None:
         wanted = {d.resource: str(sum(1 for x in self.devices if x.resource == d.resource)) for d in self.devices}
+        since = int(heartbeat_since) if heartbeat_since is not None else None  # heartbeats have whole seconds
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
             node = self._node() or {}
             status = node.get("status") or {}
-            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+            ready = any(c["type"] == "Ready" and c["status"] == "True" and
+                        (since is None or _unix(c.get("lastHeartbeatTime")) >= since)
+                        for c in status.get("conditions") or [])
             allocatable = status.get("allocatable") or {}
             if ready and all(allocatable.get(r) == n for r, n in wanted.items()):
                 return
@@ -475,6 +569,25 @@ class RealNode:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
 
+    def _namespace_pids(self, ns: str | None = None) -> set[int]:
+        """Processes in the node's mount namespace but the namespace's holder (containerd, its shims, the kubelet)."""
+        if ns is None:
+            if self.holder is None:
+                return set()
+            try:
+                ns = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+            except OSError:
+                return set()
+        pids = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid() or \
+                    (self.holder is not None and int(entry.name) == self.holder.pid):
+                continue
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "ns" / "mnt") == ns:
+                    pids.add(int(entry.name))
+        return pids
+
     def _kill_namespace(self) -> None:
         if self.holder is None:
             return
@@ -482,14 +595,10 @@ class RealNode:
             ns = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
         except OSError:
             ns = None
-        if ns:
-            # containerd's shims outlive containerd; they are the node's, found by its mount namespace
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit() or int(entry.name) in (os.getpid(), self.holder.pid):
-                    continue
-                with contextlib.suppress(OSError):
-                    if os.readlink(entry / "ns" / "mnt") == ns:
-                        os.kill(int(entry.name), signal.SIGKILL)
+        # containerd's shims outlive containerd; they are the node's, found by its mount namespace
+        for pid in self._namespace_pids(ns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _terminate(self.holder, grace=2)
         if self.holder.stdout:
             self.holder.stdout.close()
@@ -525,6 +634,12 @@ def _free_octet() -> int:
             _OCTETS_HANDED_OUT.add(octet)
             return octet
     raise RealNodeError("no free 10.89.N.0/24 for a real node's bridge")
+
+
+def _unix(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def _terminate(popen: subprocess.Popen, grace: float = 10.0) -> None:
