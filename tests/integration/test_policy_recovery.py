@@ -14,7 +14,9 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 
+from labkeeper.api.policy import load_policy
 from labkeeper.testing.cluster import NodeSpec, free_port
 from labkeeper.testing.lab import API_VERSION, Lab, example_policy, gpuuser, workspace
 from labkeeper.testing.processes import SYSTEM_NAMESPACE, AgentProcess, wait_for
@@ -190,3 +192,73 @@ def test_a_second_cache_on_the_first_ones_path_is_left_out_and_new_workspaces_st
     assert cache_group(lab) == (LAB_GID, acl_before), "the second cache changed the first one's directory"
     lab.kubectl("delete", "workspace", "late", "-n", "lab-ada", "--wait=false")
     lab.kubectl("delete", "sharedcache", "pip-again", "--wait=false")
+
+
+def copy_text(lab: Lab) -> str | None:
+    copy_ = lab.get("configmap", "labkeeper-policy-last-good", SYSTEM_NAMESPACE)
+    return ((copy_ or {}).get("data") or {}).get("policy.yaml")
+
+
+def metric_once_up(port: int, name: str) -> float | None:
+    """The metric, or None while a restarted process has not opened its port or registered the family yet."""
+    try:
+        return metric(port, name)
+    except (OSError, AssertionError):
+        return None
+
+
+def restart(lab: Lab, *, operator: bool = True) -> None:
+    """A power cut for the lab's processes: SIGKILL, then start again with the same arguments."""
+    if operator:
+        lab.operator.kill()
+    lab.agent.kill()
+    if operator:
+        lab.operator.start()
+    lab.agent.start()
+
+
+def test_a_restart_while_the_policy_is_broken_runs_on_the_last_good_policy_and_never_on_the_defaults(lab: Lab):
+    operator_port, agent_port = lab.ports
+    wait_for(lambda: provisioned(lab), timeout=60, what="pip cache provisioned")
+    _, acl = cache_group(lab)
+    tighter = good_policy()
+    tighter["tiers"]["student"]["cpu"] = "3"  # a text of its own: the operator keeps it as the last good copy
+    set_and_wait_until_read(lab, tighter, "a new good policy")
+    wait_for(lambda: copy_text(lab) and load_policy(copy_text(lab)) == load_policy(yaml.safe_dump(tighter)),
+             timeout=10, what="the operator's last good copy of the policy in force")
+    wait_for(lambda: lab.status("gpuuser", "ada").get("effectiveLimits", {}).get("cpu", {}).get("value") == "3",
+             timeout=10, what="ada's cpu limit 3 from the new policy")
+
+    set_and_wait_until_read(lab, broken("maxWorkspaces", -1), "a broken policy")
+    restart(lab)
+    wait_for(lambda: metric_once_up(operator_port, "labkeeper_policy_generation") == 1, timeout=60,
+             what=lambda: f"the restarted operator on the last good copy\n{lab.log_tail()}")
+    wait_for(lambda: metric_once_up(agent_port, "labkeeper_policy_generation") == 1, timeout=60,
+             what=lambda: f"the restarted agent on the last good copy\n{lab.agent.log_tail()}")
+    for port in lab.ports:
+        assert metric(port, "labkeeper_policy_refused") == 1 and metric(port, "labkeeper_policy_paused") == 0
+    for component in ("labkeeper-operator", "labkeeper-agent"):
+        recovered = [e for e in policy_events(lab, component) if e["reason"] == "PolicyRecovered"]
+        assert recovered and "labkeeper-policy-last-good" in recovered[-1]["message"], component
+        assert "tiers.student.maxWorkspaces" in recovered[-1]["message"], recovered[-1]
+    # a new workspace is entitled by the last good policy, and the host keeps its groups
+    lab.apply(workspace("restarted", "ada", state="Running"))
+    lab.wait_phase("restarted", "ada", "Running", timeout=RUNNING_WITHIN)
+    assert lab.status("gpuuser", "ada")["effectiveLimits"]["cpu"]["value"] == "3"
+    assert cache_group(lab) == (LAB_GID, acl) and lab_group_gid(lab) == str(LAB_GID)
+    lab.kubectl("delete", "workspace", "restarted", "-n", "lab-ada", "--wait=false")
+
+    # no copy at all (a first install whose policy was broken from the start): the agent changes no host
+    lab.kubectl("delete", "configmap", "labkeeper-policy-last-good", "-n", SYSTEM_NAMESPACE)
+    restart(lab, operator=False)
+    wait_for(lambda: metric_once_up(agent_port, "labkeeper_policy_paused") == 1, timeout=60,
+             what=lambda: f"the agent paused\n{lab.agent.log_tail()}")
+    lab.add_users(gpuuser("bea"))  # Ready is the operator's word; her account is the agent's, which waits
+    home = lab.agent.data / "users" / "bea"
+    set_and_wait_until_read(lab, good_policy(), "the fixed policy")
+    wait_for(lambda: home.is_dir(), timeout=30, what=lambda: f"bea's home after the fix\n{lab.agent.log_tail()}")
+    assert "host pass skipped" in lab.agent.log_tail(20000)
+    assert cache_group(lab) == (LAB_GID, acl) and lab_group_gid(lab) == str(LAB_GID)
+    assert metric(agent_port, "labkeeper_policy_paused") == 0
+    wait_for(lambda: copy_text(lab) and load_policy(copy_text(lab)) == load_policy(yaml.safe_dump(good_policy())),
+             timeout=10, what="the operator's copy written again for the fixed policy")
