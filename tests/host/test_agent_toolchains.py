@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,12 +36,20 @@ UV = ToolchainSpec("uv", "0.5.11", "pypi", "uv==0.5.11", "wheel", timeout_s=300)
 
 
 @pytest.fixture
+def host_root(host_root: Path) -> Iterator[Path]:
+    """alice's shell and the installer uid must reach the data root, and pytest's temp dirs are 0700 root (a
+    second pytest session resets /tmp/pytest-of-root to 0700 at any time): a root of the test's own, 0711."""
+    own = Path(tempfile.mkdtemp(prefix="labkeeper-toolchains-"))
+    own.chmod(0o711)
+    try:
+        yield own / "host"
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+@pytest.fixture
 def lab_dir(host_root: Path) -> Path:
-    """pytest's temp dirs are 0700 root; alice's shell and the installer uid must reach the data root."""
-    for parent in host_root.parents:
-        if parent == parent.parent or str(parent) == "/tmp":
-            break
-        parent.chmod(0o711)
+    host_root.mkdir()
     seed_etc(host_root)
     (host_root / "data").mkdir()
     shared = host_root.parent / "shared"
