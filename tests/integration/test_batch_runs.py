@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,6 +174,22 @@ def labctl(lab: Lab, user: str, *args: str, popen: bool = False):
     return subprocess.run([str(LABCTL), *args], capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
+class Lines:
+    """A stream read on a thread of its own, so a test can wait for a line labctl printed without blocking."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(stream), daemon=True)
+        self._thread.start()
+
+    def seen(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def text(self) -> str:
+        self._thread.join(timeout=30)
+        return "".join(self.lines)
+
+
 def test_labctl_run_shows_its_place_streams_its_output_and_exits_with_the_commands_code(lab: Lab):
     # the box's two 1g.10gb slices are ann's
     lab.apply(workspace("a", "ann", profile="1g.10gb"), workspace("b", "ann", profile="1g.10gb"))
@@ -190,11 +207,16 @@ def test_labctl_run_shows_its_place_streams_its_output_and_exits_with_the_comman
         assert waiting["queue"]["position"] == 1
         ws = lab.get("workspace", "hello", "lab-eve")
         assert ws["spec"]["mode"] == "Batch" and ws["spec"]["command"] == ["sh", "-c", "echo hi; exit 3"]
+        # labctl polls: the slice frees only once she has been shown her place (a loaded machine is slow to)
+        printed = Lines(running.stderr)
+        wait_for(lambda: printed.seen("in the queue"), timeout=30, what=lambda: f"labctl's place line in "
+                 f"{printed.lines}")
         lab.kubectl("delete", "workspace", "a", "-n", "lab-ann", "--wait=false")
         lab.wait_phase("hello", "eve", "Running", timeout=20)
         lab.cluster.serve_pod("lab-eve", "ws-hello", logs_file=logs)
         end_command(lab, "eve", "hello", 3)
-        out, err = running.communicate(timeout=60)
+        running.wait(timeout=60)
+        out, err = running.stdout.read(), printed.text()
     finally:
         if running.poll() is None:
             running.kill()
