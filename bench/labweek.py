@@ -229,12 +229,14 @@ class Holding:
     hold: bool
     computing: bool
     equivalents: float
+    present: bool = True  # its owner is at the lab (between arriving and leaving that day)
 
 
 @dataclass
 class Tally:
     held: float = 0.0  # device-seconds
     idle: float = 0.0
+    idle_absent: float = 0.0  # of which its owner had left (or not come): what an idle rule can take back
     equivalent_seconds: dict[str, float] = field(default_factory=dict)
     waits: list[float] = field(default_factory=list)
     active_stops: int = 0
@@ -246,6 +248,8 @@ class Tally:
             self.held += h.count * seconds
             if not h.computing:
                 self.idle += h.count * seconds
+                if not h.present:
+                    self.idle_absent += h.count * seconds
             if not h.hold:
                 self.equivalent_seconds[h.user] = self.equivalent_seconds.get(h.user, 0.0) + h.equivalents * seconds
 
@@ -255,6 +259,8 @@ class Tally:
             "held_slice_hours": round(self.held / HOUR, 1),
             "idle_held_slice_hours": round(self.idle / HOUR, 1),
             "idle_share_percent": round(100 * self.idle / self.held, 1) if self.held else None,
+            "idle_owner_present_slice_hours": round((self.idle - self.idle_absent) / HOUR, 1),
+            "idle_owner_away_slice_hours": round(self.idle_absent / HOUR, 1),
             "wait_p50_min": round(percentile(self.waits, 0.5) / MINUTE, 1) if self.waits else None,
             "wait_p95_min": round(percentile(self.waits, 0.95) / MINUTE, 1) if self.waits else None,
             "waits": len(self.waits),
@@ -363,9 +369,11 @@ def simulate_ds01(trace: Trace, step: float = STEP) -> dict:
             computing = c.run_end is not None or behaviour.computing(c.user, t)
             if computing:
                 c.last_computing = t
-            holdings.append(Holding(c.user, c.slot[1], 1, False, computing, WEIGHT[people[c.user].profile]))
+            holdings.append(Holding(c.user, c.slot[1], 1, False, computing, WEIGHT[people[c.user].profile],
+                                    behaviour.present(c.user, t) is not None))
         for slot, (owner, _until) in holds.items():
-            holdings.append(Holding(owner.split("/", 1)[0], slot[1], 1, True, False, 0.0))
+            user = owner.split("/", 1)[0]
+            holdings.append(Holding(user, slot[1], 1, True, False, 0.0, behaviour.present(user, t) is not None))
         tally.step(step, holdings)
         t += step
     return tally.figures()
@@ -406,7 +414,8 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
         empty = workdir / "host"
         (empty / "proc").mkdir(parents=True, exist_ok=True)
         (empty / "cgroup").mkdir(parents=True, exist_ok=True)
-        agents = [ActivityLoop(kube, node, ActivityMonitor(FileSampler(activity_file), thresholds_of(policy), clock,
+        step_kube = _StepKube(kube)
+        agents = [ActivityLoop(step_kube, node, ActivityMonitor(FileSampler(activity_file), thresholds_of(policy), clock,
                                                            host=HostReader(empty / "proc", empty / "cgroup")),
                                lambda: policy, clock) for node in DEVICES]
         behaviour = Behaviour(trace)
@@ -424,15 +433,25 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
         end = trace.days * DAY
         prev = 0.0
         next_step = 0.0
+        report_at = 6 * HOUR
         while next_step < end:
             now = (clock() - EPOCH).total_seconds()
             if now < next_step:
                 time.sleep((next_step - now) / scale)
                 continue
+            # a step that ran long is not made up for: the next one is a step from now (the lag is reported)
             lag.append(now - next_step)
             t = now
+            step_kube.items = kube.list("Workspace")
             listed = {f"{ws['metadata']['namespace'].removeprefix('lab-')}/{ws['metadata']['name']}": ws
-                      for ws in kube.list("Workspace")}
+                      for ws in step_kube.items}
+            if t >= report_at:
+                report_at += 6 * HOUR
+                phases = Counter((ws.get("status") or {}).get("phase") for ws in listed.values())
+                print(f"  day {int(t // DAY) + 1} {dt.timedelta(seconds=int(t % DAY))}: {dict(phases)}; step behind "
+                      f"p50 {statistics.median(lag[-200:]):.0f} s, max {max(lag[-200:]):.0f} s; held "
+                      f"{tally.held / HOUR:.1f} slice-h, idle {tally.idle / HOUR:.1f}; load "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
             acted: set[str] = set()
             # the people
             for person in trace.people:
@@ -508,7 +527,8 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
                 if computing:
                     last_computing[owner] = t
                 if assigned:
-                    holdings.append(Holding(user, resource, 1, False, computing, WEIGHT[profile]))
+                    holdings.append(Holding(user, resource, 1, False, computing, WEIGHT[profile],
+                                            behaviour.present(user, t) is not None))
                     pod_uid = status["podUID"]
                     device = f"MIG-{pod_uid}" if profile != "full" else f"GPU-{pod_uid}"
                     util = 60 if computing else 0
@@ -521,7 +541,7 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
                                       "podUid": pod_uid})
                 elif status.get("holdNode") and status.get("holdUntil") \
                         and _parse(status["holdUntil"]) > EPOCH + dt.timedelta(seconds=t):
-                    holdings.append(Holding(user, resource, 1, True, False, 0.0))
+                    holdings.append(Holding(user, resource, 1, True, False, 0.0, behaviour.present(user, t) is not None))
             tally.step(t - prev if prev else 0.0, holdings)
             prev = t
             temp = activity_file.with_suffix(".tmp")
@@ -529,7 +549,7 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
             temp.replace(activity_file)
             for agent in agents:
                 agent.tick()
-            next_step += STEP
+            next_step = t + STEP
         figures = tally.figures()
         figures["driver_lag_p50_s"] = round(statistics.median(lag), 1) if lag else None
         figures["driver_lag_p95_s"] = round(percentile(lag, 0.95), 1) if lag else None
@@ -537,6 +557,20 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
         figures["cull_after_idle_deadline_p95_s"] = round(percentile(cull_lag, 0.95), 1) if cull_lag else None
         figures["agent_writes"] = sum(a.writes for a in agents)
     return figures
+
+
+class _StepKube:
+    """The agents' client: their list of Workspaces is the one this step read, everything else goes to the API."""
+
+    def __init__(self, kube) -> None:
+        self.kube = kube
+        self.items: list[dict] = []
+
+    def list(self, kind: str, *args, **kwargs) -> list[dict]:
+        return self.items if kind == "Workspace" and not args and not kwargs else self.kube.list(kind, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.kube, name)
 
 
 def _parse(text: str) -> dt.datetime:
@@ -574,6 +608,8 @@ ROWS = [
     ("held_slice_hours", "slice-hours held", "-"),
     ("idle_held_slice_hours", "slice-hours held while idle", "labkeeper >= 10x less than DS01"),
     ("idle_share_percent", "idle share of held slice-hours (%)", "labkeeper <= 5 %"),
+    ("idle_owner_present_slice_hours", "  of it, owner at the lab (gaps, lunch)", "-"),
+    ("idle_owner_away_slice_hours", "  of it, owner gone (nights, forgotten)", "-"),
     ("wait_p50_min", "wait for a slice p50 (min)", "-"),
     ("wait_p95_min", "wait for a slice p95 (min)", "labkeeper < DS01"),
     ("jain_gpu_hours", "Jain's index of GPU-hours (users who asked)", "-"),

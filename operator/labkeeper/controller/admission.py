@@ -4,11 +4,23 @@ the pure decision in api/admission.py who may have which device now.
 Everything it decides from lives in the API — pods, Workspace status (waitingSince, the hold record)
 and the policy — so an operator that restarts decides exactly as the one before it. One lock serializes
 every decision together with the pod creation it allows, so two passes can never count the same free
-device: the next pass reads the pod the previous one created."""
+device: the next pass reads the pod the previous one created.
+
+Reading the whole lab costs a list of every pod, workspace and user; at a department's size that is seconds,
+and a wake-up gives every waiting workspace a pass. So a view is kept and handed again, under the lock, to the
+passes that come after it, for at most REUSE_FOR of the operator's clock and only while nothing has happened that
+can free a device or reorder the queue (the operator calls `changed()` on a pod deleted or ended, a workspace
+deleted or leaving the queue, a device freed, a node's devices or readiness changing, a policy change). Within
+that, the only changes it cannot know of are pods the kept decision itself admitted (their passes come after and
+find themselves admitted in it: the decision counted each of them already), usage accruing and tiers edited
+(at most REUSE_FOR late). A workspace that is not a waiter in the kept view, or waits for other devices than the
+view has it waiting for, always gets a fresh one."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +28,7 @@ from typing import Any
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
 from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY, username_of
+from labkeeper.api.policy import LabPolicy
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube
 from labkeeper.render.access import gpu_resource
@@ -30,14 +43,34 @@ class LabView:
     pods_of: frozenset[str]  # owners with a workspace pod
     releases: tuple[api_admission.Release, ...] = ()  # when devices are known to come free
     places: dict[str, int | None] = field(default_factory=dict)  # waiter → queue position its status shows
+    reused: bool = False  # handed again after the pass that read it: the moves it found were told then
 
     def moved(self, decision: api_admission.Admission) -> list[str]:
         """Waiters whose place in the queue is no longer the one their status shows (someone joined ahead of them,
-        or left): each gets a pass so that what `labctl status` says stays true."""
+        or left): each gets a pass so that what `labctl status` says stays true. A view handed again has none: its
+        `places` are from before those passes wrote their places."""
+        if self.reused:
+            return []
         return [o for o, wait in decision.waiting.items() if self.places.get(o) != wait.ahead + 1]
 
-    def decide(self) -> api_admission.Admission:
+    @functools.cached_property
+    def decision(self) -> api_admission.Admission:
         return api_admission.decide(self.capacity, self.claims, self.waiters, self.closed)
+
+    def decide(self) -> api_admission.Admission:
+        return self.decision
+
+
+# how long a view of the lab may be handed to later passes when nothing that frees a device has happened
+REUSE_FOR = dt.timedelta(seconds=10)
+
+
+@dataclass
+class _Kept:
+    view: LabView  # as read, then as handed again (reused=True)
+    epoch: int
+    at: dt.datetime
+    policy: LabPolicy
 
 
 def owner_key(ws: dict[str, Any]) -> str:
@@ -50,6 +83,49 @@ class Admissions:
         self.policy = policy
         # one decision (and the pod it admits) at a time, for the whole lab
         self.lock = threading.Lock()
+        self.epoch = 0  # moved on by changed(): a kept view from an older epoch is read afresh
+        self._kept: _Kept | None = None
+        self.views_read = 0
+        self.views_reused = 0
+
+    def changed(self) -> None:
+        """Something that can free a device or reorder the queue happened: the next pass reads the lab afresh."""
+        self.epoch += 1
+
+    def view(self, now: dt.datetime, *, me: dict[str, Any] | None = None,
+             my_since: dt.datetime | None = None) -> LabView:
+        """The whole lab as admission sees it (see the module's words on a view kept); under the lock."""
+        policy = self.policy.current
+        kept = self._reusable(now, me, my_since, policy)
+        if kept is not None:
+            self.views_reused += 1
+            return kept
+        epoch = self.epoch  # before the lists: a change while they run makes the next pass read again
+        view = self.read(now, me=me, my_since=my_since)
+        self.views_read += 1
+        self._kept = _Kept(view, epoch, now, policy)
+        return view
+
+    def _reusable(self, now: dt.datetime, me: dict[str, Any] | None, my_since: dt.datetime | None,
+                  policy: LabPolicy) -> LabView | None:
+        kept = self._kept
+        if kept is None or kept.epoch != self.epoch or policy is not kept.policy \
+                or not kept.at <= now < kept.at + REUSE_FOR:
+            return None
+        if me is not None:
+            if my_since is None:
+                return None
+            gpu = (me.get("spec") or {}).get("gpu") or {}
+            profile = gpu.get("profile") or "none"
+            mine = next((w for w in kept.view.waiters if w.owner == owner_key(me)), None)
+            if profile == "none" or mine is None or mine.waiting_since != my_since \
+                    or (mine.resource, mine.count) != (gpu_resource(profile), int(gpu.get("count") or 1)):
+                return None
+        if not kept.view.reused:
+            again = dataclasses.replace(kept.view, reused=True)
+            again.__dict__["decision"] = kept.view.decision  # the same decision, not computed again
+            kept.view = again
+        return kept.view
 
     def tier_of(self, user: dict[str, Any] | None) -> tuple[int, bool]:
         """The tier's priority and whether it may preempt; an unknown tier waits behind every known one."""
@@ -67,8 +143,8 @@ class Admissions:
         return api_admission.Waiter(owner_key(ws), gpu_resource(profile), int(gpu.get("count") or 1), priority,
                                     since, preempt, usage)
 
-    def view(self, now: dt.datetime, *, me: dict[str, Any] | None = None, my_since: dt.datetime | None = None) -> LabView:
-        """The whole lab as admission sees it; `me`, a workspace asking now, waits since `my_since`."""
+    def read(self, now: dt.datetime, *, me: dict[str, Any] | None = None, my_since: dt.datetime | None = None) -> LabView:
+        """The whole lab as admission sees it, read now; `me`, a workspace asking now, waits since `my_since`."""
         capacity, closed = api_admission.capacity_of(self.kube.list("Node"))
         # every pod, not only the lab's: a device taken by anyone else (an operator's validator, an admin's
         # test pod) is not free, and a hold it took is reported lost rather than promised on

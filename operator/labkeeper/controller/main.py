@@ -22,6 +22,7 @@ import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from labkeeper.api import admission as api_admission
 from labkeeper.api.kinds import GPUUSER, GROUP, VERSION, WORKSPACE
 from labkeeper.api.names import (
     LABEL_MANAGED,
@@ -284,11 +285,13 @@ class Operator:
 
     def wake_waiting(self) -> None:
         """Every waiting Workspace gets a pass, and with it the admission step."""
+        self.workspaces.admissions.changed()
         for namespace, name in sorted(self.queued_for_device | self.waiting):
             self.workspace_changed(namespace, name)
 
     def device_freed(self, namespace: str, workspace: str) -> None:
         """A deleted pod may free a device or quota: every waiting Workspace, of any user, gets a pass."""
+        self.workspaces.admissions.changed()
         for namespace_, name in sorted(self.waiting - {(namespace, workspace)}):
             self.workspace_changed(namespace_, name)
 
@@ -301,6 +304,7 @@ class Operator:
         """A new policy in force changes what each user may have and what a waiting Workspace may get:
         PriorityClasses first (a pod names its class), then each user's quota, then every waiting Workspace
         gets a pass. A step the API fails is tried again as a whole; each is idempotent."""
+        self.workspaces.admissions.changed()
         key = ("Policy", self.namespace)
         done = await quietly("applying PriorityClasses", self.policy.apply_priority_classes) is not None
         users = await quietly("listing users", self.kube.list, "GPUUser")
@@ -374,6 +378,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     @kopf.on.event(GROUP, VERSION, WORKSPACE.plural, registry=registry)
     async def _workspace_event(event: dict, body: kopf.Body, name: str, namespace: str, **_):
         if event.get("type") == "DELETED":
+            operator.workspaces.admissions.changed()  # a waiter or a hold went with it
             operator.workspace_seen(namespace, name, None)
             operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
             operator.usage_changed(namespace)
@@ -391,14 +396,25 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         if not workspace:
             return
         lost = dict(body) if event.get("type") == "DELETED" and labels.get(LABEL_ROLE) == "workspace" else None
+        if event.get("type") == "DELETED" or (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            operator.workspaces.admissions.changed()  # its devices are free
         operator.workspace_changed(namespace, workspace, lost_pod=lost)
         operator.usage_changed(namespace)
         if event.get("type") == "DELETED":
             operator.device_freed(namespace, workspace)
 
+    nodes_seen: dict[str, tuple] = {}
+
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    async def _node_event(event: dict, **_):
+    async def _node_event(event: dict, body: kopf.Body, name: str, **_):
+        # what admission counts of a node, its devices and whether it takes pods, not its heartbeats
+        capacity, closed = api_admission.capacity_of([dict(body)] if event.get("type") != "DELETED" else [])
+        seen = (tuple(sorted(capacity.items())), name in closed)
+        if nodes_seen.get(name) != seen:
+            nodes_seen[name] = seen
+            operator.workspaces.admissions.changed()
         if event.get("type") == "DELETED":
+            nodes_seen.pop(name, None)
             await operator.prune_gone_nodes()
 
     @kopf.on.event("", "v1", "configmaps", registry=registry,
