@@ -1,0 +1,89 @@
+"""Admission hands the view of the lab it read to the passes after it while nothing that frees a device happened:
+fewer lists of the whole lab, the same answers. A table of API objects stands in for the lists (counted)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+
+import yaml
+
+from labkeeper.api.policy import load_policy
+from labkeeper.controller.admission import REUSE_FOR, Admissions
+from labkeeper.testing.cluster import REPO_ROOT
+
+T0 = dt.datetime(2026, 3, 1, 11, 0, tzinfo=dt.UTC)
+POLICY = load_policy(yaml.safe_load((REPO_ROOT / "examples" / "policy.yaml").read_text())["data"]["policy.yaml"])
+
+
+def node() -> dict:
+    return {"metadata": {"name": "h100"}, "spec": {},
+            "status": {"allocatable": {"nvidia.com/mig-1g.10gb": "1", "nvidia.com/mig-3g.40gb": "1"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def pod(user: str) -> dict:
+    return {"metadata": {"name": "ws-ws", "namespace": f"lab-{user}",
+                         "labels": {"app.kubernetes.io/managed-by": "labkeeper", "labkeeper.io/workspace": "ws",
+                                    "labkeeper.io/role": "workspace"}},
+            "spec": {"nodeName": "h100", "containers": [{"resources": {"limits": {"nvidia.com/mig-1g.10gb": "1"}}}]},
+            "status": {"phase": "Running"}}
+
+
+def waiting(user: str, minutes: int, profile: str = "1g.10gb") -> dict:
+    since = (T0 + dt.timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"metadata": {"name": "ws", "namespace": f"lab-{user}"},
+            "spec": {"state": "Running", "gpu": {"profile": profile, "count": 1}},
+            "status": {"phase": "Pending", "reason": "WaitingForDevice", "waitingSince": since}}
+
+
+class Lists:
+    def __init__(self, **items: list[dict]) -> None:
+        self.items = items
+        self.calls = 0
+
+    def list(self, kind: str, *args, **kwargs) -> list[dict]:
+        self.calls += 1
+        return self.items.get(kind, [])
+
+
+def lab() -> tuple[Admissions, Lists]:
+    users = [{"metadata": {"name": n}, "spec": {"tier": "student", "state": "Active"}} for n in ("ann", "bob", "cy")]
+    kube = Lists(Node=[node()], Pod=[pod("ann")], GPUUser=users,
+                 Workspace=[waiting("bob", 1), waiting("cy", 2)])
+    return Admissions(kube, SimpleNamespace(current=POLICY)), kube  # type: ignore[arg-type]
+
+
+def since(ws: dict) -> dt.datetime:
+    return dt.datetime.fromisoformat(ws["status"]["waitingSince"].replace("Z", "+00:00"))
+
+
+def test_a_waiter_of_the_kept_view_gets_it_again_with_the_same_decision_and_no_moves():
+    admissions, kube = lab()
+    bob, cy = kube.items["Workspace"]
+    first = admissions.view(T0, me=bob, my_since=since(bob))
+    read = kube.calls
+    assert read == 4 and admissions.views_read == 1
+    assert first.decide().waiting["lab-bob/ws"].ahead == 0 and first.decide().waiting["lab-cy/ws"].ahead == 1
+    again = admissions.view(T0 + dt.timedelta(seconds=3), me=cy, my_since=since(cy))
+    assert kube.calls == read and admissions.views_reused == 1  # nothing listed
+    assert again.decide() is first.decide()
+    assert again.moved(again.decide()) == []  # the first pass told those who moved
+
+
+def test_a_change_a_newcomer_other_devices_or_time_make_the_next_pass_read_the_lab_again():
+    admissions, kube = lab()
+    bob, cy = kube.items["Workspace"]
+    admissions.view(T0, me=bob, my_since=since(bob))
+    admissions.changed()  # a pod was deleted, a waiter left, a node changed...
+    admissions.view(T0, me=cy, my_since=since(cy))
+    assert admissions.views_read == 2
+    admissions.view(T0 + REUSE_FOR, me=cy, my_since=since(cy))
+    assert admissions.views_read == 3
+    dee = waiting("dee", 5)  # not a waiter in the kept view
+    admissions.view(T0 + REUSE_FOR, me=dee, my_since=since(dee))
+    assert admissions.views_read == 4
+    other = waiting("cy", 2, profile="3g.40gb")  # cy now asks for another kind of device
+    admissions.view(T0 + REUSE_FOR, me=other, my_since=since(other))
+    assert admissions.views_read == 5
+    assert admissions.views_reused == 0
