@@ -1,24 +1,42 @@
-"""The real node: time from `kubectl apply` of a Workspace with a 1g.10gb slice to its process running in a
-real container (the process itself writes the moment into its home on the data root), and to the
-Workspace's phase Running; p50/p99 over N workspaces started one after another. Also the lab's start-up
-(control plane, real node). Prints its figures and writes bench/results/realnode.json."""
+"""The real node. Two labs, one after the other (root; `make e2e`'s prerequisites):
+
+1. start-up (`--workspaces-started N`): a lab with the operator and agent as processes; time from `kubectl apply` of
+   a Workspace with a 1g.10gb slice to its process running in a real container (the process writes the moment into
+   its home on the data root), and to the Workspace's phase Running; p50/p99 over N workspaces started one after
+   another. Also the lab's start-up (control plane, real node).
+2. the chart (`--users U --per-user W`): charts/labkeeper installed on the real node (operator and agent as pods,
+   the image from the Dockerfile), U users with W idle workspaces each (four of them on the node's MIG instances):
+   - agent CPU while it samples them: the agent pod's cgroup CPU time over a window, as % of one core, at the
+     policy's sampleInterval of 1 s (the example policy samples every 30 s);
+   - a power cut of the node (every process at once, /etc accounts and /home wiped) and a boot: from the
+     kubelet's start to every workspace's container process running again, and to the operator having reopened
+     every run (phase Running, runningSince after the boot);
+   - cull reaction on real containers: how long after its idle deadline each workspace's stop was seen.
+Prints each figure beside its target and writes bench/results/realnode.json."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from labkeeper.testing.lab import gpuuser, workspace
-from labkeeper.testing.processes import wait_for
+from labkeeper.testing.cluster import REPO_ROOT
+from labkeeper.testing.images import product_image
+from labkeeper.testing.lab import example_policy, gpuuser, policy_configmap, workspace
+from labkeeper.testing.processes import SYSTEM_NAMESPACE, wait_for
 from labkeeper.testing.reallab import RealLab
 
 RESULTS = Path(__file__).resolve().parent / "results"
 USER = "benchy"
+CHECK_INTERVAL = 1  # seconds: the policy's checkInterval in the chart lab
+# one per MIG instance of the node's default layout; the rest run on CPU only
+GPU_PROFILES = ("1g.10gb", "1g.10gb", "2g.20gb", "3g.40gb")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -26,17 +44,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workspaces", type=int, default=20)
-    args = parser.parse_args()
+def parse(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def startup(workspaces: int) -> dict:
     with RealLab(Path(tempfile.mkdtemp(prefix="labkeeper-bench-realnode-"))) as lab:
         assert lab.node is not None and lab.node.workspace_image is not None
         lab.apply(gpuuser(USER, "researcher"))
         lab.wait_user_ready(USER)
         home = lab.node.data_root / "users" / USER
         to_process, to_running = [], []
-        for i in range(args.workspaces):
+        for i in range(workspaces):
             name = f"b{i}"
             marker = home / f"started-{name}"
             command = ["bash", "-c", f'date +%s.%N > "$HOME/started-{name}"; exec python3 -m http.server 8000']
@@ -52,21 +71,170 @@ def main() -> int:
             to_running.append(time.time() - applied)
             lab.kubectl("delete", "workspace", name, "-n", f"lab-{USER}", "--wait=false")
             wait_for(lambda n=name: lab.pod(n, USER) is None, timeout=120, interval=0.2, what=f"{name}'s pod gone")
-        result = {
-            "workspaces": args.workspaces,
+        return {
+            "workspaces": workspaces,
             "apply_to_process_p50_s": round(statistics.median(to_process), 3),
             "apply_to_process_p99_s": round(percentile(to_process, 0.99), 3),
             "apply_to_running_phase_p50_s": round(statistics.median(to_running), 3),
             "apply_to_running_phase_p99_s": round(percentile(to_running, 0.99), 3),
             **{k: round(v, 2) for k, v in lab.timings.items()},
         }
+
+
+def bench_policy(idle: int) -> dict:
+    policy = example_policy()
+    policy["defaults"].update({"idleTimeout": f"{idle}s", "maxRuntime": "2h", "maxWorkspaces": 5})
+    for tier in policy["tiers"].values():
+        tier.update({"idleTimeout": f"{idle}s", "maxRuntime": "2h", "maxWorkspaces": 5})
+    policy.update({"gpuHoldAfterStop": "0s", "stoppedRetention": "10m"})
+    policy["activity"].update({"sampleInterval": "1s", "reportInterval": "2s", "checkInterval": f"{CHECK_INTERVAL}s"})
+    return policy
+
+
+def workspaces_by_key(lab: RealLab) -> dict[tuple[str, str], dict]:
+    return {(w["metadata"]["namespace"], w["metadata"]["name"]): w
+            for w in json.loads(lab.kubectl("get", "workspaces", "-A", "-o", "json").stdout)["items"]}
+
+
+def starts(lab: RealLab, user: str, name: str) -> list[float]:
+    path = lab.node.data_root / "users" / user / f".starts-{name}"
+    return [float(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def agent_cpu_seconds(lab: RealLab) -> float:
+    """CPU time of the agent pod's cgroup (cgroup v1 cpuacct, below the node's cgroupRoot)."""
+    pod = json.loads(lab.kubectl("get", "pods", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/component=agent",
+                                 "-o", "json").stdout)["items"][0]
+    wanted = f"pod{pod['metadata']['uid']}"
+    for directory, _, _ in os.walk(Path("/sys/fs/cgroup/cpu,cpuacct", lab.node.cgroup)):
+        if os.path.basename(directory) == wanted:
+            return int(Path(directory, "cpuacct.usage").read_text()) / 1e9
+    raise RuntimeError(f"no cgroup {wanted} for the agent pod under {lab.node.cgroup}")
+
+
+def chart_lab(users: int, per_user: int, idle: int, cpu_window: float, downtime: float) -> dict:
+    result: dict = {"users": users, "workspaces": users * per_user}
+    image = product_image(REPO_ROOT)
+    with RealLab(Path(tempfile.mkdtemp(prefix="labkeeper-bench-chart-")), processes=False, node="real-node-bench",
+                 images=[image]) as lab:
+        install = lab.install_chart(image)
+        assert install.returncode == 0, install.stderr + lab.diagnostics()
+        lab.apply(policy_configmap(bench_policy(idle)))
+        names = [f"u{i}" for i in range(users)]
+        lab.apply(*(gpuuser(n) for n in names))
+        wait_for(lambda: all(lab.status("gpuuser", n).get("phase") == "Ready" for n in names), timeout=180,
+                 what=lambda: "users Ready; " + lab.component_logs())
+        command = ["bash", "-c", 'date +%s.%N >> "$HOME/.starts-$LABKEEPER_WORKSPACE"; '
+                   "exec env LABKEEPER_FAKE_GPU_UTIL=0 sleep infinity"]
+        planned = [(n, f"w{j}") for n in names for j in range(per_user)]
+        docs = []
+        for k, (user, name) in enumerate(planned):
+            profile = GPU_PROFILES[k] if k < len(GPU_PROFILES) else "none"
+            docs.append(workspace(name, user, profile=profile, image=lab.node.workspace_image.name, cpu="10m",
+                                  memory="32Mi", command=command))
+        applied = time.time()
+        lab.apply(*docs)
+
+        def all_running() -> bool:
+            ws = workspaces_by_key(lab)
+            return all((ws.get((f"lab-{u}", n)) or {}).get("status", {}).get("phase") == "Running" for u, n in planned)
+
+        wait_for(all_running, timeout=300, interval=1, what=lambda: "all workspaces Running; " + lab.diagnostics())
+        wait_for(lambda: all(starts(lab, u, n) for u, n in planned), timeout=60, what="every first start")
+        result["apply_all_to_running_s"] = round(time.time() - applied, 1)
+
+        # agent CPU while it samples them all every second
+        time.sleep(3)
+        cpu0, t0 = agent_cpu_seconds(lab), time.monotonic()
+        load0 = os.getloadavg()[0]
+        time.sleep(cpu_window)
+        cpu1, t1 = agent_cpu_seconds(lab), time.monotonic()
+        result["agent_cpu_percent_of_core_at_1s_samples"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 2)
+        result["agent_cpu_window_s"] = round(t1 - t0, 1)
+        result["load_average_during_cpu_window"] = round((load0 + os.getloadavg()[0]) / 2, 1)
+
+        # a power cut and the boot after it
+        lab.power_cut()
+        time.sleep(downtime)
+        kubelet_started = lab.power_on()
+        result["kubelet_start_to_node_ready_s"] = round(time.time() - kubelet_started, 2)
+        wait_for(lambda: all(len(starts(lab, u, n)) >= 2 for u, n in planned), timeout=300, interval=0.2,
+                 what=lambda: "every workspace's process again; " + lab.diagnostics())
+        result["reboot_kubelet_to_all_processes_s"] = round(
+            max(starts(lab, u, n)[-1] for u, n in planned) - kubelet_started, 2)
+
+        def reopened() -> bool:
+            ws = workspaces_by_key(lab)
+            return all((s := (ws.get((f"lab-{u}", n)) or {}).get("status", {})).get("phase") == "Running" and
+                       s.get("runningSince") and parse(s["runningSince"]) >= int(kubelet_started) for u, n in planned)
+
+        wait_for(reopened, timeout=300, interval=0.5, what=lambda: "every run reopened; " + lab.component_logs())
+        result["reboot_kubelet_to_all_running_reopened_s"] = round(time.time() - kubelet_started, 2)
+        result["load_average_after_reboot"] = round(os.getloadavg()[0], 1)
+
+        # cull reaction: every workspace is idle; each stop against its last announced idle deadline
+        deadlines: dict[tuple[str, str], float] = {}
+        stopped: dict[tuple[str, str], float] = {}
+        keys = [(f"lab-{u}", n) for u, n in planned]
+        deadline = time.monotonic() + idle * 3 + 120
+        while len(stopped) < len(keys) and time.monotonic() < deadline:
+            now, ws = time.time(), workspaces_by_key(lab)
+            for key in keys:
+                status = (ws.get(key) or {}).get("status") or {}
+                if key in stopped:
+                    continue
+                if status.get("stopReason"):
+                    if status["stopReason"] == "Idle" and key in deadlines:
+                        stopped[key] = now - deadlines[key]
+                    else:
+                        stopped[key] = float("nan")
+                elif status.get("idleDeadline"):
+                    deadlines[key] = parse(status["idleDeadline"])
+            time.sleep(0.25)
+        reactions = [v for v in stopped.values() if v == v]
+        result["culled_idle"] = len(reactions)
+        if reactions:
+            result["cull_after_deadline_p50_s"] = round(statistics.median(reactions), 2)
+            result["cull_after_deadline_max_s"] = round(max(reactions), 2)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workspaces-started", type=int, default=20)
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--per-user", type=int, default=2)
+    parser.add_argument("--idle", type=int, default=90, help="idle timeout (s) in the chart lab")
+    parser.add_argument("--cpu-window", type=float, default=60.0)
+    parser.add_argument("--downtime", type=float, default=10.0)
+    parser.add_argument("--skip-startup", action="store_true")
+    args = parser.parse_args()
+    result: dict = {"cores": os.cpu_count()}
+    if not args.skip_startup:
+        result["startup"] = startup(args.workspaces_started)
+    result["chart"] = chart_lab(args.users, args.per_user, args.idle, args.cpu_window, args.downtime)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "realnode.json").write_text(json.dumps(result, indent=2))
-    print(f"workspace apply -> process running in the container, p50/p99 of {args.workspaces}: "
-          f"{result['apply_to_process_p50_s']} / {result['apply_to_process_p99_s']} s")
-    print(f"workspace apply -> phase Running p50/p99: {result['apply_to_running_phase_p50_s']} / "
-          f"{result['apply_to_running_phase_p99_s']} s")
-    print(f"lab start: control plane {result.get('control_plane_s')} s, real node {result.get('real_node_s')} s")
+    if "startup" in result:
+        s = result["startup"]
+        print(f"workspace apply -> process running in the container, p50/p99 of {s['workspaces']}: "
+              f"{s['apply_to_process_p50_s']} / {s['apply_to_process_p99_s']} s")
+        print(f"workspace apply -> phase Running p50/p99: {s['apply_to_running_phase_p50_s']} / "
+              f"{s['apply_to_running_phase_p99_s']} s")
+        print(f"lab start: control plane {s.get('control_plane_s')} s, real node {s.get('real_node_s')} s")
+    c = result["chart"]
+    print(f"chart lab: {c['users']} users, {c['workspaces']} workspaces, all Running {c['apply_all_to_running_s']} s "
+          "after one apply")
+    print(f"agent CPU sampling {c['workspaces']} real workspaces every 1 s: {c['agent_cpu_percent_of_core_at_1s_samples']} "
+          f"% of a core over {c['agent_cpu_window_s']} s (load {c['load_average_during_cpu_window']})   target < 2 %")
+    print(f"power cut -> every workspace's process running again: {c['reboot_kubelet_to_all_processes_s']} s after the "
+          "kubelet started   target <= 30 s")
+    print(f"power cut -> every run reopened by the operator pod: {c['reboot_kubelet_to_all_running_reopened_s']} s after "
+          f"the kubelet started (node Ready after {c['kubelet_start_to_node_ready_s']} s)")
+    if c.get("culled_idle"):
+        print(f"cull reaction on real containers ({c['culled_idle']} culled): p50 {c['cull_after_deadline_p50_s']} s, "
+              f"max {c['cull_after_deadline_max_s']} s after the idle deadline   target <= {CHECK_INTERVAL} s "
+              "(one check interval)")
     return 0
 
 

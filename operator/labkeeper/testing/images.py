@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,8 +212,9 @@ def pause_image(cache: Path | None = None) -> Image:
     return docker_archive(rootfs, "labkeeper.local/pause", config, cache)
 
 
-# what the Dockerfile's build depends on besides the package's own sources (README only feeds the metadata)
-PRODUCT_BASE_SOURCES = ("Dockerfile", "pyproject.toml", "hack/image.sh", "hack/image-base.sh")
+# what the Dockerfile's build depends on besides the package's own sources (README only feeds the metadata;
+# of pyproject.toml only what pip install reads for the image, not the dev extras or the tools' settings)
+PRODUCT_BASE_SOURCES = ("Dockerfile", "hack/image.sh", "hack/image-base.sh")
 PACKAGE = "labkeeper"
 _SITE_PACKAGES_MARKER = f"/site-packages/{PACKAGE}/__init__.py"
 
@@ -229,11 +231,37 @@ def _hash_paths(repo: Path, sources: Sequence[str], h=None):
     return h
 
 
-def _package_files(repo: Path) -> list[Path]:
-    """The files pip installs from operator/labkeeper: its modules and py.typed."""
+def _install_metadata(repo: Path):
+    """A hash of what `pip install` takes from pyproject.toml for the image: the project less its extras, the
+    build system and setuptools' settings."""
+    doc = tomllib.loads((repo / "pyproject.toml").read_text())
+    project = {k: v for k, v in doc.get("project", {}).items() if k != "optional-dependencies"}
+    wanted = {"project": project, "build-system": doc.get("build-system"),
+              "setuptools": doc.get("tool", {}).get("setuptools")}
+    return hashlib.sha256(RECIPE_VERSION.encode() + json.dumps(wanted, sort_keys=True).encode())
+
+
+def _installed(relative: str) -> bool:
+    return "__pycache__" not in relative.split("/") and (relative.endswith(".py") or relative.endswith("/py.typed"))
+
+
+def _package_files(repo: Path) -> dict[str, bytes]:
+    """The files pip installs from operator/labkeeper (its modules and py.typed), by path below the package:
+    from the working tree, or from the git revision in LABKEEPER_IMAGE_REVISION (e.g. HEAD), so that other
+    people's half-saved edits in a shared tree stay out of the image."""
+    revision = os.environ.get("LABKEEPER_IMAGE_REVISION")
     root = repo / "operator" / PACKAGE
-    return sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                  and (p.suffix == ".py" or p.name == "py.typed"))
+    if not revision:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and _installed(str(p.relative_to(repo)))}
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", revision, f"operator/{PACKAGE}"],
+                             check=True, capture_output=True).stdout
+    files = {}
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar:
+            if member.isfile() and _installed(member.name):
+                files[member.name.removeprefix(f"operator/{PACKAGE}/")] = tar.extractfile(member).read()
+    return dict(sorted(files.items()))
 
 
 def product_image(repo: Path, cache: Path | None = None) -> Image:
@@ -245,11 +273,11 @@ def product_image(repo: Path, cache: Path | None = None) -> Image:
     directory (an opaque whiteout) and puts the sources there, as `pip install` would have put them, without
     byte-compiled files (the image runs with PYTHONDONTWRITEBYTECODE; modules compile in memory)."""
     cache = cache or cache_root()
-    base_key = _hash_paths(repo, PRODUCT_BASE_SOURCES).hexdigest()[:16]
+    base_key = _hash_paths(repo, PRODUCT_BASE_SOURCES, _install_metadata(repo)).hexdigest()[:16]
     files = _package_files(repo)
     h = hashlib.sha256(base_key.encode())
-    for path in files:
-        h.update(str(path.relative_to(repo)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    for relative, data in files.items():
+        h.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
     tag = h.hexdigest()[:16]
     name = f"localhost/labkeeper/labkeeper:{tag}"
     tarball = cache / f"labkeeper-{tag}.tar"
@@ -258,7 +286,7 @@ def product_image(repo: Path, cache: Path | None = None) -> Image:
     cache.mkdir(parents=True, exist_ok=True)
     base = _product_base(repo, base_key, cache)
     partial = tarball.with_suffix(f".partial-{os.getpid()}")
-    _with_package_layer(base, repo, files, name, partial)
+    _with_package_layer(base, files, name, partial)
     partial.rename(tarball)
     return Image(name, tarball)
 
@@ -276,10 +304,12 @@ def _product_base(repo: Path, key: str, cache: Path) -> Path:
     subprocess.run(["buildah", *storage, "push", "--quiet", name, f"docker-archive:{partial}:{name}"], check=True,
                    stdout=subprocess.DEVNULL)
     partial.rename(tarball)
+    # the archive is what is kept; vfs holds a full copy of the tree per layer (gigabytes per build)
+    subprocess.run(["buildah", *storage, "rmi", name], check=False, capture_output=True)
     return tarball
 
 
-def _with_package_layer(base: Path, repo: Path, files: Sequence[Path], name: str, out: Path) -> None:
+def _with_package_layer(base: Path, files: dict[str, bytes], name: str, out: Path) -> None:
     """`base` (a docker-archive) plus a layer that replaces its installed labkeeper package with `files`."""
     with tarfile.open(base) as archive:
         manifest = json.loads(archive.extractfile("manifest.json").read())[0]
@@ -297,18 +327,15 @@ def _with_package_layer(base: Path, repo: Path, files: Sequence[Path], name: str
             raise RuntimeError(f"{base}: no installed {PACKAGE} package (…{_SITE_PACKAGES_MARKER}) in any layer")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as layer:
-            source_root = repo / "operator" / PACKAGE
-            directories = {package_dir} | {f"{package_dir}/{p.parent.relative_to(source_root)}".rstrip("/.")
-                                           for p in files}
+            directories = {package_dir} | {f"{package_dir}/{Path(relative).parent}".rstrip("/.") for relative in files}
             for directory in sorted(directories):
                 info = tarfile.TarInfo(directory)
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 layer.addfile(info)
             # an opaque whiteout: nothing of the installed package shows through, so a removed module is gone
             layer.addfile(tarfile.TarInfo(f"{package_dir}/.wh..wh..opq"), io.BytesIO(b""))
-            for path in files:
-                data = path.read_bytes()
-                info = tarfile.TarInfo(f"{package_dir}/{path.relative_to(source_root)}")
+            for relative, data in files.items():
+                info = tarfile.TarInfo(f"{package_dir}/{relative}")
                 info.size, info.mode = len(data), 0o644
                 layer.addfile(info, io.BytesIO(data))
         layer_bytes = buf.getvalue()
