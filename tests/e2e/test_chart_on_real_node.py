@@ -152,13 +152,18 @@ def test_the_agent_pod_keeps_a_cpu_burner_active_and_culls_it_once_it_stops(shor
     lab.apply(workspace("burn", user, image=lab.node.workspace_image.name, cpu="500m", memory="128Mi",
                         command=["bash", "-c", 'while [ ! -e "$HOME/.burn-stop" ]; do :; done; exec sleep infinity']))
     running(lab, "burn", user)
-    # the agent pod's verdict names the CPU it measured in the pod's cgroup
-    seen = wait_for(lambda: re.search(r"cpu (\d+\.\d+) cores", (s := lab.status("workspace", "burn", f"lab-{user}"))
-                                      .get("activityReason") or "") and s,
-                    timeout=60, what=lambda: f"an activity reason naming cpu cores; {lab.component_logs()}")
-    cores = float(re.search(r"cpu (\d+\.\d+) cores", seen["activityReason"]).group(1))
-    assert cores >= 0.1, seen["activityReason"]
-    print(f"\nbusy: {seen['activityReason']}")
+    # the agent pod's verdict names the CPU it measured in the pod's cgroup: at least the policy's 0.1 cores
+    reasons: list[str] = []
+
+    def busy_reason():
+        reason = lab.status("workspace", "burn", f"lab-{user}").get("activityReason") or ""
+        reasons.append(reason)
+        cores = re.search(r"cpu (\d+\.\d+) cores", reason)
+        return cores and float(cores.group(1)) >= 0.1 and reason
+
+    busy = wait_for(busy_reason, timeout=60, what=lambda: f"a busy verdict naming cpu cores (seen {sorted(set(reasons))}); "
+                    f"{lab.component_logs()}")
+    print(f"\nbusy: {busy}")
 
     # busy for longer than the idle timeout: never warned, never stopped, lastActivity moves with the burner
     started = time.monotonic()

@@ -165,3 +165,20 @@ def test_a_process_is_mapped_back_to_its_pod_from_proc_pid_cgroup(layout, tmp_pa
 def test_pod_uid_of_a_cgroup_line(line, uid):
     assert pod_uid_in(line.split(":", 2)[-1]) == uid
 
+
+
+def test_from_another_pid_namespace_the_pods_pid_is_found_in_the_hosts_proc_and_checked_on_reuse(layout, tmp_path):
+    # cgroup.procs lists only the reader's PID namespace: the agent pod (no hostPID) sees every pod cgroup empty
+    pod_dir = layout.build(tmp_path / "cgroup", cpu=1.0)
+    for directory in [pod_dir, *pod_dir.rglob("*")]:
+        if (directory / "cgroup.procs").is_file():
+            (directory / "cgroup.procs").write_text("")
+    for pid, text in ((7, "0::/system.slice/containerd.service\n"), (PID, layout.proc_cgroup())):
+        (tmp_path / "proc" / str(pid)).mkdir(parents=True)
+        (tmp_path / "proc" / str(pid) / "cgroup").write_text(text)
+    reader = host(tmp_path)
+    assert reader.pid_of_pod(UID, pod_dir) == PID
+    assert reader.pid_of_pod(UID, pod_dir) == PID and reader.proc_scans == 1  # known: checked, not scanned
+    # the pid now belongs to something else: looked up again, and the pod is gone
+    (tmp_path / "proc" / str(PID) / "cgroup").write_text("0::/user.slice\n")
+    assert reader.pid_of_pod(UID, pod_dir) is None and reader.proc_scans == 2

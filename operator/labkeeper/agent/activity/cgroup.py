@@ -1,7 +1,10 @@
 """What the host says about a pod: CPU time from its cgroup, pod UID of a pid, network bytes of its netns.
 
-All paths hang off two injectable roots, so tests point them at real temporary trees. The agent
-needs `hostPID` (so NVML's pids are the host's) and the host's `/sys/fs/cgroup` mounted read-only.
+All paths hang off two injectable roots, so tests point them at real temporary trees. The agent pod
+keeps its own PID namespace and reads the host's `/proc` and `/sys/fs/cgroup`, mounted read-only
+(NVML's pids are the host's). A cgroup's `cgroup.procs` lists only the pids of the reader's PID
+namespace, so from such a pod every pod cgroup looks empty: a pod's pid is then found in the host's
+`/proc` by its cgroup path, once, and checked again on every later use.
 """
 
 from __future__ import annotations
@@ -61,6 +64,35 @@ class HostReader:
     def __init__(self, proc_root: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> None:
         self.proc_root = proc_root
         self.cgroup_root = cgroup_root
+        self._pod_pids: dict[str, int] = {}  # pod UID -> a host pid in it, found through /proc
+        self.proc_scans = 0
+
+    def pid_of_pod(self, pod_uid: str, cgroup_dir: Path | None) -> int | None:
+        """A host pid in the pod (any: they share its network namespace). From the pod cgroup's
+        `cgroup.procs` when the reader shares the host's PID namespace; otherwise from the host's /proc,
+        scanned once for every pod not yet known and checked again on each use (a pid is reused)."""
+        if cgroup_dir is not None:
+            pids = self.pids_in(cgroup_dir)
+            if pids:
+                return pids[0]
+        known = self._pod_pids.get(pod_uid)
+        if known is not None and self.pod_uid_of(known) == pod_uid:
+            return known
+        self._pod_pids = self._scan_pods()
+        return self._pod_pids.get(pod_uid)
+
+    def _scan_pods(self) -> dict[str, int]:
+        self.proc_scans += 1
+        found: dict[str, int] = {}
+        try:
+            entries = [e.name for e in os.scandir(self.proc_root) if e.name.isdigit()]
+        except OSError:
+            return found
+        for name in sorted(entries, key=int):
+            uid = self.pod_uid_of(int(name))
+            if uid and uid not in found:
+                found[uid] = int(name)
+        return found
 
     def pod_uid_of(self, pid: int) -> str | None:
         try:

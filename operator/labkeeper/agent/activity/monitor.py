@@ -74,8 +74,8 @@ class ActivityMonitor:
         cgroup = ws.cgroup_path or memory.cgroup or self.host.find_pod_cgroup(ws.pod_uid)
         memory.cgroup = None if ws.cgroup_path else cgroup
         cpu_total = cpu_seconds(cgroup) if cgroup else None
-        pids = self.host.pids_in(cgroup) if cgroup else []
-        network_total = self.host.network_bytes_of(pids[0]) if pids else None
+        pid = self.host.pid_of_pod(ws.pod_uid, cgroup) if cgroup else None
+        network_total = self.host.network_bytes_of(pid) if pid is not None else None
         if cpu_total is None:
             memory.cgroup = None  # the pod restarted or moved: look it up again next time
 
