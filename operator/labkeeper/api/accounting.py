@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labkeeper.api.names import namespace_for
+from labkeeper.api.phases import RUNNING_PHASES
 from labkeeper.api.units import format_time, parse_time
 
 WAITING, ACTIVE, IDLE, HELD, OFF = "waiting", "active", "idle", "held", "off"
 HOLDING = (ACTIVE, IDLE, HELD)  # states in which a workspace keeps devices from everyone else
-RUNNING_PHASES = ("Running", "IdleWarning")
 POD_PENDING = {("Pending", "Unschedulable"), ("Pending", "Scheduling")}  # a pod pinned to its devices
 METER_HORIZON = dt.timedelta(days=2)  # marks closed longer ago than this have long been folded
 METER_MAX = 48

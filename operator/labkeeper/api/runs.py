@@ -7,10 +7,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from labkeeper.api.phases import ENDED_PHASES as ENDED_PHASES
 from labkeeper.api.units import parse_time
 
 BATCH = "Batch"
-ENDED_PHASES = ("Succeeded", "Failed")
 CONTAINER = "workspace"
 # what the runtime says about a command it killed, in the words a person reads
 KILLED = {"OOMKilled": "killed for running out of memory (its memory limit)",

@@ -15,8 +15,9 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import kopf
 import urllib3
@@ -45,6 +46,7 @@ from labkeeper.controller.workspaces import WorkspaceReconciler, clear_stale_han
 from labkeeper.kube.client import Kube
 
 log = logging.getLogger("labkeeper.operator")
+T = TypeVar("T")
 
 # a Workspace in these phases waits for a device or for quota that another pod's deletion may free
 WAITING_PHASES = ("Pending", "Preempted")
@@ -79,7 +81,7 @@ class ScaledClock:
         return cls(dt.datetime.fromisoformat(origin.replace("Z", "+00:00")), float(anchor), float(scale))
 
 
-def log_failure(err: Exception, message: str, *args) -> None:
+def log_failure(err: Exception, message: str, *args: object) -> None:
     """An API hiccup (a restarting apiserver, a conflict) is a retried warning; anything else keeps its traceback."""
     stopping = isinstance(err, RuntimeError) and "shutdown" in str(err)
     if stopping or isinstance(err, (ApiException, urllib3.exceptions.HTTPError, OSError)):
@@ -88,36 +90,76 @@ def log_failure(err: Exception, message: str, *args) -> None:
         log.exception(message, *args)
 
 
+RETRY_FIRST = 0.5  # seconds before the first retry of a failed pass; doubled with each failure in a row
+RETRY_CAP = 30.0  # ... up to this
+
+
 class Requeue:
-    """One pending re-check per object, like controller-runtime's RequeueAfter."""
+    """One pending re-check per object, like controller-runtime's RequeueAfter; a failed pass is retried after a
+    delay that doubles with each failure in a row, up to RETRY_CAP (its rate limiter's exponential backoff).
+    Its tables hold only what is pending: a timer that fired, a lock nobody holds or waits for, a key whose
+    pass succeeded are dropped, so thousands of objects come and go without the tables growing."""
 
     def __init__(self, wall: Callable[[float], float] = lambda seconds: seconds) -> None:
         self.wall = wall  # a delay of the operator's clock in wall-clock seconds (ScaledClock.wall)
         self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}  # key → (lock, holders and waiters)
+        self._failures: dict[tuple[str, str], int] = {}  # key → failed passes in a row
 
-    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     def schedule(self, key: tuple[str, str], delay: float, callback: Callable[[], object]) -> None:
         loop = asyncio.get_running_loop()
         old = self._handles.pop(key, None)
         if old:
             old.cancel()
+
+        def fire() -> None:
+            self._handles.pop(key, None)
+            callback()
+
         # an empty context: the current one holds kopf's whole cause and body until the timer fires
-        self._handles[key] = loop.call_later(self.wall(delay), callback, context=contextvars.Context())
+        self._handles[key] = loop.call_later(self.wall(delay), fire, context=contextvars.Context())
+
+    def retry(self, key: tuple[str, str], callback: Callable[[], object]) -> float:
+        """After a failed pass: `callback` again after the backoff for this many failures in a row."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(RETRY_CAP, RETRY_FIRST * 2.0 ** (failures - 1))
+        self.schedule(key, delay, callback)
+        return delay
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._failures.pop(key, None)
 
     def cancel(self, key: tuple[str, str]) -> None:
+        self._failures.pop(key, None)
         handle = self._handles.pop(key, None)
         if handle:
             handle.cancel()
+
+    def __len__(self) -> int:
+        """Entries held in all tables (for tests and the curious)."""
+        return len(self._handles) + len(self._locks) + len(self._failures)
 
     def cancel_all(self) -> None:
         for key in list(self._handles):
             self.cancel(key)
 
 
-async def quietly(what: str, func, *args):
+async def quietly(what: str, func: Callable[..., T], *args: object) -> T | None:
     """Runs a blocking read in a thread; an API hiccup is logged in one line and yields None."""
     try:
         return await asyncio.to_thread(func, *args)
@@ -149,8 +191,8 @@ class Operator:
         self.requeue = Requeue(clock.wall if isinstance(clock, ScaledClock) else (lambda seconds: seconds))
         # Workspaces with a pass queued but not yet started: events that arrive meanwhile fold into it
         self._queued: set[tuple[str, str]] = set()
-        self._lost_pods: dict[tuple[str, str], dict] = {}
-        self._passes: set[asyncio.Task] = set()
+        self._lost_pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self._passes: set[asyncio.Task[None]] = set()
         # (namespace, name) of the Workspaces last seen in a waiting phase
         self.waiting: set[tuple[str, str]] = set()
         # those of them in the device queue (status.waitingSince): when one leaves it, the rest move up
@@ -160,9 +202,11 @@ class Operator:
         """Entries and agent finalizers of nodes that no longer exist go; again soon if the sweep was cut short."""
         pruned = await quietly("pruning what nodes that are gone left behind", self.nodes.sweep)
         if pruned is None or pruned.retry:
-            self.requeue.schedule(("Node", "*"), 5.0, lambda: asyncio.ensure_future(self.prune_gone_nodes()))
+            self.requeue.retry(("Node", "*"), lambda: asyncio.ensure_future(self.prune_gone_nodes()))
+        else:
+            self.requeue.succeeded(("Node", "*"))
 
-    async def reconcile_user(self, name: str, body: dict | None = None) -> None:
+    async def reconcile_user(self, name: str, body: dict[str, Any] | None = None) -> None:
         key = ("GPUUser", name)
         async with self.requeue.lock(key):
             try:
@@ -174,14 +218,17 @@ class Operator:
                 outcome = await asyncio.to_thread(self.users.reconcile, body)
             except Exception as err:  # a failed pass is retried; it must never kill the watch
                 log_failure(err, "GPUUser %s: reconcile failed: %s", name, err)
-                self.requeue.schedule(key, 5.0, lambda: asyncio.ensure_future(self.reconcile_user(name)))
+                if body is not None:
+                    await asyncio.to_thread(self.users.record_failure, body, err)
+                self.requeue.retry(key, lambda: asyncio.ensure_future(self.reconcile_user(name)))
                 return
+        self.requeue.succeeded(key)
         if outcome.requeue_after is not None:
             self.requeue.schedule(key, outcome.requeue_after, lambda: asyncio.ensure_future(self.reconcile_user(name)))
         else:
             self.requeue.cancel(key)
 
-    def workspace_changed(self, namespace: str, name: str, lost_pod: dict | None = None) -> None:
+    def workspace_changed(self, namespace: str, name: str, lost_pod: dict[str, Any] | None = None) -> None:
         """Queues one pass over the Workspace without waiting for it, so a watch event is let go at once
         instead of waiting with its whole body for the user's lock."""
         if lost_pod is not None:
@@ -201,6 +248,7 @@ class Operator:
             # from here on an event needs a pass of its own: this one may already have read past it
             self._queued.discard((namespace, name))
             lost_pod = self._lost_pods.pop((namespace, name), None)
+            body = None
             try:
                 # always a fresh read: a body from an event or a list may predate what the pass that held
                 # the lock just wrote (a stale spec.state would restart a stopped workspace)
@@ -211,8 +259,11 @@ class Operator:
                 outcome = await asyncio.to_thread(self.workspaces.reconcile, body, lost_pod=lost_pod)
             except Exception as err:  # a failed pass is retried; it must never kill the watch
                 log_failure(err, "Workspace %s/%s: reconcile failed: %s", namespace, name, err)
-                self.requeue.schedule(key, 5.0, lambda: self.workspace_changed(namespace, name))
+                if body is not None:
+                    await asyncio.to_thread(self.workspaces.record_failure, body, err)
+                self.requeue.retry(key, lambda: self.workspace_changed(namespace, name))
                 return
+        self.requeue.succeeded(key)
         if outcome.requeue_after is not None:
             self.requeue.schedule(key, outcome.requeue_after, lambda: self.workspace_changed(namespace, name))
         else:
@@ -242,7 +293,9 @@ class Operator:
                 await asyncio.to_thread(self.usage.refresh, username)
             except Exception as err:  # retried; a usage figure must never kill the watch
                 log_failure(err, "GPUUser %s: usage failed: %s", username, err)
-                self.requeue.schedule(key, 5.0, lambda: self.usage_changed(namespace_for(username)))
+                self.requeue.retry(key, lambda: self.usage_changed(namespace_for(username)))
+                return
+            self.requeue.succeeded(key)
 
     def accounting_due(self, username: str) -> None:
         """Her next fold, one flush interval from now, unless one is scheduled already (her own status writes
@@ -295,7 +348,7 @@ class Operator:
         for namespace_, name in sorted(self.waiting - {(namespace, workspace)}):
             self.workspace_changed(namespace_, name)
 
-    async def policy_changed(self, body: dict) -> None:
+    async def policy_changed(self, body: dict[str, Any]) -> None:
         changed = await quietly("loading the policy", self.policy.load_configmap, body)
         if changed:
             await self.follow_policy()
@@ -316,9 +369,9 @@ class Operator:
         if done and users is not None and workspaces is not None:
             self.requeue.cancel(key)
         else:
-            self.requeue.schedule(key, 5.0, lambda: asyncio.ensure_future(self.follow_policy()))
+            self.requeue.retry(key, lambda: asyncio.ensure_future(self.follow_policy()))
 
-    def requeue_waiting(self, workspaces: list[dict]) -> None:
+    def requeue_waiting(self, workspaces: list[dict[str, Any]]) -> None:
         """Every Workspace that waits (Pending for any reason, NotEntitled and QuotaExceeded included, Preempted,
         or not looked at yet) gets a pass under the policy now in force: none of them has a timer of its own."""
         listed = {(ws["metadata"]["namespace"], ws["metadata"]["name"]) for ws in workspaces
@@ -327,7 +380,7 @@ class Operator:
             self.workspace_changed(namespace, name)
 
 
-def in_cluster_server(environ, fallback: str) -> str:
+def in_cluster_server(environ: Mapping[str, str], fallback: str) -> str:
     """The API server as client-go finds it in a pod: the `kubernetes` Service's address that the kubelet puts
     in the environment. kopf's own default, https://kubernetes.default.svc, needs cluster DNS, and without it
     (DNS not up yet after a reboot, or none at all) the operator led its Lease but never saw an object."""
@@ -339,7 +392,7 @@ def in_cluster_server(environ, fallback: str) -> str:
 
 def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     @kopf.on.login(registry=registry)
-    def _login(**kwargs):
+    def _login(**kwargs: Any) -> Any:
         # a fresh registry has no login handlers; use the same kubeconfig/in-cluster config as our client
         info = kopf.login_with_service_account(**kwargs)
         if info is not None:
@@ -347,7 +400,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def _startup(settings: kopf.OperatorSettings, **_):
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = "labkeeper.io/kopf"
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
@@ -357,11 +410,11 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         await operator.prune_gone_nodes()  # nodes deleted while no operator watched
 
     @kopf.on.cleanup(registry=registry)
-    async def _cleanup(**_):
+    async def _cleanup(**_: Any) -> None:
         operator.stop()
 
     @kopf.on.event(GROUP, VERSION, GPUUSER.plural, registry=registry)
-    async def _user_event(event: dict, body: kopf.Body, name: str, **_):
+    async def _user_event(event: kopf.RawEvent, body: kopf.Body, name: str, **_: Any) -> None:
         if event.get("type") == "DELETED":
             operator.users.forget(name)
             operator.requeue.cancel(("accounting", name))
@@ -376,7 +429,10 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             operator.workspace_changed(ws["metadata"]["namespace"], ws["metadata"]["name"])
 
     @kopf.on.event(GROUP, VERSION, WORKSPACE.plural, registry=registry)
-    async def _workspace_event(event: dict, body: kopf.Body, name: str, namespace: str, **_):
+    async def _workspace_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
+                               **_: Any) -> None:
+        if namespace is None:  # Workspaces are namespaced
+            return
         if event.get("type") == "DELETED":
             operator.workspaces.admissions.changed()  # a waiter or a hold went with it
             operator.workspace_seen(namespace, name, None)
@@ -391,7 +447,10 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         operator.usage_changed(namespace)  # a hold after a stop is recorded in the Workspace's status
 
     @kopf.on.event("", "v1", "pods", registry=registry, labels={LABEL_MANAGED: MANAGED_BY})
-    async def _pod_event(event: dict, body: kopf.Body, labels: dict, namespace: str, **_):
+    async def _pod_event(event: kopf.RawEvent, body: kopf.Body, labels: kopf.Labels, namespace: str | None,
+                         **_: Any) -> None:
+        if namespace is None:  # pods are namespaced
+            return
         workspace = labels.get(LABEL_WORKSPACE)
         if not workspace:
             return
@@ -403,10 +462,10 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         if event.get("type") == "DELETED":
             operator.device_freed(namespace, workspace)
 
-    nodes_seen: dict[str, tuple] = {}
+    nodes_seen: dict[str, tuple[Any, ...]] = {}
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    async def _node_event(event: dict, body: kopf.Body, name: str, **_):
+    async def _node_event(event: kopf.RawEvent, body: kopf.Body, name: str, **_: Any) -> None:
         # what admission counts of a node, its devices and whether it takes pods, not its heartbeats
         capacity, closed = api_admission.capacity_of([dict(body)] if event.get("type") != "DELETED" else [])
         seen = (tuple(sorted(capacity.items())), name in closed)
@@ -419,25 +478,25 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
 
     @kopf.on.event("", "v1", "configmaps", registry=registry,
                    when=lambda name, namespace, **_: name == POLICY_CONFIGMAP and namespace == operator.namespace)
-    async def _policy_event(event: dict, body: kopf.Body, **_):
+    async def _policy_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event.get("type") != "DELETED":
             await operator.policy_changed(dict(body))
 
 
 @contextlib.contextmanager
-def standby_health(liveness: str | None):
+def standby_health(liveness: str | None) -> Iterator[None]:
     if not liveness:
         yield
         return
     url = urllib.parse.urlsplit(liveness)
 
     class Healthy(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
+        def do_GET(self) -> None:
             self.send_response(200 if self.path == url.path else 404)
             self.end_headers()
             self.wfile.write(b"standby\n")
 
-        def log_message(self, *args):
+        def log_message(self, *args: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer((url.hostname or "0.0.0.0", url.port or 8080), Healthy)
@@ -456,7 +515,7 @@ class WritesCollector:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
 
-    def collect(self):
+    def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
 
         family = CounterMetricFamily("labkeeper_operator_api_writes", "API writes made by the operator",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api import policy as api_policy
-from labkeeper.api.units import format_duration
+from labkeeper.api.units import format_duration, parse_duration
 from labkeeper.kube.client import Kube, api_error_message
 from labkeeper.render import access as render
 
@@ -26,6 +27,8 @@ class UserEntitlement:
     access: render.Access
     limits: dict[str, Any]  # field → {"value", "source"}
     allowed_images: tuple[str, ...] = ()
+    idle_timeout: dt.timedelta | None = None  # the limits parsed once, for the reconcilers
+    max_runtime: dt.timedelta | None = None
 
     def status_view(self) -> dict[str, Any]:
         return self.limits
@@ -98,8 +101,10 @@ class PolicyStore(api_policy.PolicyKeeper):
         r = self.current.uid_range
         return r.start, r.end
 
-    def entitlement(self, username: str, spec: dict[str, Any]) -> UserEntitlement:
-        policy = self.current
+    def entitlement(self, username: str, spec: dict[str, Any],
+                    policy: api_policy.LabPolicy | None = None) -> UserEntitlement:
+        """Under `policy`, one snapshot a whole pass decides on; the policy in force if none is given."""
+        policy = policy or self.current
         tier = spec.get("tier") or policy.default_tier
         limits = policy.effective_limits(username, tier, spec.get("limits") or {})
         values = {name: item.value for name, item in limits.items()}
@@ -116,7 +121,9 @@ class PolicyStore(api_policy.PolicyKeeper):
         view = {name: {"value": _text(item.value), "source": item.source} for name, item in limits.items()}
         # lab-wide, but the user reads it here (not the policy ConfigMap): labctl keepalive refuses beyond it
         view["keepAliveMax"] = {"value": format_duration(policy.keep_alive_max), "source": "default"}
-        return UserEntitlement(tier, grant, view, tuple(values.get("allowedImages") or ()))
+        return UserEntitlement(tier, grant, view, tuple(values.get("allowedImages") or ()),
+                               idle_timeout=_duration(values.get("idleTimeout")),
+                               max_runtime=_duration(values.get("maxRuntime")))
 
     def priority_classes(self) -> list[dict[str, Any]]:
         policy = self.current
@@ -142,6 +149,10 @@ class PolicyStore(api_policy.PolicyKeeper):
             if existing is None or any(existing.get(k) != pc[k] for k in ("description",)):
                 self.kube.apply(pc)
         return len(classes)
+
+
+def _duration(value: object) -> dt.timedelta | None:
+    return parse_duration(str(value)) if value not in (None, "") else None
 
 
 def _text(value: object) -> str:

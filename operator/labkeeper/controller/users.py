@@ -1,7 +1,9 @@
 """GPUUser → a person who can use the cluster: uid, namespace, RBAC, quota, credentials.
 
-Level-based: every call computes the whole desired state from the object and the policy, applies
-what differs from what this process last applied, and writes status only when it changed."""
+Level-based: a pass reads one frozen scope (the object parsed into the api model, one policy snapshot and her
+entitlement under it), asks controller/user_decisions.py whether she is held, provisions what she should have
+(applying only what differs from what this process last applied), and writes the status the decisions compute
+once, only the fields that changed."""
 
 from __future__ import annotations
 
@@ -11,16 +13,31 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from labkeeper.api.names import OPERATOR_FINALIZER, kubeconfig_secret
+from labkeeper.api.names import OPERATOR_FINALIZER
+from labkeeper.api.phases import UserState
+from labkeeper.api.resources import GPUUserSpec
 from labkeeper.controller.credentials import Credentials
+from labkeeper.controller.failures import record_failure
 from labkeeper.controller.policy import PolicyStore, UserEntitlement
 from labkeeper.controller.uids import LedgerFull, UidLedger
-from labkeeper.kube.client import Kube, condition, is_conflict, owner_reference
+from labkeeper.controller.user_decisions import (
+    Access,
+    UserScope,
+    held,
+    quota_counted,
+    requeue_after,
+    uid_unavailable,
+    user_status,
+)
+from labkeeper.controller.user_decisions import host_provisioned as host_provisioned
+from labkeeper.kube.client import Kube, is_conflict, owner_reference
 from labkeeper.render import access as render
 
+Body = dict[str, Any]
 FINALIZER = OPERATOR_FINALIZER
 
 
@@ -42,128 +59,68 @@ class UserReconciler:
         self.require_host = require_host
         self._applied: dict[str, str] = {}  # user → fingerprint of the children last applied by this process
 
-    def reconcile(self, user: dict) -> Outcome:
+    def scope(self, user: Body) -> UserScope:
+        policy = self.policy.current  # the one snapshot this pass decides on
+        name = user["metadata"]["name"]
+        spec = user.get("spec") or {}
+        return UserScope(body=user, spec=GPUUserSpec.model_validate(spec), policy=policy,
+                         entitlement=self.policy.entitlement(name, spec, policy), now=self.clock(),
+                         require_host=self.require_host, system_namespace=self.credentials.namespace)
+
+    def reconcile(self, user: Body) -> Outcome:
         meta = user["metadata"]
         name = meta["name"]
-        spec = user.get("spec") or {}
         if meta.get("deletionTimestamp"):
             return self._finalize(user)
         if FINALIZER not in (meta.get("finalizers") or []):
             user = self.kube.patch("GPUUser", name, {"metadata": {"finalizers": [*(meta.get("finalizers") or []), FINALIZER]}})
-        status = user.get("status") or {}
-        conditions = status.get("conditions") or []
-        now = self.clock()
-        unknown = self._unknown_tier(spec)
-        if unknown:
-            # held here, not refused by an admission policy: the tiers live in YAML text that CEL cannot read, and
-            # a tier can leave the policy after its users were admitted; nothing new is provisioned meanwhile
-            ready = next((c for c in conditions if c.get("type") == "Ready"), {})
-            if (ready.get("reason"), ready.get("message")) != ("UnknownTier", unknown):
-                self.kube.event(user, "UnknownTier", unknown, type_="Warning")
-            self._write_status(user, {"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [
-                condition("Ready", False, "UnknownTier", unknown, conditions, now),
-                *[c for c in conditions if c.get("type") != "Ready"]]})
+        scope = self.scope(user)
+        hold = held(scope)
+        if hold is not None:  # nothing new is provisioned meanwhile
+            if hold.event:
+                self.kube.event(user, "UnknownTier", hold.event, type_="Warning")
+            self.kube.patch_status("GPUUser", user, hold.status)
             return Outcome()
 
         try:
-            uid = status.get("uid") or self.ledger.allocate(name, spec.get("uid"))
+            uid = int(scope.status.get("uid") or self.ledger.allocate(name, scope.spec.uid))
         except LedgerFull as err:
-            self._write_status(user, {"phase": "Failed", "conditions": [
-                condition("Ready", False, "UidUnavailable", str(err), conditions, now)]})
+            self.kube.patch_status("GPUUser", user, uid_unavailable(scope, str(err)))
             return Outcome()
 
-        entitlement = self.policy.entitlement(name, spec)
-        state = spec.get("state", "Active")
         group = None
-        if state == "Active":
+        if scope.state == UserState.ACTIVE:
             user, incarnation = self._incarnation(user)
             group = render.access_group(name, incarnation)
-        if state == "Offboarded":
+        if scope.state == UserState.OFFBOARDED:
             self._remove_namespace_and_access(name)
         else:
-            self._apply_children(user, entitlement, group)
+            self._apply_children(user, scope.entitlement, group)
 
-        access_ok, access_msg, requeue = True, "RoleBinding and kubeconfig in place", None
         if group is not None:
-            creds = self.credentials.ensure(user, now, group)
-            if not creds.ready:
-                access_ok, access_msg, requeue = False, creds.message, 1.0
+            creds = self.credentials.ensure(user, scope.now, group)
+            access = Access(True, "RoleBinding and kubeconfig in place") if creds.ready \
+                else Access(False, creds.message, 1.0)
         else:
             self.credentials.revoke(name)
-            access_ok, access_msg = False, f"user is {state}: access removed"
-
-        if state == "Offboarded":
-            quota_ok, quota_msg = False, "offboarded: her namespace, workspaces and quota are removed"
-        else:
-            quota_ok, quota_msg = self._quota_enforced(name, entitlement)
-        if not quota_ok and state != "Offboarded":
-            requeue = 1.0
-        host_ok, host_msg = host_provisioned(status)
-        host_ready = host_ok or not self.require_host
-        if state == "Offboarded":
-            phase = "Offboarded"
-        elif state == "Suspended":
-            phase = "Suspended"
-        elif access_ok and host_ready and quota_ok:
-            phase = "Ready"
-        else:
-            phase = "Provisioning"
-        ready_reason = "Ready" if phase == "Ready" else ("Waiting" if phase == "Provisioning" else state)
-        ready_msg = "user can log in and use the cluster" if phase == "Ready" else (
-            access_msg if not access_ok else (quota_msg if not quota_ok else host_msg))
-        if phase == "Offboarded":
-            ready_msg = (f"offboarded: namespace, workspaces and access removed, data policy "
-                         f"{spec.get('dataPolicy', 'Keep')}; this GPUUser is kept as the record and uid {uid} "
-                         f"stays reserved")
-        desired = {
-            "uid": uid,
-            "gid": uid,
-            "namespace": render.namespace_for(name) if state != "Offboarded" else None,
-            "home": f"/home/{name}",
-            "phase": phase,
-            "kubeconfigSecret": f"{self.credentials.namespace}/{kubeconfig_secret(name)}" if state == "Active" else None,
-            # an offboarded user's incarnation ends: if she is ever re-added, she gets a new one
-            **({"incarnation": None} if state == "Offboarded" else {}),
-            "effectiveLimits": entitlement.status_view(),
-            "observedGeneration": meta.get("generation"),
-            "conditions": [
-                condition("Ready", phase == "Ready", ready_reason, ready_msg, conditions, now),
-                condition("HostProvisioned", host_ok, "AgentReported" if host_ok else "Waiting", host_msg,
-                          conditions, now),
-                condition("AccessGranted", access_ok, "Granted" if access_ok else "NotGranted", access_msg,
-                          conditions, now),
-                condition("QuotaApplied", quota_ok, "Applied" if quota_ok else (
-                    "Offboarded" if state == "Offboarded" else "Waiting"),
-                          f"tier {entitlement.tier}: {entitlement.summary()}" if quota_ok else quota_msg,
-                          conditions, now),
-            ],
-        }
-        self._write_status(user, desired)
-        return Outcome(requeue)
-
-    def _unknown_tier(self, spec: dict) -> str | None:
-        """Why an Active user's tier cannot be used, or None; suspended and offboarded users go ahead regardless."""
-        policy = self.policy.current
-        tier = spec.get("tier") or policy.default_tier
-        if spec.get("state", "Active") != "Active" or tier in policy.tiers:
-            return None
-        return (f"spec.tier {tier!r} is not a tier of the lab policy (ConfigMap labkeeper-system/labkeeper-policy); "
-                f"valid: {', '.join(sorted(policy.tiers))}. Nothing is provisioned until the tier exists or "
-                f"spec.tier names one")
+            access = Access(False, f"user is {scope.state.value}: access removed")
+        quota = (False, "") if scope.state == UserState.OFFBOARDED else self._quota_enforced(name, scope.entitlement)
+        self.kube.patch_status("GPUUser", user, user_status(scope, uid, access, quota))
+        return Outcome(requeue_after(scope, access, quota))
 
     # ---- children ---------------------------------------------------------------------------
-    def _incarnation(self, user: dict) -> tuple[dict, str]:
+    def _incarnation(self, user: Body) -> tuple[Body, str]:
         """This incarnation's id, recorded in the status before any certificate or binding names it; a fresh read
         under the resourceVersion, so that a stale body can never make a second one."""
         name = user["metadata"]["name"]
         for _attempt in range(5):
             known = (user.get("status") or {}).get("incarnation")
             if known:
-                return user, known
+                return user, str(known)
             fresh = self.kube.get("GPUUser", name) or user
             known = (fresh.get("status") or {}).get("incarnation")
             if known:
-                return fresh, known
+                return fresh, str(known)
             try:
                 user = self.kube.patch("GPUUser", name, {
                     "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},
@@ -184,7 +141,7 @@ class UserReconciler:
         self.kube.delete("ClusterRole", render.self_reader_name(name))
         self._applied[name] = "offboarded"
 
-    def _apply_children(self, user: dict, entitlement: UserEntitlement, group: str | None) -> None:
+    def _apply_children(self, user: Body, entitlement: UserEntitlement, group: str | None) -> None:
         """Namespace, role, quota and her own-GPUUser reader; the bindings only while she is active (`group`)."""
         name = user["metadata"]["name"]
         owner = owner_reference(user, block=False)
@@ -214,25 +171,19 @@ class UserReconciler:
         self._applied[name] = fingerprint
 
     def _quota_enforced(self, name: str, entitlement: UserEntitlement) -> tuple[bool, str]:
-        """The API refuses every create in the namespace until the quota controller has counted it."""
         quota = self.kube.get("ResourceQuota", render.QUOTA_NAME, render.namespace_for(name))
-        want = render.resource_quota(entitlement.access)["spec"]["hard"]
-        qstatus = (quota or {}).get("status") or {}
-        counted = {k for k in (qstatus.get("hard") or {}) if k in (qstatus.get("used") or {})}
-        missing = sorted(k for k in want if k not in counted)
-        if missing:
-            return False, f"waiting for the quota controller to count {', '.join(missing[:3])}"
-        return True, ""
+        return quota_counted(quota, render.resource_quota(entitlement.access)["spec"]["hard"])
 
     def forget(self, name: str) -> None:
         self._applied.pop(name, None)
 
-    # ---- status -----------------------------------------------------------------------------
-    def _write_status(self, user: dict, desired: dict) -> None:
-        self.kube.patch_status("GPUUser", user, desired)
+    # ---- a pass that failed -----------------------------------------------------------------------------------
+    def record_failure(self, user: Body, err: Exception) -> None:
+        """A pass that raised leaves Reconciled=False with its error and a Warning Event (controller/failures.py)."""
+        record_failure(self.kube, "GPUUser", user, err, self.clock())
 
     # ---- deletion ---------------------------------------------------------------------------
-    def _finalize(self, user: dict) -> Outcome:
+    def _finalize(self, user: Body) -> Outcome:
         meta = user["metadata"]
         name = meta["name"]
         finalizers = meta.get("finalizers") or []
@@ -247,13 +198,3 @@ class UserReconciler:
             self.kube.patch("GPUUser", name, {"metadata": {"finalizers": remaining,
                                                           "resourceVersion": meta["resourceVersion"]}})
         return Outcome()
-
-
-def host_provisioned(status: dict) -> tuple[bool, str]:
-    nodes = status.get("nodes") or []
-    if not nodes:
-        return False, "no node agent has provisioned this user yet"
-    pending = [n for n in nodes if n.get("state") != "Provisioned"]
-    if pending:
-        return False, "; ".join(f"{n.get('node')}: {n.get('state')} {n.get('message', '')}".strip() for n in pending)
-    return True, f"provisioned on {', '.join(sorted(n.get('node', '?') for n in nodes))}"

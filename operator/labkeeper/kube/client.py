@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import threading
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -18,6 +18,7 @@ from labkeeper.api.conditions import condition as condition  # defined in api: t
 from labkeeper.api.kinds import KINDS
 
 FIELD_MANAGER = "labkeeper"
+Body = dict[str, Any]  # an object as the API sends it
 
 
 def is_not_found(err: Exception) -> bool:
@@ -30,7 +31,7 @@ def is_conflict(err: Exception) -> bool:
 
 def api_error_message(err: ApiException) -> str:
     try:
-        return json.loads(err.body).get("message", str(err))
+        return str(json.loads(err.body or "").get("message", str(err)))
     except (TypeError, ValueError):
         return str(err)
 
@@ -45,14 +46,14 @@ class Kube:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | None = None, **kwargs) -> Kube:
+    def from_kubeconfig(cls, kubeconfig: str | None = None, **kwargs: Any) -> Kube:
         if kubeconfig:
-            api = k8s_config.new_client_from_config(config_file=kubeconfig)
+            api = k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
         else:
             try:
-                k8s_config.load_incluster_config()
+                k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
             except k8s_config.ConfigException:
-                k8s_config.load_kube_config()
+                k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
             api = k8s.ApiClient()
         return cls(api, **kwargs)
 
@@ -60,8 +61,8 @@ class Kube:
         with self._lock:
             self.writes[f"{verb} {kind}"] += 1
 
-    def _call(self, method: str, path: str, body: Any = None, *, query: list | None = None,
-              content_type: str = "application/json") -> Any:
+    def _call(self, method: str, path: str, body: Any = None, *, query: list[tuple[str, str]] | None = None,
+              content_type: str = "application/json") -> Body:
         # kubernetes-client >= 35: serialize (auth, host, query), then send
         method, url, headers, payload, post = self.api.param_serialize(
             method, path, query_params=query or [], body=body, auth_settings=["BearerToken"],
@@ -69,13 +70,13 @@ class Kube:
         )
         response = self.api.call_api(method, url, header_params=headers, body=payload, post_params=post,
                                      _request_timeout=30)
-        response.read()
+        response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
             raise ApiException(http_resp=response)
-        return json.loads(response.data) if response.data else None
+        return cast(Body, json.loads(response.data)) if response.data else {}
 
     # ---- reads -------------------------------------------------------------------------------
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Body | None:
         try:
             return self._call("GET", KINDS[kind].path(name, namespace))
         except ApiException as err:
@@ -84,16 +85,16 @@ class Kube:
             raise
 
     def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[dict]:
+             field_selector: str | None = None) -> list[Body]:
         query = []
         if label_selector:
             query.append(("labelSelector", label_selector))
         if field_selector:
             query.append(("fieldSelector", field_selector))
-        return self._call("GET", KINDS[kind].path(namespace=namespace), query=query)["items"]
+        return cast(list[Body], self._call("GET", KINDS[kind].path(namespace=namespace), query=query)["items"])
 
     # ---- writes ------------------------------------------------------------------------------
-    def apply(self, obj: dict, *, force: bool = True) -> dict:
+    def apply(self, obj: Body, *, force: bool = True) -> Body:
         """Server-side apply under labkeeper's field manager; the API skips no-op applies."""
         kind = KINDS[obj["kind"]]
         meta = obj["metadata"]
@@ -104,18 +105,18 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
 
-    def create(self, obj: dict) -> dict:
+    def create(self, obj: Body) -> Body:
         kind = KINDS[obj["kind"]]
         self._count("create", obj["kind"])
         return self._call("POST", kind.path(namespace=obj["metadata"].get("namespace")), obj)
 
-    def replace(self, obj: dict) -> dict:
+    def replace(self, obj: Body) -> Body:
         kind = KINDS[obj["kind"]]
         meta = obj["metadata"]
         self._count("replace", obj["kind"])
         return self._call("PUT", kind.path(meta["name"], meta.get("namespace")), obj)
 
-    def replace_subresource(self, kind: str, obj: dict, subresource: str) -> dict:
+    def replace_subresource(self, kind: str, obj: Body, subresource: str) -> Body:
         meta = obj["metadata"]
         self._count("replace", f"{kind}/{subresource}")
         return self._call("PUT", KINDS[kind].path(meta["name"], meta.get("namespace"), subresource), obj)
@@ -123,17 +124,17 @@ class Kube:
     def whoami(self) -> str:
         review = self._call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
                             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-        return review["status"]["userInfo"]["username"]
+        return str(review["status"]["userInfo"]["username"])
 
-    def patch(self, kind: str, name: str, patch: dict, namespace: str | None = None,
-              subresource: str | None = None) -> dict:
+    def patch(self, kind: str, name: str, patch: Body, namespace: str | None = None,
+              subresource: str | None = None) -> Body:
         self._count("patch", kind if not subresource else f"{kind}/{subresource}")
         return self._call("PATCH", KINDS[kind].path(name, namespace, subresource), patch,
                           content_type="application/merge-patch+json")
 
     def delete(self, kind: str, name: str, namespace: str | None = None, *,
                grace_seconds: int | None = None, propagation: str = "Background") -> bool:
-        body: dict = {"propagationPolicy": propagation}
+        body: Body = {"propagationPolicy": propagation}
         if grace_seconds is not None:
             body["gracePeriodSeconds"] = grace_seconds
         self._count("delete", kind)
@@ -145,7 +146,7 @@ class Kube:
                 return False
             raise
 
-    def patch_status(self, kind: str, obj: dict, desired: dict) -> bool:
+    def patch_status(self, kind: str, obj: Body, desired: Body) -> bool:
         """Merge `desired` into the object's status; writes nothing when every field already matches."""
         current = obj.get("status") or {}
         changed = {key: value for key, value in desired.items() if current.get(key) != value}
@@ -155,7 +156,7 @@ class Kube:
         self.patch(kind, meta["name"], {"status": changed}, meta.get("namespace"), subresource="status")
         return True
 
-    def event(self, obj: dict, reason: str, message: str, *, type_: str = "Normal",
+    def event(self, obj: Body, reason: str, message: str, *, type_: str = "Normal",
               component: str = "labkeeper-operator") -> None:
         meta = obj["metadata"]
         namespace = meta.get("namespace") or "default"
@@ -182,7 +183,7 @@ class Kube:
             self.create(event)
 
 
-def owner_reference(obj: dict, *, controller: bool = True, block: bool = True) -> dict:
+def owner_reference(obj: Body, *, controller: bool = True, block: bool = True) -> Body:
     return {
         "apiVersion": obj["apiVersion"],
         "kind": obj["kind"],
