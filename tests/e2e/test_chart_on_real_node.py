@@ -189,6 +189,10 @@ def test_the_agent_pod_keeps_a_cpu_burner_active_and_culls_it_once_it_stops(shor
     assert final["stopReason"] == "Idle", final
     warned = {w["key"] for s in seen_statuses for w in s.get("warnings") or []}
     assert {"idle-50", "idle-80"} <= warned, warned
+    # idle, the reason says what was measured: CPU from the pod cgroup, network from the pod's netns (a pid of
+    # the pod found in the host's /proc: the agent pod sees no pid in cgroup.procs)
+    idle = [s.get("activityReason") or "" for s in seen_statuses if "cores" in (s.get("activityReason") or "")][-1]
+    assert re.search(r"cpu 0\.0\d cores; network \d+", idle), idle
     events = json.loads(lab.kubectl("get", "events", "-n", f"lab-{user}", "-o", "json").stdout)["items"]
     culled = [e["message"] for e in events if e["reason"] == "Culled" and e["involvedObject"]["name"] == "burn"]
     assert culled and "idle for" in culled[0], culled
@@ -205,10 +209,10 @@ def test_the_agent_pod_keeps_a_cpu_burner_active_and_culls_it_once_it_stops(shor
 
 def devices_of(lab: RealLab, name: str, user: str) -> set[str]:
     """The device ids in the workspace container's environment, as the kubelet set them from the plugin's
-    Allocate answer."""
+    Allocate answer (a workspace without a GPU has `void`, which hides every GPU from it)."""
     pids = lab.workspace_pids(name, user)
     return {d for pid in pids for d in process_environ(Path("/proc"), pid).get("NVIDIA_VISIBLE_DEVICES", "").split(",")
-            if d}
+            if d.startswith(("MIG-", "GPU-"))}
 
 
 def test_a_busy_mig_instance_keeps_exactly_its_workspace_active_and_its_idle_neighbour_is_culled(short_idle):
