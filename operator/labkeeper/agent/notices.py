@@ -21,6 +21,7 @@ from labkeeper.agent import hostops
 from labkeeper.agent.hostops import Owner, UnsafePath
 from labkeeper.agent.model import Report, UnsafeName, check_username
 from labkeeper.api.names import DNS_LABEL_PATTERN, username_of
+from labkeeper.api.phases import RUNNING_PHASES
 from labkeeper.api.units import format_time, human_duration, parse_time
 
 log = logging.getLogger("labkeeper.agent.notices")
@@ -123,7 +124,7 @@ def notice_text(ws: dict, now: dt.datetime) -> str | None:
     phase = status.get("phase")
     if phase in ("Stopping", "Stopped") and status.get("stopReason") in LIMIT_STOPS:
         return _stop_notice(name, namespace, status) + "\n"
-    if phase not in ("Running", "IdleWarning"):
+    if phase not in RUNNING_PHASES:
         return None
     keys = {str(w.get("key", "")) for w in status.get("warnings") or [] if isinstance(w, dict)}
     parts = []

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labkeeper.api.names import namespace_for
-from labkeeper.api.phases import RUNNING_PHASES
+from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES
 from labkeeper.api.units import format_time, parse_time
 
 WAITING, ACTIVE, IDLE, HELD, OFF = "waiting", "active", "idle", "held", "off"
@@ -86,7 +86,7 @@ def current_mark(status: Mapping[str, Any], phase: str, reason: str, now: dt.dat
                 return previous
             since = min(last, now)  # active again from the sample that said so
         return Mark(ACTIVE, since, eq)
-    if status.get("waitingSince") and phase in ("Pending", "Preempted"):
+    if status.get("waitingSince") and phase in WAITING_PHASES:
         return Mark(WAITING, parse_time(status["waitingSince"]) or now, eq)
     hold_until = parse_time(status.get("holdUntil"))
     was_running = previous is not None and previous.state in (ACTIVE, IDLE)

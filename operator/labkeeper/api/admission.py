@@ -15,6 +15,7 @@ from typing import Any
 from labkeeper.api.names import LABEL_ROLE as LABEL_ROLE
 from labkeeper.api.names import LABEL_WORKSPACE as LABEL_WORKSPACE
 from labkeeper.api.names import username_of
+from labkeeper.api.phases import RUNNING_PHASES
 from labkeeper.api.units import parse_time
 
 Slot = tuple[str, str]  # (node, resource)
@@ -361,7 +362,7 @@ def releases_of(workspaces: Iterable[dict[str, Any]], now: dt.datetime) -> list[
             continue
         gpu = (ws.get("spec") or {}).get("gpu") or {}
         profile = gpu.get("profile") or "none"
-        if status.get("phase") not in ("Running", "IdleWarning") or not status.get("node") or profile == "none":
+        if status.get("phase") not in RUNNING_PHASES or not status.get("node") or profile == "none":
             continue
         resource = "nvidia.com/gpu" if profile == "full" else f"nvidia.com/mig-{profile}"
         deadlines = [(t, why) for t, why in ((parse_time(status.get("runtimeDeadline")), f"{who} reaches its runtime limit"),

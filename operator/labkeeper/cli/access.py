@@ -23,6 +23,7 @@ from kubernetes.stream import portforward, stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL
 
 from labkeeper.api.names import pod_name
+from labkeeper.api.phases import RUNNING_PHASES
 from labkeeper.cli import views
 from labkeeper.cli.app import app, session
 from labkeeper.cli.errors import EXIT_USAGE, LabctlError
@@ -40,7 +41,7 @@ def running_pod(s: Session, name: str) -> str:
     if ws is None:
         raise LabctlError(f"workspace {name} not found in {s.namespace}", "`labctl ls` lists your workspaces")
     phase = views.phase_of(ws)
-    if phase not in ("Running", "IdleWarning"):
+    if phase not in RUNNING_PHASES:
         status = ws.get("status") or {}
         raise LabctlError(f"workspace {name} is {phase}" + (f" ({status['reason']})" if status.get("reason") else ""),
                           f"start it with: labctl start {name}")

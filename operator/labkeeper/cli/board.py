@@ -19,6 +19,7 @@ from rich.text import Text
 
 from labkeeper.api import accounting, admission
 from labkeeper.api.names import LABEL_ROLE, LABEL_USER, LABEL_WORKSPACE, MANAGED_SELECTOR, username_of
+from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES
 from labkeeper.api.policy import POLICY_CONFIGMAP, LabPolicy
 from labkeeper.cli import views
 from labkeeper.cli.doctor import gpu_resources
@@ -29,7 +30,6 @@ def _user_of(namespace: str) -> str:
     """The lab member a namespace belongs to; any other namespace names itself."""
     return username_of(namespace) or namespace
 
-QUEUED_PHASES = ("Pending", "Preempted")
 
 
 @dataclass
@@ -100,7 +100,7 @@ def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], use
         spec, status = ws.get("spec") or {}, ws.get("status") or {}
         who = f"{_user_of(ws['metadata'].get('namespace', ''))}/{ws['metadata']['name']}"
         gpu = views.gpu_label(spec)
-        if phase in QUEUED_PHASES and spec.get("state", "Running") == "Running" \
+        if phase in WAITING_PHASES and spec.get("state", "Running") == "Running" \
                 and admission.owner_of(ws) not in decision:
             data.queue.append(f"{who} {gpu if gpu != '-' else 'cpu'} {status.get('reason') or 'waiting'}: "
                               f"{status.get('message') or ''}".rstrip(": "))
@@ -108,7 +108,7 @@ def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], use
             data.alerts.append(f"{who} failed: {status.get('reason') or ''} {status.get('message') or ''}".strip())
         if phase == "IdleWarning":
             data.alerts.append(f"{who} idle, stops in {views.until(status.get('idleDeadline'), now)}")
-        if phase in ("Running", "IdleWarning") and gpu == "-":
+        if phase in RUNNING_PHASES and gpu == "-":
             data.cpu_only += 1
     for user in sorted(users, key=lambda u: u["metadata"]["name"]):
         for cond in (user.get("status") or {}).get("conditions") or []:
@@ -169,7 +169,7 @@ def _slot_state(role: str | None, ws: dict | None, now: dt.datetime) -> tuple[st
     if role == "hold":
         return f"held until {_clock(status.get('holdUntil'))}", "yellow"
     phase = views.phase_of(ws) if ws else "Running"
-    if phase in ("Running", "IdleWarning"):
+    if phase in RUNNING_PHASES:
         idle = views.idle_text(ws, now) if ws else "active"
         runtime = views.runtime_text(ws, now) if ws else "-"
         return f"{idle}, up {runtime}", "red" if phase == "IdleWarning" or idle.startswith(("idle", "stop")) else ""

@@ -13,6 +13,7 @@ import typer
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api.names import pod_name, username_of
+from labkeeper.api.phases import RUNNING_PHASES
 from labkeeper.cli import views
 from labkeeper.cli.access import CONTAINER, core
 from labkeeper.cli.app import OutputOption, app, session
@@ -21,7 +22,7 @@ from labkeeper.cli.output import Format, as_list, console, emit, err_console
 from labkeeper.cli.session import Session
 from labkeeper.cli.user import DEFAULT_IMAGE, now, refuse_beyond_entitlement, usage_error
 
-STARTED = ("Running", "IdleWarning", *views.ENDED)
+STARTED = (*RUNNING_PHASES, *views.ENDED)
 POLL_SECONDS = 0.5
 # after the run ended, the log stream gets this long to deliver its last lines
 DRAIN_SECONDS = 3.0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from labkeeper.api.kinds import API_VERSION
 from labkeeper.api.names import InvalidName, validate_group, validate_username
+from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES
 from labkeeper.api.policy import not_entitled
 from labkeeper.api.units import format_time
 from labkeeper.api.units import parse_duration as parse_policy_duration
@@ -110,7 +111,7 @@ def phase_of(ws: dict) -> str:
 
 def idle_text(ws: dict, now: dt.datetime) -> str:
     status = ws.get("status") or {}
-    if phase_of(ws) not in ("Running", "IdleWarning"):
+    if phase_of(ws) not in RUNNING_PHASES:
         return "-"
     keep = kept_until(ws, now)
     if keep:
@@ -309,7 +310,7 @@ def wait_hint(verdict: Verdict, name: str) -> str | None:
         return None
     if not verdict.current:
         return "the operator has not picked up the change: is it running? `labctl admin doctor` checks"
-    if verdict.phase in ("Pending", "Preempted"):
+    if verdict.phase in WAITING_PHASES:
         return (f"it is still waiting for a device and starts by itself when one is free; `labctl ls` shows why it "
                 f"waits, `labctl down {name}` withdraws it")
     if verdict.phase == "Starting":
@@ -421,7 +422,7 @@ def usage_summary(user: dict, workspaces: list[dict], quota: dict | None) -> dic
     """What `labctl status` shows: each limit beside what the user is using of it."""
     status = user.get("status") or {}
     usage = status.get("usage") or {}
-    running = [w for w in workspaces if phase_of(w) in ("Running", "IdleWarning", "Starting")]
+    running = [w for w in workspaces if phase_of(w) in (*RUNNING_PHASES, "Starting")]
     gpu_used = usage.get("gpuEquivalents")
     if gpu_used is None:
         gpu_used = sum(float((w.get("status") or {}).get("gpuEquivalents") or 0) for w in running)
@@ -454,6 +455,6 @@ def countdown_rows(workspaces: list[dict], now: dt.datetime) -> tuple[list[str],
         warning_text = "; ".join(w if isinstance(w, str) else str(w.get("message") or w.get("type") or w)
                                  for w in warnings[-2:])
         rows.append([ws["metadata"]["name"], phase_of(ws), idle_text(ws, now),
-                     until(status.get("runtimeDeadline"), now) if phase_of(ws) in ("Running", "IdleWarning") else "-",
+                     until(status.get("runtimeDeadline"), now) if phase_of(ws) in RUNNING_PHASES else "-",
                      f"until {rfc3339(keep)}" if keep else "-", warning_text or "-"])
     return headers, rows

@@ -34,6 +34,7 @@ from labkeeper.api.names import (
     namespace_for,
     username_of,
 )
+from labkeeper.api.phases import WAITING_PHASES
 from labkeeper.controller.accounting import Accountant
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.leader import LeaderLease
@@ -48,8 +49,6 @@ from labkeeper.kube.client import Kube
 log = logging.getLogger("labkeeper.operator")
 T = TypeVar("T")
 
-# a Workspace in these phases waits for a device or for quota that another pod's deletion may free
-WAITING_PHASES = ("Pending", "Preempted")
 
 
 def utcnow() -> dt.datetime:
