@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from kubernetes import client, watch
@@ -180,12 +181,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--stopped", type=int, default=5500)
-    parser.add_argument("--cpu", type=int, default=3000)
+    parser.add_argument("--stopped", type=int, default=7500)
+    parser.add_argument("--cpu", type=int, default=1000)
     parser.add_argument("--gpu", type=int, default=1500)
     parser.add_argument("--rate", type=float, default=5.0, help="GPU workspaces applied per second")
     parser.add_argument("--quiet", type=float, default=60.0, help="seconds of the quiet window")
     parser.add_argument("--free", type=int, default=200, help="running GPU workspaces deleted at once")
+    parser.add_argument("--settle", type=float, default=900.0,
+                        help="seconds the GPU workspaces get to be Running or in the queue before the figures are taken")
     args = parser.parse_args()
     started_all = time.monotonic()
     policy = example_policy()
@@ -239,11 +242,13 @@ def main() -> int:
                 applied[(doc["metadata"]["namespace"], doc["metadata"]["name"])] = time.monotonic()
                 pool.submit(create_all, kube, [doc], 1)
         settled = lambda: sum(1 for k in applied if k in watcher.running or k in watcher.waiting)  # noqa: E731
-        try:
-            wait_for(lambda: settled() >= len(applied), timeout=1800, interval=2,
-                     what=lambda: f"GPU workspaces Running or waiting ({settled()}/{len(applied)})")
-        except AssertionError as err:
-            print(f"  {err}", flush=True)
+        figures["gpu_progress"] = []
+        while settled() < len(applied) and time.monotonic() - began < args.settle:
+            time.sleep(min(30.0, max(1.0, began + args.settle - time.monotonic())))
+            phases = Counter(watcher.phase.get(k) or "not seen" for k in applied)
+            figures["gpu_progress"].append({"s": round(time.monotonic() - began), **phases})
+            print(f"    after {time.monotonic() - began:.0f} s: {dict(phases)}", flush=True)
+        figures["gpu_settled"] = settled() >= len(applied)
         gpu_seconds = time.monotonic() - began
         admitted = [watcher.running[k] - applied[k] for k in applied if k in watcher.running]
         queued = [watcher.waiting[k] - applied[k] for k in applied if k in watcher.waiting and k not in watcher.running]
