@@ -246,9 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if current is not None and current != registered_to:
             if plugin is not None:
                 plugin.stop()
-            plugin = FakeNvidiaDevicePlugin(args.plugin_dir, devices).start()
-            registered_to = current
-            print(f"registered {len(devices)} devices with the kubelet at {kubelet}", flush=True)
+                plugin = None
+            candidate = FakeNvidiaDevicePlugin(args.plugin_dir, devices)
+            try:
+                # after a reboot the socket of the kubelet before it is still on disk until the new one replaces it
+                plugin = candidate.start(timeout=10)
+                registered_to = current
+                print(f"registered {len(devices)} devices with the kubelet at {kubelet}", flush=True)
+            except grpc.RpcError as err:
+                candidate.stop()
+                print(f"registration with the kubelet at {kubelet} failed ({err.code()}); trying again", flush=True)
         if args.activity_file:
             try:
                 write_activity_file(args.activity_file, devices, args.pids_cgroup)
