@@ -178,10 +178,16 @@ def test_two_concurrent_applies_for_the_last_unit_start_exactly_one(lab: Lab):
         t.start()
     for t in threads:
         t.join()
-    time.sleep(3)
-    phases = sorted(lab.status("workspace", f"late{i}", "lab-lastunit").get("phase") or "" for i in range(2))
-    reasons = [lab.status("workspace", f"late{i}", "lab-lastunit").get("reason") for i in range(2)]
-    assert phases.count("Pending") == 1 and "QuotaExceeded" in reasons, (phases, reasons)
+
+    def both_decided():
+        statuses = [lab.status("workspace", f"late{i}", "lab-lastunit") for i in range(2)]
+        return statuses if all(s.get("phase") for s in statuses) and any(
+            s.get("reason") == "QuotaExceeded" for s in statuses) else None
+
+    # the one refused is told so (QuotaExceeded); the other got the last unit
+    statuses = wait_for(both_decided, timeout=30, what="one late workspace refused for quota")
+    phases = sorted(s["phase"] for s in statuses)
+    assert phases.count("Pending") == 1, statuses
     pods = lab.items("pods", "-n", "lab-lastunit", "-l", "labkeeper.io/role=workspace")
     assert len(pods) == 3
     delete_all_workspaces(lab)
@@ -195,9 +201,11 @@ def test_faculty_preempts_a_student_but_a_non_preempting_tier_waits(lab: Lab):
     researcher_preempts = policy["tiers"]["researcher"].get("preempt", False)
     if not researcher_preempts:
         lab.apply(workspace("big", "res", profile="3g.40gb"))
-        time.sleep(4)
+        # admission decided: it waits in the queue for a device rather than taking the student's
+        waiting = wait_for(lambda: (s := lab.status("workspace", "big", "lab-res")).get("reason") == "WaitingForDevice"
+                           and s, timeout=30, what="the researcher's workspace queued")
+        assert waiting["phase"] == "Pending" and waiting.get("queue"), waiting
         assert lab.status("workspace", "big", "lab-stud")["phase"] == "Running"
-        assert lab.status("workspace", "big", "lab-res")["phase"] == "Pending"
         lab.kubectl("delete", "workspace", "big", "-n", "lab-res", "--wait=false")
     lab.apply(workspace("big", "prof", profile="3g.40gb"))
     lab.wait_phase("big", "prof", "Running", timeout=60)
@@ -217,13 +225,16 @@ def test_a_hold_keeps_the_gpu_for_a_quick_restart_then_releases_it(lab: Lab):
     stopped = lab.wait_phase("exp", "holder", "Stopped")
     assert stopped.get("holdNode") == "h100-balanced" and stopped.get("holdUntil"), stopped
     lab.apply(workspace("exp", "waiter", profile="2g.20gb"))
-    time.sleep(2)
-    assert lab.status("workspace", "exp", "lab-waiter")["phase"] == "Pending"
+    # admission decided: the held device is not offered to her, she waits in the queue
+    waiting = wait_for(lambda: (s := lab.status("workspace", "exp", "lab-waiter")).get("reason") == "WaitingForDevice"
+                       and s, timeout=30, what="the other user queued behind the hold")
+    assert waiting["phase"] == "Pending" and "held" in waiting["message"], waiting
     # restart within the window: the held device comes back, the other user keeps waiting
     lab.kubectl("patch", "workspace", "exp", "-n", "lab-holder", "--type=merge", "-p", '{"spec":{"state":"Running"}}')
     lab.wait_phase("exp", "holder", "Running", timeout=30)
-    time.sleep(1)
+    # the device is the holder's pod's now: the waiter has none (her start only after the window, checked below)
     assert lab.status("workspace", "exp", "lab-waiter")["phase"] == "Pending"
+    assert not lab.items("pods", "-n", "lab-waiter", "-l", "labkeeper.io/role=workspace")
     # stop again and let the window pass: the waiting user gets the device
     lab.kubectl("patch", "workspace", "exp", "-n", "lab-holder", "--type=merge", "-p", '{"spec":{"state":"Stopped"}}')
     started = time.monotonic()

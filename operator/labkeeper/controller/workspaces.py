@@ -22,23 +22,10 @@ from kubernetes.client.exceptions import ApiException
 from labkeeper.api.names import MANAGED_SELECTOR, hold_name, pod_name, username_of
 from labkeeper.api.resources import WorkspaceSpec
 from labkeeper.api.trees import TREE_KINDS
+from labkeeper.controller import workspace_decisions as decisions
 from labkeeper.controller.admission import Admissions
 from labkeeper.controller.failures import record_failure
 from labkeeper.controller.policy import PolicyStore
-from labkeeper.controller.workspace_decisions import (
-    CreateFailed,
-    CreatePod,
-    Decision,
-    DeletePod,
-    DeleteWorkspace,
-    Neighbourhood,
-    PostEvent,
-    RecordHold,
-    StopSpec,
-    Unread,
-    WorkspaceScope,
-    decide,
-)
 from labkeeper.kube.client import Kube, api_error_message, is_conflict
 
 Body = dict[str, Any]
@@ -69,13 +56,13 @@ class WorkspaceReconciler:
         with contextlib.ExitStack() as admission_lock:
             while True:
                 try:
-                    decision = decide(scope)
+                    decision = decisions.decide(scope)
                     break
-                except Unread as need:
+                except decisions.Unread as need:
                     scope = self.read(scope, need, admission_lock)
             return self.apply(scope, decision, admission_lock)
 
-    def scope(self, ws: Body, lost_pod: Body | None = None) -> WorkspaceScope:
+    def scope(self, ws: Body, lost_pod: Body | None = None) -> decisions.WorkspaceScope:
         """Everything a pass decides from, read once; the policy is one snapshot for the whole pass."""
         meta = ws["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -87,12 +74,13 @@ class WorkspaceReconciler:
         entitlement = None
         if username and user is not None and (user.get("status") or {}).get("uid"):
             entitlement = self.policy.entitlement(username, user.get("spec") or {}, policy)
-        return WorkspaceScope(
+        return decisions.WorkspaceScope(
             body=ws, spec=WorkspaceSpec.model_validate(ws.get("spec") or {}), user=user, entitlement=entitlement,
             pod=pod, hold=hold, policy=policy, now=self.clock(), started_at=self.started_at,
             data_root=self.data_root, lab_users_gid=self.lab_users_gid, lost_pod=lost_pod)
 
-    def read(self, scope: WorkspaceScope, need: Unread, admission_lock: contextlib.ExitStack) -> WorkspaceScope:
+    def read(self, scope: decisions.WorkspaceScope, need: decisions.Unread,
+             admission_lock: contextlib.ExitStack) -> decisions.WorkspaceScope:
         """The fact a decision asked for, added to the scope."""
         if need.what == "preemption" and need.pod is not None:
             meta = need.pod["metadata"]
@@ -103,7 +91,8 @@ class WorkspaceReconciler:
             pods = self.kube.list("Pod", scope.namespace, label_selector=MANAGED_SELECTOR)
             workspaces = self.kube.list("Workspace", scope.namespace)
             trees = {kind: self.kube.list(kind) for kind in TREE_KINDS}
-            return dataclasses.replace(scope, neighbourhood=Neighbourhood(tuple(pods), tuple(workspaces), trees))
+            near = decisions.Neighbourhood(tuple(pods), tuple(workspaces), trees)
+            return dataclasses.replace(scope, neighbourhood=near)
         if need.what == "lab":
             # one decision (and the pod it admits) at a time, for the whole lab: held until the pod exists
             admission_lock.enter_context(self.admissions.lock)
@@ -112,7 +101,8 @@ class WorkspaceReconciler:
             return dataclasses.replace(scope, lab=view)
         raise RuntimeError(f"a decision asked for {need.what!r}, which no read provides")
 
-    def apply(self, scope: WorkspaceScope, decision: Decision, admission_lock: contextlib.ExitStack) -> Outcome:
+    def apply(self, scope: decisions.WorkspaceScope, decision: decisions.Decision,
+              admission_lock: contextlib.ExitStack) -> Outcome:
         """The actions in order, then the status in one write (the fields that changed), then what follows it."""
         ws = scope.body
         meta = ws["metadata"]
@@ -121,25 +111,25 @@ class WorkspaceReconciler:
         status = decision.status
         created = False
         for action in decision.actions:
-            if isinstance(action, PostEvent):
+            if isinstance(action, decisions.PostEvent):
                 self.kube.event(ws, action.reason, action.message, type_=action.type_)
-            elif isinstance(action, RecordHold):
+            elif isinstance(action, decisions.RecordHold):
                 self.kube.patch_status("Workspace", {**ws, "status": current}, action.record)
                 current = {**current, **action.record}
-            elif isinstance(action, DeletePod):
+            elif isinstance(action, decisions.DeletePod):
                 self.kube.delete("Pod", action.name, namespace, grace_seconds=action.grace_seconds)
-            elif isinstance(action, CreatePod):
+            elif isinstance(action, decisions.CreatePod):
                 try:
                     pod = self.kube.create(action.body)
                 except ApiException as err:
                     # the same decision, told the API refused: what came before is done, only its status is left
-                    refused = decide(dataclasses.replace(
-                        scope, create_failed=CreateFailed(err.status or 0, api_error_message(err))))
+                    refused = decisions.decide(dataclasses.replace(
+                        scope, create_failed=decisions.CreateFailed(err.status or 0, api_error_message(err))))
                     decision, status = refused, refused.status
                     break
                 status = {**(status or {}), "podUID": pod["metadata"]["uid"]}
                 created = True
-            elif isinstance(action, DeleteWorkspace):
+            elif isinstance(action, decisions.DeleteWorkspace):
                 self.kube.delete("Workspace", name, namespace)
             else:
                 self.act(ws, action)
@@ -157,7 +147,7 @@ class WorkspaceReconciler:
 
     def act(self, ws: Body, action: object) -> None:
         meta = ws["metadata"]
-        if isinstance(action, StopSpec):
+        if isinstance(action, decisions.StopSpec):
             self.kube.patch("Workspace", meta["name"], {"spec": {"state": "Stopped"}}, meta["namespace"])
         else:
             raise TypeError(f"no step applies {action!r}")
