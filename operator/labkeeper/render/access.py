@@ -60,6 +60,12 @@ def _labels(username: str) -> dict[str, str]:
     return {LABEL_USER: username, LABEL_MANAGED: MANAGED_BY}
 
 
+def _in_her_namespace(api_version: str, kind: str, name: str, username: str) -> dict[str, Any]:
+    """apiVersion, kind and metadata of an object labkeeper keeps in the user's namespace."""
+    return {"apiVersion": api_version, "kind": kind,
+            "metadata": {"name": name, "namespace": namespace_for(username), "labels": _labels(username)}}
+
+
 def namespace(username: str, owner: dict[str, Any] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": namespace_for(username), "labels": _labels(username)}
     if owner:
@@ -69,9 +75,7 @@ def namespace(username: str, owner: dict[str, Any] | None = None) -> dict[str, A
 
 def user_role(username: str) -> dict[str, Any]:
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": ROLE_NAME, "namespace": namespace_for(username), "labels": _labels(username)},
+        **_in_her_namespace("rbac.authorization.k8s.io/v1", "Role", ROLE_NAME, username),
         "rules": [
             {"apiGroups": [GROUP], "resources": ["workspaces"],
              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
@@ -87,9 +91,7 @@ def user_role(username: str) -> dict[str, Any]:
 
 def user_role_binding(username: str, group: str) -> dict[str, Any]:
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": ROLE_NAME, "namespace": namespace_for(username), "labels": _labels(username)},
+        **_in_her_namespace("rbac.authorization.k8s.io/v1", "RoleBinding", ROLE_NAME, username),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_NAME},
         "subjects": _group_subject(group),
     }
@@ -144,9 +146,7 @@ def resource_quota(access: Access) -> dict[str, Any]:
         count = math.floor(access.max_gpu_equivalents / weight + 1e-9) if allowed else 0
         hard[f"requests.{gpu_resource(profile)}"] = str(count)
     return {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": QUOTA_NAME, "namespace": namespace_for(access.username), "labels": _labels(access.username)},
+        **_in_her_namespace("v1", "ResourceQuota", QUOTA_NAME, access.username),
         "spec": {"hard": hard},
     }
 
@@ -154,10 +154,7 @@ def resource_quota(access: Access) -> dict[str, Any]:
 def priority_quota(access: Access) -> dict[str, Any]:
     """Pods in the user's namespace may only use the tier's PriorityClass (or the hold class)."""
     return {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": PRIORITY_QUOTA_NAME, "namespace": namespace_for(access.username),
-                     "labels": _labels(access.username)},
+        **_in_her_namespace("v1", "ResourceQuota", PRIORITY_QUOTA_NAME, access.username),
         "spec": {
             "hard": {"pods": "0"},
             "scopeSelector": {"matchExpressions": [{
@@ -170,10 +167,7 @@ def priority_quota(access: Access) -> dict[str, Any]:
 
 def limit_range(access: Access) -> dict[str, Any]:
     return {
-        "apiVersion": "v1",
-        "kind": "LimitRange",
-        "metadata": {"name": LIMIT_RANGE_NAME, "namespace": namespace_for(access.username),
-                     "labels": _labels(access.username)},
+        **_in_her_namespace("v1", "LimitRange", LIMIT_RANGE_NAME, access.username),
         "spec": {"limits": [{
             "type": "Container",
             "default": {"cpu": "1", "memory": "2Gi"},
