@@ -41,6 +41,10 @@ HOST_SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", 
                 "net/ipv4/conf/all/route_localnet", "net/bridge/bridge-nf-call-iptables")
 CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd",
                       "unified")
+# the CPU weight of the node's cgroup beside this machine's other work (cgroup v1 cpu.shares; a process has 1024):
+# the node stands in for a whole machine, and with the default weight of one process a host busy with other suites
+# (load 35 on 2 cores, seen) left all its pods together 0.06 cores, so a CPU burner in a workspace measured as idle
+NODE_CPU_SHARES = 8192
 # hold pods run labkeeper's hold image; on this node it is the local pause image under that name
 HOLD_IMAGE_ALIAS = "docker.io/rancher/mirrored-pause:3.6"
 # the directories of the node that replace the machine's own inside its mount namespace
@@ -236,10 +240,7 @@ class RealNode:
         assert self.workspace_image is not None, "power_on follows a start and a power_cut"
         try:
             self.private("/run/containerd").mkdir(parents=True, exist_ok=True)
-            for controller in CGROUP_CONTROLLERS:
-                base = Path("/sys/fs/cgroup", controller)
-                if base.is_dir():
-                    (base / self.cgroup).mkdir(exist_ok=True)
+            self._make_cgroups()
             self._enter_namespace()
             self._create_bridge()
             self._start_containerd(pause_image())
@@ -314,10 +315,16 @@ class RealNode:
                 self.private(f"/{top}").mkdir(parents=True, exist_ok=True)
         self.private("/run/containerd").mkdir(exist_ok=True)
         self.device_plugin_dir.mkdir(parents=True, exist_ok=True)
+        self._make_cgroups()
+
+    def _make_cgroups(self) -> None:
         for controller in CGROUP_CONTROLLERS:
             base = Path("/sys/fs/cgroup", controller)
             if base.is_dir():
                 (base / self.cgroup).mkdir(exist_ok=True)
+        shares = Path("/sys/fs/cgroup/cpu", self.cgroup, "cpu.shares")
+        if shares.exists():
+            shares.write_text(str(NODE_CPU_SHARES))
 
     def _enter_namespace(self) -> None:
         binds = " && ".join(f"mount --bind {self.private('/' + top)} /{top}" for top in PRIVATE_DIRS)
