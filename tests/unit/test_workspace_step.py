@@ -1,0 +1,122 @@
+"""The reconciler's step around the decisions: it reads what the decision asks for, applies the actions in
+order and writes the status once at the end. A recording stand-in for the client; no API server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from test_workspace_decisions import POLICY, T0, pod, user, workspace
+
+from labkeeper.controller.policy import PolicyStore
+from labkeeper.controller.workspaces import WorkspaceReconciler
+
+
+class RecordingKube:
+    """Answers reads from a dict of objects and records every call a pass makes, in order."""
+
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]], refuse_create: int | None = None) -> None:
+        self.objects = objects
+        self.calls: list[tuple[str, ...]] = []
+        self.refuse_create = refuse_create
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        self.calls.append(("get", kind, name))
+        return self.objects.get((kind, name))
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict[str, Any]]:
+        self.calls.append(("list", kind))
+        return [o for (k, _), o in self.objects.items() if k == kind]
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", obj["kind"], obj["metadata"]["name"]))
+        if self.refuse_create:
+            refused = ApiException(status=self.refuse_create, reason="Forbidden")
+            refused.body = '{"message": "exceeded quota: labkeeper-limits"}'
+            raise refused
+        return {**obj, "metadata": {**obj["metadata"], "uid": "new-pod"}}
+
+    def delete(self, kind: str, name: str, namespace: str | None = None, **_: Any) -> bool:
+        self.calls.append(("delete", kind, name))
+        return True
+
+    def event(self, obj: dict[str, Any], reason: str, message: str, *, type_: str = "Normal") -> None:
+        self.calls.append(("event", reason))
+
+    def patch_status(self, kind: str, obj: dict[str, Any], desired: dict[str, Any]) -> bool:
+        current = obj.get("status") or {}
+        changed = {k: v for k, v in desired.items() if current.get(k) != v}
+        self.calls.append(("patch_status", kind, *sorted(changed)))
+        self.last_status = changed
+        return bool(changed)
+
+    def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None, **_: Any) -> dict[str, Any]:
+        self.calls.append(("patch", kind, name))
+        return {}
+
+
+def reconciler(kube: RecordingKube) -> WorkspaceReconciler:
+    store = PolicyStore(kube, "labkeeper-system")  # type: ignore[arg-type]
+    store.current = POLICY
+    return WorkspaceReconciler(kube, store, lambda: T0, data_root="/data")  # type: ignore[arg-type]
+
+
+def writes(kube: RecordingKube) -> list[tuple[str, ...]]:
+    return [c for c in kube.calls if c[0] not in ("get", "list")]
+
+
+def test_a_start_reads_once_creates_the_pod_then_writes_the_status_once():
+    kube = RecordingKube({("GPUUser", "alice"): user()})
+    outcome = reconciler(kube).reconcile(workspace())
+    assert [c for c in kube.calls if c[:2] == ("get", "GPUUser")] == [("get", "GPUUser", "alice")]  # her, once
+    assert writes(kube)[0] == ("create", "Pod", "ws-nb") and writes(kube)[1] == ("event", "Starting")
+    status_writes = [c for c in writes(kube) if c[0] == "patch_status"]
+    assert len(status_writes) == 1 and writes(kube)[-1] == status_writes[0]
+    assert kube.last_status["podUID"] == "new-pod" and kube.last_status["phase"] == "Starting"
+    assert outcome.requeue_after is None
+
+
+def test_a_pod_the_api_refuses_leaves_its_words_and_no_starting_event():
+    kube = RecordingKube({("GPUUser", "alice"): user()}, refuse_create=403)
+    outcome = reconciler(kube).reconcile(workspace())
+    assert ("event", "Starting") not in kube.calls
+    assert kube.last_status["reason"] == "QuotaExceeded" and outcome.requeue_after == 5.0
+
+
+def test_a_stop_records_the_hold_before_the_pod_goes_and_writes_the_rest_once():
+    ws = workspace(profile="1g.10gb", state="Stopped", status={"phase": "Running"})
+    kube = RecordingKube({("GPUUser", "alice"): user(), ("Pod", "ws-nb"): pod(profile="1g.10gb")})
+    reconciler(kube).reconcile(ws)
+    assert writes(kube) == [
+        ("patch_status", "Workspace", "holdCount", "holdNode", "holdResource", "holdUntil"),
+        ("delete", "Pod", "ws-nb"),
+        ("event", "Stopping"),
+        ("patch_status", "Workspace", *sorted(kube.last_status)),
+    ]
+    assert "holdNode" not in kube.last_status  # written once, before the pod went
+
+
+def test_a_cull_records_why_then_stops_the_workspace_as_desired_state():
+    running = {"phase": "Running", "podUID": "p-1", "node": "n1", "runningSince": "2026-12-01T08:00:00Z",
+               "lastSeenRunning": "2026-12-01T08:59:00Z", "lastActivity": "2026-12-01T08:20:00Z"}
+    kube = RecordingKube({("GPUUser", "alice"): user(), ("Pod", "ws-nb"): pod()})
+    step = reconciler(kube)
+    step.started_at = T0 - dt.timedelta(hours=2)  # the operator ran all along
+    outcome = step.reconcile(workspace(status=running))
+    # the warnings it never got are said on the way; the reason is written, then the stop is desired state
+    assert writes(kube) == [("event", "IdleWarning"), ("event", "IdleWarning"), ("event", "Culled"),
+                            ("patch_status", "Workspace", "message", "stopReason"), ("patch", "Workspace", "nb")]
+    assert outcome.requeue_after == 0.2
+
+
+def test_nothing_is_written_when_nothing_changed():
+    kube = RecordingKube({("GPUUser", "alice"): user()})
+    first = reconciler(kube)
+    first.reconcile(workspace(state="Stopped"))
+    settled = {**workspace(state="Stopped")["status"], **kube.last_status}
+    kube.calls.clear()
+    first.reconcile(workspace(state="Stopped", status=settled))
+    assert writes(kube) == [("patch_status", "Workspace")]  # asked, and the client found no field to change
+
