@@ -40,3 +40,13 @@ def test_a_failed_pass_is_told_once_per_error_and_keeps_the_other_conditions():
     assert len(kube.events) == 1 and len(kube.patches) == 1  # its retry says nothing new
     record_failure(kube, "Workspace", ws, ValueError("other"), T0)  # type: ignore[arg-type]
     assert len(kube.events) == 2 and "ValueError: other" in kube.events[-1][2]
+
+
+def test_a_conflict_or_an_object_gone_is_retried_without_a_word():
+    from kubernetes.client.exceptions import ApiException
+
+    ws = {"kind": "Workspace", "metadata": {"name": "nb", "namespace": "lab-alice"}, "status": {}}
+    kube = Recorder()
+    for status in (404, 409):
+        record_failure(kube, "Workspace", ws, ApiException(status=status, reason="x"), T0)  # type: ignore[arg-type]
+    assert kube.events == [] and kube.patches == []

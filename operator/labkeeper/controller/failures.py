@@ -14,7 +14,10 @@ from labkeeper.kube.client import Kube, api_error_message
 
 
 def record_failure(kube: Kube, kind: str, obj: dict[str, Any], err: Exception, now: dt.datetime) -> None:
-    """Best effort: the API may be what failed, and the pass is retried anyway."""
+    """Best effort: the API may be what failed, and the pass is retried anyway. A conflict (someone wrote the
+    object first) and a 404 (it is gone) are no failure a person must read: the retry settles them."""
+    if isinstance(err, ApiException) and err.status in (404, 409):
+        return
     message = api_error_message(err) if isinstance(err, ApiException) else f"{type(err).__name__}: {err}"
     message = f"the last pass failed and is retried: {message}"[:1024]
     status = obj.get("status") or {}
