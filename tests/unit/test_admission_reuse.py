@@ -50,7 +50,8 @@ class Lists:
 def lab() -> tuple[Admissions, Lists]:
     users = [{"metadata": {"name": n}, "spec": {"tier": "student", "state": "Active"}} for n in ("ann", "bob", "cy")]
     kube = Lists(Node=[node()], Pod=[pod("ann")], GPUUser=users,
-                 Workspace=[waiting("bob", 1), waiting("cy", 2)])
+                 Workspace=[waiting("bob", 1), waiting("cy", 2), waiting("cy", 3, profile="3g.40gb") | {
+                     "metadata": {"name": "big", "namespace": "lab-cy"}}])
     return Admissions(kube, SimpleNamespace(current=POLICY)), kube  # type: ignore[arg-type]
 
 
@@ -60,7 +61,7 @@ def since(ws: dict) -> dt.datetime:
 
 def test_a_waiter_of_the_kept_view_gets_it_again_with_the_same_decision_and_no_moves():
     admissions, kube = lab()
-    bob, cy = kube.items["Workspace"]
+    bob, cy, _big = kube.items["Workspace"]
     first = admissions.view(T0, me=bob, my_since=since(bob))
     read = kube.calls
     assert read == 4 and admissions.views_read == 1
@@ -69,11 +70,14 @@ def test_a_waiter_of_the_kept_view_gets_it_again_with_the_same_decision_and_no_m
     assert kube.calls == read and admissions.views_reused == 1  # nothing listed
     assert again.decide() is first.decide()
     assert again.moved(again.decide()) == []  # the first pass told those who moved
+    # cy's big run was admitted to the free 3g.40gb slice: the first pass woke it, a pass handed the view again does not
+    assert first.decide().admitted == {"lab-cy/big": "h100"} and "lab-cy/big" not in first.pods_of
+    assert "lab-cy/big" in again.pods_of
 
 
 def test_a_change_a_newcomer_other_devices_or_time_make_the_next_pass_read_the_lab_again():
     admissions, kube = lab()
-    bob, cy = kube.items["Workspace"]
+    bob, cy, _big = kube.items["Workspace"]
     admissions.view(T0, me=bob, my_since=since(bob))
     admissions.changed()  # a pod was deleted, a waiter left, a node changed...
     admissions.view(T0, me=cy, my_since=since(cy))
