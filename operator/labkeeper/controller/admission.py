@@ -92,16 +92,16 @@ class Admissions:
         """Something that can free a device or reorder the queue happened: the next pass reads the lab afresh."""
         self.epoch += 1
 
-    def view(self, now: dt.datetime, *, me: dict[str, Any] | None = None,
-             my_since: dt.datetime | None = None) -> LabView:
+    def view(self, now: dt.datetime, *, me: dict[str, Any] | None = None, my_since: dt.datetime | None = None,
+             policy: LabPolicy | None = None) -> LabView:
         """The whole lab as admission sees it (see the module's words on a view kept); under the lock."""
-        policy = self.policy.current
+        policy = policy or self.policy.current
         kept = self._reusable(now, me, my_since, policy)
         if kept is not None:
             self.views_reused += 1
             return kept
         epoch = self.epoch  # before the lists: a change while they run makes the next pass read again
-        view = self.read(now, me=me, my_since=my_since)
+        view = self.read(now, me=me, my_since=my_since, policy=policy)
         self.views_read += 1
         self._kept = _Kept(view, epoch, now, policy)
         return view
@@ -129,24 +129,26 @@ class Admissions:
             kept.view = again
         return kept.view
 
-    def tier_of(self, user: dict[str, Any] | None) -> tuple[int, bool]:
+    def tier_of(self, user: dict[str, Any] | None, policy: LabPolicy | None = None) -> tuple[int, bool]:
         """The tier's priority and whether it may preempt; an unknown tier waits behind every known one."""
-        policy = self.policy.current
+        policy = policy or self.policy.current
         tier = policy.tiers.get(((user or {}).get("spec") or {}).get("tier") or policy.default_tier)
         return (tier.priority, tier.preempt) if tier is not None else (0, False)
 
     def waiter(self, ws: dict[str, Any], user: dict[str, Any] | None, since: dt.datetime,
-               usage: float = 0.0) -> api_admission.Waiter | None:
+               usage: float = 0.0, policy: LabPolicy | None = None) -> api_admission.Waiter | None:
         gpu = (ws.get("spec") or {}).get("gpu") or {}
         profile = gpu.get("profile") or "none"
         if profile == "none":
             return None
-        priority, preempt = self.tier_of(user)
+        priority, preempt = self.tier_of(user, policy)
         return api_admission.Waiter(owner_key(ws), gpu_resource(profile), int(gpu.get("count") or 1), priority,
                                     since, preempt, usage)
 
-    def read(self, now: dt.datetime, *, me: dict[str, Any] | None = None, my_since: dt.datetime | None = None) -> LabView:
-        """The whole lab as admission sees it, read now; `me`, a workspace asking now, waits since `my_since`."""
+    def read(self, now: dt.datetime, *, me: dict[str, Any] | None = None, my_since: dt.datetime | None = None,
+             policy: LabPolicy | None = None) -> LabView:
+        """The whole lab as admission sees it, read now; `me`, a workspace asking now, waits since `my_since`; under
+        `policy`, the pass's own snapshot, or the policy in force."""
         capacity, closed = api_admission.capacity_of(self.kube.list("Node"))
         # every pod, not only the lab's: a device taken by anyone else (an operator's validator, an admin's
         # test pod) is not free, and a hold it took is reported lost rather than promised on
@@ -157,7 +159,7 @@ class Admissions:
                             and (p["metadata"].get("labels") or {}).get(api_admission.LABEL_ROLE) == "workspace")
         users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
         workspaces = self.kube.list("Workspace")
-        policy = self.policy.current
+        policy = policy or self.policy.current
         usages = api_accounting.relative_usages(users.values(), workspaces, now, policy.fair_share.half_life,
                                                 policy.share)
         waiters = []
@@ -178,13 +180,13 @@ class Admissions:
                     or (ws.get("spec") or {}).get("state", "Running") != "Running" \
                     or ws["metadata"].get("deletionTimestamp"):
                 continue
-            waiter = self.waiter(ws, user, since, usages.get(username, 0.0))
+            waiter = self.waiter(ws, user, since, usages.get(username, 0.0), policy)
             if waiter is not None:
                 waiters.append(waiter)
                 places[key] = (((ws.get("status") or {}).get("queue")) or {}).get("position")
         if me is not None and my_since is not None:
             username = username_of(me["metadata"]["namespace"]) or ""
-            waiter = self.waiter(me, users.get(username), my_since, usages.get(username, 0.0))
+            waiter = self.waiter(me, users.get(username), my_since, usages.get(username, 0.0), policy)
             if waiter is not None:
                 waiters.append(waiter)
         return LabView(capacity, closed, claims, waiters, pods_of, tuple(api_admission.releases_of(workspaces, now)),
