@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import datetime as dt
 import json
 import os
 import statistics
@@ -30,9 +31,13 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
+import yaml
 from kubernetes import client, watch
 
+from labkeeper.api.policy import load_policy
+from labkeeper.controller.admission import Admissions
 from labkeeper.kube.client import Kube
 from labkeeper.testing.cluster import NodeSpec, free_port
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
@@ -62,7 +67,7 @@ def operator_writes(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     writes = {}
     for line in text.splitlines():
-        if line.startswith("labkeeper_operator_api_writes_total{"):
+        if line.startswith(("labkeeper_operator_api_writes_total{", "labkeeper_admission_views_total{")):
             labels, value = line.rsplit(" ", 1)
             writes[labels] = float(value)
     return writes
@@ -233,6 +238,7 @@ def main() -> int:
                 share -= weight
             gpu.append(workspace(f"g{j}", names[(j * 13) % len(names)], profile=profile, cpu="10m", memory="16Mi"))
         applied: dict[tuple[str, str], float] = {}
+        views_before = operator_writes(port)
         began = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             for i, doc in enumerate(gpu):
@@ -249,6 +255,14 @@ def main() -> int:
             figures["gpu_progress"].append({"s": round(time.monotonic() - began), **phases})
             print(f"    after {time.monotonic() - began:.0f} s: {dict(phases)}", flush=True)
         figures["gpu_settled"] = settled() >= len(applied)
+        views = {k: v - views_before.get(k, 0) for k, v in operator_writes(port).items() if "admission_views" in k}
+        figures["admission_views_gpu_phase"] = views
+        reader = Admissions(kube, SimpleNamespace(current=load_policy(yaml.safe_dump(policy))))  # type: ignore[arg-type]
+        read_started = time.monotonic()
+        reader.read(dt.datetime.now(dt.UTC))
+        figures["one_lab_read_s"] = round(time.monotonic() - read_started, 2)
+        print(f"  admission's views of the whole lab in the GPU phase: {views}; one read of the lab (every node, pod, "
+              f"user and workspace) takes {figures['one_lab_read_s']} s", flush=True)
         gpu_seconds = time.monotonic() - began
         admitted = [watcher.running[k] - applied[k] for k in applied if k in watcher.running]
         queued = [watcher.waiting[k] - applied[k] for k in applied if k in watcher.waiting and k not in watcher.running]
@@ -271,7 +285,7 @@ def main() -> int:
         time.sleep(args.quiet)
         after = operator_writes(port)
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
-        quiet = sum(v for k, v in delta.items() if 'kind="Lease"' not in k)
+        quiet = sum(v for k, v in delta.items() if 'kind="Lease"' not in k and "admission_views" not in k)
         rss, peak = memory_mib(lab.operator.proc.pid)
         figures.update({
             "quiet_writes_per_min": round(quiet * 60 / args.quiet, 1),

@@ -525,6 +525,22 @@ class WritesCollector:
         yield family
 
 
+class AdmissionViews:
+    """How often admission read the whole lab and how often a pass was handed a view kept from before."""
+
+    def __init__(self, admissions: Any) -> None:
+        self.admissions = admissions
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("labkeeper_admission_views", "Views of the lab admission read or reused",
+                                     labels=["how"])
+        family.add_metric(["read"], self.admissions.views_read)
+        family.add_metric(["reused"], self.admissions.views_reused)
+        yield family
+
+
 def serve_metrics(kube: Kube, port: int) -> None:
     from prometheus_client import REGISTRY, start_http_server
 
@@ -576,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         from prometheus_client import REGISTRY
 
         REGISTRY.register(operator.policy)  # labkeeper_policy_rejected_total, _generation, _refused
+        REGISTRY.register(AdmissionViews(operator.workspaces.admissions))
     registry = kopf.OperatorRegistry()
     register(registry, operator)
     if args.metrics_port:
