@@ -278,6 +278,16 @@ REBOOT_USERS = ("frank", "gina")
 # (user, workspace, profile): on a MIG instance each, and one on CPU only
 REBOOT_WORKSPACES = (("frank", "train", "1g.10gb"), ("frank", "notes", "none"), ("gina", "eval", "2g.20gb"))
 DOWNTIME = 12  # seconds the node stays dark
+# the idle timeout while the power-cut test runs: its idle workspaces must outlast the set-up before the cut
+REBOOT_IDLE = 45
+
+
+def reboot_policy() -> dict:
+    policy = short_idle_policy()
+    policy["defaults"]["idleTimeout"] = f"{REBOOT_IDLE}s"
+    for tier in policy["tiers"].values():
+        tier["idleTimeout"] = f"{REBOOT_IDLE}s"
+    return policy
 
 
 def total_runtime(status: dict, at: float | None = None) -> float:
@@ -295,6 +305,14 @@ def starts_of(lab: RealLab, user: str, name: str) -> list[float]:
 
 def test_after_a_power_cut_every_workspace_runs_again_on_its_device_and_nothing_is_culled_or_overcounted(short_idle):
     lab = short_idle
+    lab.apply(policy_configmap(reboot_policy()))
+    try:
+        power_cut_and_boot(lab)
+    finally:
+        lab.apply(policy_configmap(short_idle_policy()))
+
+
+def power_cut_and_boot(lab: RealLab) -> None:
     for name in REBOOT_USERS:
         add_user(lab, name)
     lab.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "caches.yaml"))
@@ -333,7 +351,8 @@ def test_after_a_power_cut_every_workspace_runs_again_on_its_device_and_nothing_
                    for u, n, _ in REBOOT_WORKSPACES)
 
     wait_for(all_back, timeout=120, interval=0.2,
-             what=lambda: f"every workspace's process again; {lab.diagnostics()}\n{lab.component_logs()}")
+             what=lambda: f"every workspace's process again; {workspaces_described(lab)}\n{lab.diagnostics()}\n"
+                          f"{lab.component_logs(200)}")
     FIGURES["reboot_kubelet_to_all_processes_s"] = round(
         max(starts_of(lab, u, n)[-1] for u, n, _ in REBOOT_WORKSPACES) - kubelet_started, 2)
     print(f"every workspace's process runs again {FIGURES['reboot_kubelet_to_all_processes_s']} s after the kubelet "
@@ -367,11 +386,22 @@ def test_after_a_power_cut_every_workspace_runs_again_on_its_device_and_nothing_
         assert before[name] - REPORT - 1 <= closed <= before[name] + 1, (name, before[name], statuses[name])
 
     # nobody is culled within the first idle window after the boot
-    while time.time() - kubelet_started < IDLE - 1:
+    while time.time() - kubelet_started < REBOOT_IDLE - 1:
         for user, name, _ in REBOOT_WORKSPACES:
             status = lab.status("workspace", name, f"lab-{user}")
             assert not status.get("stopReason"), (name, status, time.time() - kubelet_started)
         time.sleep(0.5)
+
+
+def workspaces_described(lab: RealLab) -> str:
+    """Every workspace's status in brief, and every pod, for a failure message."""
+    items = json.loads(lab.kubectl("get", "workspaces", "-A", "-o", "json").stdout)["items"]
+    brief = {f"{w['metadata']['namespace']}/{w['metadata']['name']}": {
+        k: (w.get("status") or {}).get(k) for k in ("phase", "stopReason", "message", "podUID", "runningSince",
+                                                     "lastSeenRunning", "runtimeSeconds", "activityReason")}
+        for w in items}
+    pods = lab.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+    return f"workspaces: {json.dumps(brief, indent=1)}\npods:\n{pods}"
 
 
 def pods_described(lab: RealLab) -> str:

@@ -426,3 +426,23 @@ def test_a_pass_after_a_failed_one_says_it_succeeded_again():
     assert conditions(d)["Reconciled"] == "True"
     plain = decided(scope(workspace(), neighbourhood=nothing_near()))
     assert "Reconciled" not in conditions(plain)  # nothing to say where nothing failed
+
+
+@pytest.mark.parametrize("mode", ["Interactive", "Batch"])
+def test_a_pod_the_node_rejected_at_admission_is_replaced_not_failed(mode):
+    # a node that booted admits its pods again before the device plugin has registered: the kubelet fails them
+    ws = workspace(profile="1g.10gb", status={"phase": "Running", "podUID": "p-1"})
+    ws["spec"].update({"mode": mode, "command": ["python", "train.py"]})
+    rejected = pod(profile="1g.10gb", phase="Failed")
+    rejected["status"].update({"reason": "UnexpectedAdmissionError", "message": "Allocate failed due to no healthy "
+                               "devices present; cannot allocate unhealthy devices nvidia.com/mig-1g.10gb"})
+    d = decided(scope(ws, current_pod=rejected))
+    assert d.status is not None and (d.status["phase"], d.status["reason"]) == ("Pending", "PodRejected")
+    assert [a for a in d.actions if isinstance(a, DeletePod)] == [DeletePod("ws-nb", 0)]
+    assert events(d) == [("PodRejected", "Warning")] and d.requeue_after == 1.0
+    # a pod whose container ran and failed stays a failure
+    ran = pod(profile="1g.10gb", phase="Failed")
+    ran["status"]["reason"] = "Error"
+    d = decided(scope(ws, current_pod=ran))
+    assert d.status is not None and d.status["phase"] == "Failed"
+    assert not [a for a in d.actions if isinstance(a, DeletePod)]

@@ -196,6 +196,13 @@ def was_preempted(pod: Body) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
+def rejected_at_admission(pod_status: Body) -> bool:
+    """The kubelet failed the pod at admission, before any container ran: its device manager had no healthy
+    device yet (UnexpectedAdmissionError) or the node did not have the resource then (OutOf<resource>)."""
+    reason = str(pod_status.get("reason") or "")
+    return reason == "UnexpectedAdmissionError" or reason.startswith("OutOf")
+
+
 def containers_started(pod: Body) -> dt.datetime | None:
     """When the pod's running containers last started (the kubelet restarts them after a reboot)."""
     starts = [parse_time(((cs.get("state") or {}).get("running") or {}).get("startedAt"))
@@ -537,6 +544,15 @@ class _Pass:
         waiting = waiting_reason(pod_status)
         if waiting and waiting[0] in FAILED_WAITING_REASONS:
             return self.set(Phase.FAILED, waiting[0], waiting[1] or waiting[0])
+        if phase == "Failed" and rejected_at_admission(pod_status):
+            # the kubelet refused it before anything ran: a node that booted and admitted its pods again before
+            # the device plugin registered ("Allocate failed due to no healthy devices present"). Nothing of it
+            # ran, so it is no end and no failure of hers: a new pod takes its place
+            self.event(Reason.POD_REJECTED, f"the node rejected pod {pod['metadata']['name']} "
+                       f"({pod_status.get('reason')}: {pod_status.get('message', '')}); starting a new one", "Warning")
+            self.actions.append(DeletePod(pod["metadata"]["name"], 0))
+            return self.set(Phase.PENDING, Reason.POD_REJECTED,
+                            f"the node rejected the pod ({pod_status.get('reason')}); starting a new one", requeue=1.0)
         end = api_runs.run_end(pod) if self.scope.spec.mode == api_runs.BATCH else None
         if end is not None:
             return self.finish(end)
