@@ -335,8 +335,10 @@ def power_cut_and_boot(lab: RealLab) -> None:
     time.sleep(REPORT + 1)  # at least one heartbeat after the starts
 
     cut = time.time()
-    before = {name: total_runtime(lab.status("workspace", name, f"lab-{user}"), at=cut)
-              for user, name, _ in REBOOT_WORKSPACES}
+    seen_before = {name: {k: v for k, v in lab.status("workspace", name, f"lab-{user}").items()
+                          if k in ("runtimeSeconds", "runningSince", "lastSeenRunning")}
+                   for user, name, _ in REBOOT_WORKSPACES}
+    before = {name: total_runtime(seen_before[name], at=cut) for _, name, _ in REBOOT_WORKSPACES}
     lab.power_cut()
     assert not any(lab.node.pod_pids(lab.status("workspace", n, f"lab-{u}")["podUID"]) for u, n, _ in REBOOT_WORKSPACES)
     assert not (lab.node.host_root / "home" / "frank").exists()
@@ -383,7 +385,8 @@ def power_cut_and_boot(lab: RealLab) -> None:
     for _, name, _ in REBOOT_WORKSPACES:
         closed = float(statuses[name].get("runtimeSeconds") or 0)
         # a heartbeat is due every reportInterval: the cut may cost up to one, and a second of resolution
-        assert before[name] - REPORT - 1 <= closed <= before[name] + 1, (name, before[name], statuses[name])
+        assert before[name] - REPORT - 1 <= closed <= before[name] + 1, \
+            (name, f"{before[name]:.1f} s before the cut, {closed} s closed", seen_before[name], statuses[name])
 
     # nobody is culled within the first idle window after the boot
     while time.time() - kubelet_started < REBOOT_IDLE - 1:
