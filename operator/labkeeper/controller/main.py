@@ -412,9 +412,12 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     async def _cleanup(**_: Any) -> None:
         operator.stop()
 
+    users_seen: dict[str, tuple[Any, ...]] = {}  # what of each GPUUser her workspaces depend on, as last seen
+
     @kopf.on.event(GROUP, VERSION, GPUUSER.plural, registry=registry)
     async def _user_event(event: kopf.RawEvent, body: kopf.Body, name: str, **_: Any) -> None:
         if event.get("type") == "DELETED":
+            users_seen.pop(name, None)
             operator.users.forget(name)
             operator.requeue.cancel(("accounting", name))
             operator._accounting.discard(name)
@@ -422,7 +425,16 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         operator.accounting_due(name)
         await operator.reconcile_user(name, dict(body))
         operator.usage_changed(namespace_for(name))
-        # suspension, a tier change or a new uid can change what each of her workspaces may do
+        # suspension, a tier change or a new uid can change what each of her workspaces may do; her own status
+        # writes cannot (usage, the accounting fold every flushInterval, the agents' reports), and a pass over all her
+        # workspaces on each of those was most of what the operator did in a lab-week replay
+        status = body.get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        seen = (body.get("metadata", {}).get("generation"), status.get("uid"), status.get("gid"), status.get("phase"),
+                ready.get("status"), ready.get("reason"))
+        if users_seen.get(name) == seen:
+            return
+        users_seen[name] = seen
         items = await quietly("listing workspaces", operator.kube.list, "Workspace", namespace_for(name)) or []
         for ws in items:
             operator.workspace_changed(ws["metadata"]["namespace"], ws["metadata"]["name"])
