@@ -24,6 +24,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api import admission as api_admission
+from labkeeper.api.conditions import READY, find
 from labkeeper.api.kinds import GPUUSER, GROUP, VERSION, WORKSPACE
 from labkeeper.api.names import (
     LABEL_MANAGED,
@@ -429,7 +430,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         # writes cannot (usage, the accounting fold every flushInterval, the agents' reports), and a pass over all her
         # workspaces on each of those was most of what the operator did in a lab-week replay
         status = body.get("status") or {}
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready = find(status.get("conditions"), READY) or {}
         seen = (body.get("metadata", {}).get("generation"), status.get("uid"), status.get("gid"), status.get("phase"),
                 ready.get("status"), ready.get("reason"))
         if users_seen.get(name) == seen:
