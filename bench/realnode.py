@@ -9,8 +9,8 @@
    - agent CPU while it samples them: the agent pod's cgroup CPU time over a window, as % of one core, at the
      policy's sampleInterval of 1 s (the example policy samples every 30 s);
    - a power cut of the node (every process at once, /etc accounts and /home wiped) and a boot: from the
-     kubelet's start to every workspace's container process running again, and to the operator having reopened
-     every run (phase Running, runningSince after the boot);
+     kubelet's start to every workspace's container process running again, and to every Workspace Running on a
+     pod whose containers started after the boot, as the API shows it;
    - cull reaction on real containers: how long after its idle deadline each workspace's stop was seen.
 Prints each figure beside its target and writes bench/results/realnode.json."""
 
@@ -106,9 +106,10 @@ def agent_cpu_seconds(lab: RealLab) -> float:
     pod = json.loads(lab.kubectl("get", "pods", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/component=agent",
                                  "-o", "json").stdout)["items"][0]
     wanted = f"pod{pod['metadata']['uid']}"
-    for directory, _, _ in os.walk(Path("/sys/fs/cgroup/cpu,cpuacct", lab.node.cgroup)):
-        if os.path.basename(directory) == wanted:
-            return int(Path(directory, "cpuacct.usage").read_text()) / 1e9
+    for hierarchy in ("cpuacct", "cpu,cpuacct"):
+        for directory, _, _ in os.walk(Path("/sys/fs/cgroup", hierarchy, lab.node.cgroup)):
+            if os.path.basename(directory) == wanted:
+                return int(Path(directory, "cpuacct.usage").read_text()) / 1e9
     raise RuntimeError(f"no cgroup {wanted} for the agent pod under {lab.node.cgroup}")
 
 
@@ -152,6 +153,7 @@ def chart_lab(users: int, per_user: int, idle: int, cpu_window: float, downtime:
         result["agent_cpu_percent_of_core_at_1s_samples"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 2)
         result["agent_cpu_window_s"] = round(t1 - t0, 1)
         result["load_average_during_cpu_window"] = round((load0 + os.getloadavg()[0]) / 2, 1)
+        print(f"partial: {result}", flush=True)
 
         # a power cut and the boot after it
         lab.power_cut()
@@ -163,13 +165,25 @@ def chart_lab(users: int, per_user: int, idle: int, cpu_window: float, downtime:
         result["reboot_kubelet_to_all_processes_s"] = round(
             max(starts(lab, u, n)[-1] for u, n in planned) - kubelet_started, 2)
 
-        def reopened() -> bool:
+        def seen_running_again() -> bool:
+            """Every Workspace Running with the pod it names running containers started after the boot, as the
+            operator pod sees them (runningSince is not the test: see the power-cut e2e test's known fault)."""
+            pods = {(p["metadata"]["namespace"], p["metadata"]["uid"]): p for p in
+                    json.loads(lab.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]}
             ws = workspaces_by_key(lab)
-            return all((s := (ws.get((f"lab-{u}", n)) or {}).get("status", {})).get("phase") == "Running" and
-                       s.get("runningSince") and parse(s["runningSince"]) >= int(kubelet_started) for u, n in planned)
+            for u, n in planned:
+                status = (ws.get((f"lab-{u}", n)) or {}).get("status") or {}
+                pod = pods.get((f"lab-{u}", status.get("podUID")))
+                started = [c["state"]["running"]["startedAt"] for c in ((pod or {}).get("status") or {})
+                           .get("containerStatuses") or [] if (c.get("state") or {}).get("running")]
+                if status.get("phase") != "Running" or not started or parse(min(started)) < int(kubelet_started):
+                    return False
+            return True
 
-        wait_for(reopened, timeout=300, interval=0.5, what=lambda: "every run reopened; " + lab.component_logs())
+        wait_for(seen_running_again, timeout=300, interval=0.5, what=lambda: "every workspace Running again; "
+                 + lab.component_logs())
         result["reboot_kubelet_to_all_running_reopened_s"] = round(time.time() - kubelet_started, 2)
+        print(f"partial: {result}", flush=True)
         result["load_average_after_reboot"] = round(os.getloadavg()[0], 1)
 
         # cull reaction: every workspace is idle; each stop against its last announced idle deadline
@@ -229,8 +243,9 @@ def main() -> int:
           f"% of a core over {c['agent_cpu_window_s']} s (load {c['load_average_during_cpu_window']})   target < 2 %")
     print(f"power cut -> every workspace's process running again: {c['reboot_kubelet_to_all_processes_s']} s after the "
           "kubelet started   target <= 30 s")
-    print(f"power cut -> every run reopened by the operator pod: {c['reboot_kubelet_to_all_running_reopened_s']} s after "
-          f"the kubelet started (node Ready after {c['kubelet_start_to_node_ready_s']} s)")
+    print(f"power cut -> every Workspace Running again on a pod started after the boot: "
+          f"{c['reboot_kubelet_to_all_running_reopened_s']} s after the kubelet started (node Ready after "
+          f"{c['kubelet_start_to_node_ready_s']} s)")
     if c.get("culled_idle"):
         print(f"cull reaction on real containers ({c['culled_idle']} culled): p50 {c['cull_after_deadline_p50_s']} s, "
               f"max {c['cull_after_deadline_max_s']} s after the idle deadline   target <= {CHECK_INTERVAL} s "
