@@ -92,7 +92,7 @@ def test_a_process_burning_cpu_in_its_pod_cgroup_keeps_the_workspace_active_unti
         verdict = monitor.observe([workspace])[workspace.key]
         patch = throttle.decide(workspace.key, verdict, dt.datetime.now(dt.UTC))
         if patch:
-            published.append(patch)
+            published.append((verdict.active, patch))
         return verdict
 
     try:
@@ -114,5 +114,8 @@ def test_a_process_burning_cpu_in_its_pod_cgroup_keeps_the_workspace_active_unti
     print(f"after it stopped: {stopped.reason}")
     assert not stopped.active
     assert stopped.reason.startswith("cpu 0.00 cores")
-    assert any(p["activityReason"] == burning.reason for p in published), "becoming active was published"
-    assert published[-1]["activityReason"] == stopped.reason, "going idle was published"
+    assert any(p["activityReason"] == burning.reason for _, p in published), "becoming active was published"
+    # going idle is published once, at the first idle sample: the one right after the kill may hold the loop's
+    # last moments (still active, on a quiet machine) or already be idle (a slow one); later idle ones are not news
+    active, last = published[-1]
+    assert not active and last["activityReason"].startswith("cpu 0.0"), f"going idle was published: {published}"
