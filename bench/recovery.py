@@ -36,7 +36,7 @@ def the_lab(users: int) -> LabHost:
                    for i in range(users))
     caches = tuple(SharedTree(t, "cache", t, f"cache/{t}", ((f"{t.upper()}_CACHE", "$(PATH)"),))
                    for t in ("pip", "conda", "uv", "npm", "yarn"))
-    stores = tuple(SharedTree(t, "models", t, f"models/{t}", ((f"{t.upper()}_HOME", "$(PATH)"),),
+    stores = tuple(SharedTree(t, "models", t, f"models/{t}", ((f"{t.upper()}_MODELS", "$(PATH)"),),
                               writers=Members(users=(people[0].name,)))
                    for t in ("huggingface", "torch", "comfyui", "flux"))
     return LabHost(people, caches + stores, 2000)
