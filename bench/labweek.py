@@ -59,6 +59,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labkeeper.api.policy import DEFAULT_WEIGHTS
+from labkeeper.render.access import gpu_resource
+
 RESULTS = Path(__file__).resolve().parent / "results"
 EPOCH = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)  # a Monday, 00:00 UTC: trace times are seconds from here
 HOUR, MINUTE, DAY = 3600.0, 60.0, 86400.0
@@ -72,11 +75,8 @@ DEVICES: dict[str, dict[str, int]] = {
     "h100": {"nvidia.com/mig-1g.10gb": 2, "nvidia.com/mig-2g.20gb": 1, "nvidia.com/mig-3g.40gb": 1},
     "gpus": {"nvidia.com/gpu": 2},
 }
-WEIGHT = {"1g.10gb": 1 / 7, "2g.20gb": 2 / 7, "3g.40gb": 3 / 7, "full": 1.0}
-
-
-def resource_of(profile: str) -> str:
-    return "nvidia.com/gpu" if profile == "full" else f"nvidia.com/mig-{profile}"
+WEIGHT = DEFAULT_WEIGHTS  # GPU equivalents per device, the product's own defaults (the example policy's too)
+resource_of = gpu_resource  # the device plugin's resource name, as the operator asks for it
 
 
 # ---- the trace ----------------------------------------------------------------------------------------------------

@@ -127,6 +127,18 @@ def parse(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
+def until_stopped(lab, user: str, name: str) -> tuple[dict, list[dict]]:
+    """Her workspace's status once it has a stopReason, and every status seen on the way (warnings, reasons)."""
+    seen: list[dict] = []
+
+    def stopped():
+        s = lab.status("workspace", name, f"lab-{user}")
+        seen.append(s)
+        return s.get("stopReason") and s
+
+    return wait_for(stopped, timeout=IDLE + 60, interval=0.5, what=lab.component_logs), seen
+
+
 def deadline_of(statuses: list[dict]) -> float:
     """The last idle deadline the operator announced before the stop, as a Unix time."""
     return parse([s["idleDeadline"] for s in statuses if s.get("idleDeadline")][-1]).timestamp()
@@ -175,14 +187,7 @@ def test_the_agent_pod_keeps_a_cpu_burner_active_and_culls_it_once_it_stops(shor
     assert (dt.datetime.now(dt.UTC) - parse(status["lastActivity"])).total_seconds() < 10, status
 
     stop_file.write_text("")  # the burner ends; the container sleeps on
-    seen_statuses = []
-
-    def stopped():
-        s = lab.status("workspace", "burn", f"lab-{user}")
-        seen_statuses.append(s)
-        return s.get("stopReason") and s
-
-    final = wait_for(stopped, timeout=IDLE + 60, interval=0.5, what=lab.component_logs)
+    final, seen_statuses = until_stopped(lab, user, "burn")
     FIGURES["cull_after_idle_deadline_s"] = round(time.time() - deadline_of(seen_statuses), 2)
     print(f"stopped {final['stopReason']}: {final.get('message')}; seen {FIGURES['cull_after_idle_deadline_s']} s "
           "after the idle deadline")
@@ -247,14 +252,7 @@ def test_a_busy_mig_instance_keeps_exactly_its_workspace_active_and_its_idle_nei
                                                         .get("activityReason") or "") and s,
                     timeout=60, what=lambda: f"busy's reason naming its instance; {lab.component_logs()}")
     print(f"\nbusy: {busy['activityReason']}")
-    seen_statuses = []
-
-    def neighbour_stopped():
-        s = lab.status("workspace", "neighbour", f"lab-{user}")
-        seen_statuses.append(s)
-        return s.get("stopReason") and s
-
-    stopped = wait_for(neighbour_stopped, timeout=IDLE + 60, interval=0.5, what=lab.component_logs)
+    stopped, seen_statuses = until_stopped(lab, user, "neighbour")
     assert stopped["stopReason"] == "Idle", stopped
     reasons = {s.get("activityReason") or "" for s in seen_statuses}
     assert any("gpu idle" in r for r in reasons), reasons
