@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkeeper.api.devices import profile_of
 from labkeeper.api.names import namespace_for
 from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES
 from labkeeper.api.units import format_time, parse_time
@@ -365,6 +366,5 @@ def capacity_equivalents(capacity: Mapping[tuple[str, str], int], weights: Mappi
     """GPU equivalents the lab's nodes offer (admission's capacity: open or not), by the policy's weights."""
     total = 0.0
     for (_node, resource), count in capacity.items():
-        profile = "full" if resource == "nvidia.com/gpu" else resource.removeprefix("nvidia.com/mig-")
-        total += weights.get(profile, 1.0) * count
+        total += weights.get(profile_of(resource), 1.0) * count
     return total

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkeeper.api.devices import FULL_GPU, is_device, profile_of, resource_of
 from labkeeper.api.names import LABEL_ROLE as LABEL_ROLE
 from labkeeper.api.names import LABEL_WORKSPACE as LABEL_WORKSPACE
 from labkeeper.api.names import username_of
@@ -63,9 +64,9 @@ def queue_key(priority: int, usage: float, waiting_since: dt.datetime, owner: st
 
 def device_words(resource: str, count: int = 1) -> str:
     """`1g.10gb slice`, `2 full GPUs`: a device as the lab speaks of it."""
-    if resource == "nvidia.com/gpu":
+    if resource == FULL_GPU:
         return "full GPU" if count == 1 else f"{count} full GPUs"
-    profile = resource.removeprefix("nvidia.com/mig-")
+    profile = profile_of(resource)
     return f"{profile} slice" if count == 1 else f"{count} {profile} slices"
 
 
@@ -258,16 +259,11 @@ def _preemption_target(waiter: Waiter, free: dict[Slot, int], victims: dict[Slot
 # labels and fields shared by the operator, which writes them, and labctl, which reads them
 
 
-def is_device(resource: str) -> bool:
-    return resource == "nvidia.com/gpu" or resource.startswith("nvidia.com/mig-")
-
-
 def equivalents(resource: str, count: int, weights: Mapping[str, float]) -> float:
     """GPU equivalents of `count` devices of one kind, by the policy's weights (a full GPU weighs `full`)."""
     if not is_device(resource):
         return 0.0
-    profile = "full" if resource == "nvidia.com/gpu" else resource.removeprefix("nvidia.com/mig-")
-    return weights.get(profile, 1.0) * count
+    return weights.get(profile_of(resource), 1.0) * count
 
 
 def capacity_of(nodes: Iterable[dict[str, Any]]) -> tuple[dict[Slot, int], frozenset[str]]:
@@ -364,7 +360,7 @@ def releases_of(workspaces: Iterable[dict[str, Any]], now: dt.datetime) -> list[
         profile = gpu.get("profile") or "none"
         if status.get("phase") not in RUNNING_PHASES or not status.get("node") or profile == "none":
             continue
-        resource = "nvidia.com/gpu" if profile == "full" else f"nvidia.com/mig-{profile}"
+        resource = resource_of(profile)
         deadlines = [(t, why) for t, why in ((parse_time(status.get("runtimeDeadline")), f"{who} reaches its runtime limit"),
                                              (parse_time(status.get("idleDeadline")), f"{who} reaches its idle deadline"))
                      if t is not None]

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkeeper.api.devices import resource_of
 from labkeeper.api.kinds import GROUP
 from labkeeper.api.names import LABEL_MANAGED as LABEL_MANAGED
 from labkeeper.api.names import LABEL_USER as LABEL_USER
@@ -37,9 +38,7 @@ def priority_class_for(tier: str) -> str:
     return f"labkeeper-{tier}"
 
 
-def gpu_resource(profile: str) -> str:
-    """The device plugin's resource name for a MIG profile or a whole GPU."""
-    return "nvidia.com/gpu" if profile == "full" else f"nvidia.com/mig-{profile}"
+gpu_resource = resource_of  # the device plugin's resource name for a MIG profile or a whole GPU
 
 
 @dataclass(frozen=True)
