@@ -24,7 +24,7 @@ def test_the_agent_samples_running_and_warned_workspaces_on_its_own_node_only():
 def test_a_workspaces_gpu_profiles_tell_the_verdict_it_has_a_gpu():
     found = watched_workspaces([ws("mig", devices=["1 x nvidia.com/mig-1g.10gb"]),
                                 ws("full", devices=["2 x nvidia.com/gpu"]), ws("cpu")], "node-a")
-    assert [w.devices for w in found] == [("1g.10gb",), ("gpu",), ()]
+    assert [w.devices for w in found] == [("1g.10gb",), ("full",), ()]
     assert found[0].pod_uid == "0b8f3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b" and found[0].key == ("lab-alice", "mig")
 
 

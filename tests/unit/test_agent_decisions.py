@@ -7,6 +7,18 @@ import subprocess
 
 from labkeeper.agent import accounts, acl, desired
 from labkeeper.agent.model import HostUser
+from labkeeper.api.resources import GPUUser, ModelStore, SharedCache, UserNodeState
+
+
+def read(model, *bodies):
+    """The objects as the agent's watches keep them, and the refusals beside them (desired.read_object)."""
+    objects, refused = [], {}
+    for body in bodies:
+        obj, why = desired.read_object(model, body)
+        objects.append(obj)
+        if why:
+            refused[f"{model.__name__}/{obj.name}"] = why
+    return objects, refused
 
 TODAY = dt.date(2026, 3, 1)
 BASE = {"passwd": "root:x:0:0:root:/root:/bin/bash\n", "group": "root:x:0:\nvideo:x:44:carol\n",
@@ -40,6 +52,8 @@ def test_users_wait_for_a_uid_and_offboarded_or_deleted_users_depart():
         {"metadata": {"name": "dave", "deletionTimestamp": "x"}, "spec": {"dataPolicy": "Delete"}},
         {"metadata": {"name": "eve"}, "spec": {"state": "Suspended"}, "status": {"uid": 20005, "gid": 20005}},
     ]
+    users, refused = read(GPUUser, *users)
+    assert refused == {}
     want = desired.desired_state(users, [], [], {"alice": b"cfg", "eve": b"cfg"}, 2000)
     assert [u.name for u in want.lab.users] == ["alice", "eve"]
     assert want.lab.users[0].kubeconfig == b"cfg" and want.lab.users[1].locked and want.lab.users[1].kubeconfig is None
@@ -49,7 +63,7 @@ def test_users_wait_for_a_uid_and_offboarded_or_deleted_users_depart():
 
 def test_a_cache_with_an_unsafe_path_is_refused_with_a_reason():
     bad = {"metadata": {"name": "evil"}, "spec": {"type": "pip", "path": "users/alice"}}
-    want = desired.desired_state([], [bad], [], {}, 2000)
+    want = desired.desired_state([], read(SharedCache, bad)[0], [], {}, 2000)
     assert want.lab.trees == () and "agent's own users/" in want.invalid["SharedCache/evil"]
 
 
@@ -60,7 +74,11 @@ def test_the_agent_refuses_env_and_groups_the_api_refuses_even_when_an_older_obj
     store = {"metadata": {"name": "hf"}, "spec": {"type": "huggingface", "path": "models/hf",
                                                   "env": [{"name": "HF_HUB_CACHE", "value": "$(PATH)"}]}}
     sudoer = {"metadata": {"name": "mallory"}, "spec": {"groups": ["sudo"]}, "status": {"uid": 20009, "gid": 20009}}
-    want = desired.desired_state([sudoer], [preload], [store], {}, 2000)
+    users, refused_users = read(GPUUser, sudoer)
+    caches, refused_caches = read(SharedCache, preload)
+    stores, refused_stores = read(ModelStore, store)
+    assert refused_stores == {} and list(refused_users) == ["GPUUser/mallory"]
+    want = desired.desired_state(users, caches, stores, {}, 2000, refused_users | refused_caches)
     assert [t.name for t in want.lab.trees] == ["hf"] and want.lab.users == ()
     assert "'LD_PRELOAD' does not point a tool at a cache" in want.invalid["SharedCache/pip"]
     assert "group 'sudo' is a privileged or system group" in want.invalid["GPUUser/mallory"]
@@ -68,9 +86,9 @@ def test_the_agent_refuses_env_and_groups_the_api_refuses_even_when_an_older_obj
 
 def test_status_is_rewritten_only_when_this_nodes_entry_changes():
     now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
-    entry = {"node": "n1", "state": "Provisioned", "message": "ok"}
-    nodes = desired.merged_nodes([{"node": "n2", "state": "Waiting"}], "n1", entry, now)
-    assert [n["node"] for n in nodes] == ["n1", "n2"]
+    entry = UserNodeState(node="n1", state="Provisioned", message="ok")
+    nodes = desired.merged_nodes([UserNodeState(node="n2", state="Waiting")], "n1", entry, now)
+    assert [n.node for n in nodes] == ["n1", "n2"]
     assert desired.merged_nodes(nodes, "n1", entry, now + dt.timedelta(hours=1)) is None
 
 

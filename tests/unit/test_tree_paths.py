@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from labkeeper.agent import desired
+from labkeeper.api.resources import SharedCache
 from labkeeper.api.trees import tree_conflicts
 from labkeeper.render.pod import Mount, PodInputs, workspace_pod
 
@@ -47,7 +48,8 @@ def test_a_tree_in_labkeepers_own_directories_is_left_out():
 
 def test_the_agent_provisions_only_the_first_tree_on_a_path_and_reports_the_other_as_invalid():
     first, second = tree("pip", "cache/pip"), tree("pip2", "cache/pip", "2026-12-01T11:00:00Z")
-    want = desired.desired_state([], [second, first], [], {}, 2000)
+    want = desired.desired_state([], [SharedCache.model_validate(second), SharedCache.model_validate(first)], [],
+                                 {}, 2000)
     assert [t.name for t in want.lab.trees] == ["pip"]
     assert "is already the path of SharedCache pip" in want.invalid["SharedCache/pip2"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -24,26 +23,40 @@ from labkeeper.agent.activity import (
     Thresholds,
     WatchedWorkspace,
 )
+from labkeeper.api.devices import entry_profiles
 from labkeeper.api.policy import LabPolicy
+from labkeeper.api.resources import WorkspaceStatus, wire
 from labkeeper.kube.client import Kube, api_error_message
 
 log = logging.getLogger("labkeeper.agent.activity")
 WATCHED_PHASES = ("Running", "IdleWarning")
-# status.devices entries read "1 x nvidia.com/mig-1g.10gb" or "1 x nvidia.com/gpu"
-_DEVICE = re.compile(r"nvidia\.com/(?:mig-)?(\S+)$")
 
 
 def watched_workspaces(workspaces: list[dict], node: str) -> list[WatchedWorkspace]:
-    """The workspaces this node should sample: running here, with a known pod UID."""
+    """The workspaces this node should sample: running here, with a known pod UID. Only the status is read, into
+    its model; one that does not parse is left out and said once."""
     watched = []
     for ws in workspaces:
-        status = ws.get("status") or {}
-        if status.get("node") != node or status.get("phase") not in WATCHED_PHASES or not status.get("podUID"):
+        meta = ws["metadata"]
+        try:
+            status = WorkspaceStatus.model_validate(ws.get("status") or {})
+        except ValueError as err:
+            _say_once(f"{meta['namespace']}/{meta['name']}", f"not sampled: its status does not parse: {err}")
             continue
-        profiles = tuple(m.group(1) for d in status.get("devices") or [] if (m := _DEVICE.search(d)))
-        watched.append(WatchedWorkspace(ws["metadata"]["namespace"], ws["metadata"]["name"],
-                                        status["podUID"], profiles))
+        if status.node != node or status.phase not in WATCHED_PHASES or not status.pod_uid:
+            continue
+        watched.append(WatchedWorkspace(meta["namespace"], meta["name"], status.pod_uid,
+                                        entry_profiles(status.devices)))
     return watched
+
+
+_said: dict[str, str] = {}
+
+
+def _say_once(key: str, text: str) -> None:
+    if _said.get(key) != text:
+        log.warning("workspace %s: %s", key, text)
+        _said[key] = text
 
 
 def thresholds_of(policy: LabPolicy) -> Thresholds:
@@ -75,7 +88,7 @@ class ActivityLoop:
             if patch is None:
                 continue
             try:
-                self.kube.patch("Workspace", name, {"status": patch}, namespace, subresource="status")
+                self.kube.patch("Workspace", name, {"status": wire(patch)}, namespace, subresource="status")
                 written += 1
             except ApiException as err:
                 # unpublished: forget it, so the next sample publishes afresh instead of staying silent

@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from labkeeper.agent.model import HostUser, LabHost, Members, SharedTree, UnsafeName
 from labkeeper.agent.recovery import Departure, HostResult
 from labkeeper.api.names import CLEAN_ANNOTATION as CLEAN_ANNOTATION
 from labkeeper.api.nodes import ACL_FALLBACK, agent_finalizer, tree_summary
 from labkeeper.api.nodes import ALERT_RANK as ALERT_RANK  # agent/main.py ranks alerts with it
+from labkeeper.api.resources import (
+    GPUUser,
+    GPUUserSpec,
+    GPUUserStatus,
+    InvalidObject,
+    LastCleanup,
+    ModelStore,
+    ModelStoreSpec,
+    NodeState,
+    Resource,
+    SharedCache,
+    SharedCacheSpec,
+    TreeNodeState,
+    TreeStatus,
+    parse_object,
+    wire,
+)
+from labkeeper.api.resources import Members as MembersSpec
 from labkeeper.api.trees import tree_conflicts
 
 finalizer = agent_finalizer
+R = TypeVar("R", bound=Resource)
+N = TypeVar("N", bound=NodeState)
+TREE_MODELS: dict[str, type[SharedCache] | type[ModelStore]] = {"SharedCache": SharedCache, "ModelStore": ModelStore}
 
 
 @dataclass
@@ -24,48 +47,86 @@ class Desired:
     invalid: dict[str, str] = field(default_factory=dict)   # "GPUUser/x", "SharedCache/y" → why refused
 
 
-def _members(spec: dict | None) -> Members:
-    spec = spec or {}
-    return Members(tuple(spec.get("users") or ()), tuple(spec.get("groups") or ()))
+# ---- objects as the agent reads them ---------------------------------------------------------------
+
+def _status_or_none(model: type[GPUUserStatus] | type[TreeStatus], body: Mapping[str, Any]) -> Any:
+    try:
+        return model.model_validate(body["status"]) if body.get("status") else None
+    except ValueError:
+        return None  # a status no writer of this version made: this node's entry starts afresh
 
 
-def desired_state(users: list[dict], caches: list[dict], stores: list[dict], kubeconfigs: dict[str, bytes],
-                  lab_gid: int) -> Desired:
+def read_object(model: type[R], body: Mapping[str, Any]) -> tuple[R, str | None]:
+    """The object as its model, and None; or, for one its model refuses (stored before a rule existed), a stand-in
+    that is enough to say so in its status, and why. A stand-in carries the spec's defaults and its raw path only:
+    the agent provisions nothing from it, and a leaving user's data is kept (dataPolicy Keep)."""
+    try:
+        return parse_object(model, body), None
+    except InvalidObject as err:
+        why = str(err)
+    spec = body.get("spec") or {}
+    common = {"kind": model.__name__, "metadata": dict(body.get("metadata") or {})}
+    stand_in: Any
+    if model is GPUUser:
+        stand_in = GPUUser.model_construct(**common, spec=GPUUserSpec(),
+                                           status=_status_or_none(GPUUserStatus, body))
+    else:
+        # the raw path still claims its directory, as the operator sees it (api/trees.py)
+        spec_model = SharedCacheSpec if model is SharedCache else ModelStoreSpec
+        stand_in = model.model_construct(**common, spec=spec_model.model_construct(
+            type="custom" if model is SharedCache else "generic", path=str(spec.get("path", ""))),
+            status=_status_or_none(TreeStatus, body))
+    return stand_in, why
+
+
+def _members(spec: MembersSpec | None) -> Members:
+    return Members(tuple(spec.users), tuple(spec.groups)) if spec else Members()
+
+
+def desired_state(users: list[GPUUser], caches: list[SharedCache], stores: list[ModelStore],
+                  kubeconfigs: dict[str, bytes], lab_gid: int, refused: Mapping[str, str] | None = None) -> Desired:
+    """`refused`: "GPUUser/x", "SharedCache/y" → why its model refused what the API holds (see read_object)."""
+    refused = refused or {}
     host_users, departures, waiting, invalid = [], [], {}, {}
-    for obj in sorted(users, key=lambda o: o["metadata"]["name"]):
-        name = obj["metadata"]["name"]
-        spec, status = obj.get("spec") or {}, obj.get("status") or {}
-        state = spec.get("state", "Active")
-        if obj["metadata"].get("deletionTimestamp") or state == "Offboarded":
-            departures.append(Departure(name, spec.get("dataPolicy", "Keep")))
+    for user in sorted(users, key=lambda o: o.name):
+        name, spec, status = user.name, user.spec, user.status or GPUUserStatus()
+        if user.metadata.get("deletionTimestamp") or spec.state == "Offboarded":
+            departures.append(Departure(name, spec.data_policy))
             continue
-        if not status.get("uid") or not status.get("gid"):
+        if f"GPUUser/{name}" in refused:
+            invalid[f"GPUUser/{name}"] = refused[f"GPUUser/{name}"]
+            continue
+        if not status.uid or not status.gid:
             waiting[name] = "waiting for the operator to allocate a uid"
             continue
         try:
             host_users.append(HostUser(
-                name=name, uid=int(status["uid"]), gid=int(status["gid"]), display_name=spec.get("displayName", ""),
-                shell=spec.get("shell", "/bin/bash"), ssh_keys=tuple(spec.get("sshKeys") or ()),
-                groups=tuple(spec.get("groups") or ()), locked=state == "Suspended",
-                kubeconfig=kubeconfigs.get(name) if state == "Active" else None))
+                name=name, uid=status.uid, gid=status.gid, display_name=spec.display_name, shell=spec.shell,
+                ssh_keys=tuple(spec.ssh_keys), groups=tuple(spec.groups), locked=spec.state == "Suspended",
+                kubeconfig=kubeconfigs.get(name) if spec.state == "Active" else None))
         except UnsafeName as err:
             invalid[f"GPUUser/{name}"] = str(err)
     trees = []
     # two trees on one path would fight over its owner and ACLs on every pass: the first one keeps it
     conflicts = tree_conflicts({"SharedCache": caches, "ModelStore": stores})
-    for kind, objs, tree_kind in (("SharedCache", caches, "cache"), ("ModelStore", stores, "models")):
-        for obj in sorted(objs, key=lambda o: o["metadata"]["name"]):
-            spec = obj.get("spec") or {}
-            if (kind, obj["metadata"]["name"]) in conflicts:
-                invalid[f"{kind}/{obj['metadata']['name']}"] = conflicts[(kind, obj["metadata"]["name"])]
+    tree_sets: tuple[tuple[str, list[SharedCache] | list[ModelStore], str], ...] = (
+        ("SharedCache", caches, "cache"), ("ModelStore", stores, "models"))
+    for kind, objs, tree_kind in tree_sets:
+        for obj in sorted(objs, key=lambda o: o.name):
+            key = f"{kind}/{obj.name}"
+            if (kind, obj.name) in conflicts:
+                invalid[key] = conflicts[(kind, obj.name)]
                 continue
+            if key in refused:
+                invalid[key] = refused[key]
+                continue
+            spec = obj.spec
             try:
                 trees.append(SharedTree(
-                    obj["metadata"]["name"], tree_kind, spec.get("type", "custom"), spec.get("path", ""),
-                    tuple((e["name"], e.get("value", "")) for e in spec.get("env") or ()),
-                    _members(spec.get("writers")), _members(spec.get("readers"))))
-            except (UnsafeName, KeyError) as err:
-                invalid[f"{kind}/{obj['metadata']['name']}"] = str(err)
+                    obj.name, tree_kind, spec.type, spec.path, tuple((e.name, e.value) for e in spec.env),
+                    _members(spec.writers), _members(spec.readers if isinstance(spec, ModelStoreSpec) else None)))
+            except UnsafeName as err:
+                invalid[key] = str(err)
     return Desired(LabHost(tuple(host_users), tuple(trees), lab_gid), tuple(departures), waiting, invalid)
 
 
@@ -91,39 +152,38 @@ def user_node_state(name: str, desired: Desired, result: HostResult | None, spec
     return "Provisioned", notes or "account, home and keys in place"
 
 
-def merged_nodes(current: list[dict], node: str, entry: dict, now: dt.datetime) -> list[dict] | None:
+def merged_nodes(current: list[N], node: str, entry: N, now: dt.datetime) -> list[N] | None:
     """The status.nodes list with this node's entry replaced, or None when nothing but the time would change."""
-    old = next((n for n in current if n.get("node") == node), None)
-    if old is not None and {k: v for k, v in old.items() if k != "lastSync"} == entry:
+    old = next((n for n in current if n.node == node), None)
+    if old is not None and {k: v for k, v in wire(old).items() if k != "lastSync"} == wire(entry):
         return None
-    stamped = entry | {"lastSync": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    return sorted([n for n in current if n.get("node") != node] + [stamped], key=lambda n: n.get("node", ""))
+    stamped = entry.model_copy(update={"last_sync": now.replace(microsecond=0)})
+    return sorted([n for n in current if n.node != node] + [stamped], key=lambda n: n.node)
 
 
 # ---- SharedCache / ModelStore: one entry per node, the top level derived from all of them --------------
 
 def tree_node_entry(node: str, problems: list[str], place: str, size: int | None, disk_alert: str,
-                    disk_message: str, last_cleanup: dict | None) -> dict:
+                    disk_message: str, last_cleanup: LastCleanup | None) -> TreeNodeState:
     """This node's entry in a SharedCache's or ModelStore's status.nodes."""
     fallback = any(ACL_FALLBACK in p for p in problems)
-    entry = {"node": node, "state": "Failed" if any(ACL_FALLBACK not in p for p in problems) else "Ready",
-             "message": ("; ".join(problems) or f"{place} in place")[:1000],
-             "aclSupported": not fallback, "diskAlert": disk_alert, "diskMessage": disk_message}
-    if size is not None:
-        entry["sizeBytes"] = size
-    if last_cleanup:
-        entry["lastCleanup"] = {k: v for k, v in last_cleanup.items() if v is not None}
-    return entry
+    return TreeNodeState(
+        node=node, state="Failed" if any(ACL_FALLBACK not in p for p in problems) else "Ready",
+        message=("; ".join(problems) or f"{place} in place")[:1000], acl_supported=not fallback,
+        disk_alert=disk_alert, disk_message=disk_message, size_bytes=size, last_cleanup=last_cleanup or None)
 
 
-def tree_status(current: dict, node: str, entry: dict, generation: int | None, now: dt.datetime) -> dict | None:
+def tree_status(current: TreeStatus | None, node: str, entry: TreeNodeState, generation: int | None,
+                now: dt.datetime) -> TreeStatus | None:
     """The status to write for a shared tree once this node's entry is in: every node's entry and the top level
     derived from them all; None when nothing but this node's lastSync would change."""
-    nodes = merged_nodes(current.get("nodes") or [], node, entry, now)
-    status = {"nodes": current.get("nodes") or [] if nodes is None else nodes}
-    status |= tree_summary(status["nodes"], current.get("conditions") or [], now)
+    current = current or TreeStatus()
+    nodes = merged_nodes(current.nodes, node, entry, now)
+    before = wire(current)
+    status: dict[str, Any] = {"nodes": [wire(n) for n in (current.nodes if nodes is None else nodes)]}
+    status |= tree_summary(status["nodes"], before.get("conditions") or [], now)
     if generation is not None:
         status["observedGeneration"] = generation
-    if nodes is None and all(current.get(key) == value for key, value in status.items() if key != "nodes"):
+    if nodes is None and all(before.get(key) == value for key, value in status.items() if key != "nodes"):
         return None
-    return status
+    return TreeStatus.model_validate(status)

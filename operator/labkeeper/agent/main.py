@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import watch
@@ -36,6 +37,20 @@ from labkeeper.agent.recovery import Host, HostResult, reconcile_host
 from labkeeper.api.kinds import GROUP, VERSION
 from labkeeper.api.names import KUBECONFIG_SECRET_PREFIX, SYSTEM_NAMESPACE
 from labkeeper.api.policy import LAST_GOOD_CONFIGMAP, POLICY_CONFIGMAP, POLICY_KEY, LabPolicy, PolicyKeeper
+from labkeeper.api.resources import (
+    GPUUser,
+    GPUUserStatus,
+    LastCleanup,
+    ModelStore,
+    Resource,
+    SharedCache,
+    SharedCacheSpec,
+    SizeAlerts,
+    TreeNodeState,
+    TreeStatus,
+    UserNodeState,
+    wire,
+)
 from labkeeper.api.units import parse_duration, parse_quantity
 from labkeeper.kube.client import Kube, api_error_message, is_conflict
 
@@ -49,14 +64,35 @@ def utcnow() -> dt.datetime:
 
 
 class Watched:
-    """One resource's objects by name, kept current by a list+watch loop in a daemon thread."""
+    """One resource's objects by name, kept current by a list+watch loop in a daemon thread. With a `model`, each
+    object is parsed into it as it arrives; one the model refuses is kept as desired.read_object's stand-in, and
+    `refused` says why."""
 
-    def __init__(self, list_call: Callable, args: tuple, dirty: threading.Event, selector: str | None = None) -> None:
-        self.list_call, self.args, self.dirty = list_call, args, dirty
+    def __init__(self, list_call: Callable, args: tuple, dirty: threading.Event, selector: str | None = None,
+                 model: type[Resource] | None = None) -> None:
+        self.list_call, self.args, self.dirty, self.model = list_call, args, dirty, model
         self.kwargs = {"label_selector": selector} if selector else {}
-        self.objects: dict[str, dict] = {}
+        self.objects: dict[str, Any] = {}
+        self.bodies: dict[str, dict] = {}
+        self.refused: dict[str, str] = {}
         self.synced = threading.Event()
         self.lock = threading.Lock()
+
+    def _keep(self, body: dict) -> None:
+        name = body["metadata"]["name"]
+        self.bodies[name] = body
+        if self.model is None:
+            self.objects[name] = body
+            return
+        self.objects[name], why = desired.read_object(self.model, body)
+        if why is None:
+            self.refused.pop(name, None)
+        else:
+            self.refused[name] = why
+
+    def _forget(self, name: str) -> None:
+        for kept in (self.objects, self.bodies, self.refused):
+            kept.pop(name, None)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -65,7 +101,9 @@ class Watched:
 
                 body = json.loads(listing.data)
                 with self.lock:
-                    self.objects = {o["metadata"]["name"]: o for o in body.get("items", [])}
+                    self.objects, self.bodies, self.refused = {}, {}, {}
+                    for item in body.get("items", []):
+                        self._keep(item)
                 self.synced.set()
                 self.dirty.set()
                 stream = watch.Watch()
@@ -74,9 +112,9 @@ class Watched:
                     obj = event["raw_object"]
                     with self.lock:
                         if event["type"] == "DELETED":
-                            self.objects.pop(obj["metadata"]["name"], None)
+                            self._forget(obj["metadata"]["name"])
                         elif event["type"] in ("ADDED", "MODIFIED"):
-                            self.objects[obj["metadata"]["name"]] = obj
+                            self._keep(obj)
                     self.dirty.set()
                     if stop.is_set():
                         return
@@ -84,9 +122,18 @@ class Watched:
                 log.warning("watch %s: %s; relisting", self.args, err)
                 time.sleep(1)
 
-    def items(self) -> list[dict]:
+    def items(self) -> list[Any]:
         with self.lock:
             return list(self.objects.values())
+
+    def raw_items(self) -> list[dict]:
+        """The objects as the API sent them (the notices read users leniently, field by field)."""
+        with self.lock:
+            return list(self.bodies.values())
+
+    def refusals(self, kind: str) -> dict[str, str]:
+        with self.lock:
+            return {f"{kind}/{name}": why for name, why in self.refused.items()}
 
 
 class Agent:
@@ -100,16 +147,16 @@ class Agent:
         custom = k8s.CustomObjectsApi(kube.api)
         core = k8s.CoreV1Api(kube.api)
         self.users = Watched(custom.list_cluster_custom_object, (GROUP, VERSION, "gpuusers"), self.dirty,
-                             selector)
+                             selector, GPUUser)
         self.caches = Watched(custom.list_cluster_custom_object, (GROUP, VERSION, "sharedcaches"), self.dirty,
-                             selector)
+                             selector, SharedCache)
         self.stores = Watched(custom.list_cluster_custom_object, (GROUP, VERSION, "modelstores"), self.dirty,
-                             selector)
+                             selector, ModelStore)
         self.secrets = Watched(core.list_namespaced_secret, (system_namespace,), self.dirty)
         self.configmaps = Watched(core.list_namespaced_config_map, (system_namespace,), self.dirty)
         self.last_events: dict[tuple[str, str], str] = {}
         self.last_result: HostResult | None = None
-        self.cleanups: dict[str, dict] = {}  # SharedCache → this node's last cleanup, until the watch shows it
+        self.cleanups: dict[str, LastCleanup] = {}  # SharedCache → this node's last cleanup, until the watch shows it
         self.policy_keeper = PolicyKeeper(component=f"the agent on {node}")
         self._policy_version: str | None = None  # the ConfigMap's resourceVersion last offered to the keeper
         self._policy_lock = threading.Lock()
@@ -118,7 +165,7 @@ class Agent:
     def watch_activity(self, monitor: ActivityMonitor) -> None:
         """Sample the workspaces running on this node once the policy has been read; warnings and
         limit stops also become a notice in the owner's home (from the GPUUser watch: no extra reads)."""
-        notices = HomeNotices(self.host.data_fd, self.node, self.users.items, self.clock)
+        notices = HomeNotices(self.host.data_fd, self.node, self.users.raw_items, self.clock)
         self.activity = ActivityLoop(self.kube, self.node, monitor, self.policy, self.clock, notices=notices)
 
     # ---- inputs -------------------------------------------------------------------------------
@@ -172,7 +219,9 @@ class Agent:
             log.warning("host pass skipped: %s", self.policy_keeper.refused)
             return None
         users, caches, stores = self.users.items(), self.caches.items(), self.stores.items()
-        want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid())
+        refused = self.users.refusals("GPUUser") | self.caches.refusals("SharedCache") | \
+            self.stores.refusals("ModelStore")
+        want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid(), refused)
         want.lab = dataclasses.replace(want.lab, toolchains=toolchains.from_policy(self.policy().toolchains))
         started = time.monotonic()
         now = self.clock()
@@ -192,9 +241,8 @@ class Agent:
                 self._tree_status(kind, obj, want, result, fs)
         return result
 
-    def _user_status(self, user: dict, want: desired.Desired, result: HostResult) -> None:
-        meta, spec = user["metadata"], user.get("spec") or {}
-        name = meta["name"]
+    def _user_status(self, user: GPUUser, want: desired.Desired, result: HostResult) -> None:
+        meta, spec, name = user.metadata, user.spec, user.name
         finalizers = meta.get("finalizers") or []
         problems = result.report.problems.get(name)
         if meta.get("deletionTimestamp"):
@@ -202,120 +250,119 @@ class Agent:
                 # the finalizer stays until the data policy is done; say why it is taking long
                 self._event(user, "OffboardingFailed", f"{self.node}: {'; '.join(problems)}", warning=True)
             elif self.finalizer in finalizers:
-                self._event(user, "Offboarded", f"{self.node}: account removed, data policy {spec.get('dataPolicy', 'Keep')} applied")
+                self._event(user, "Offboarded", f"{self.node}: account removed, data policy {spec.data_policy} applied")
                 self._patch(user, {"metadata": {"finalizers": [f for f in finalizers if f != self.finalizer],
                                                 "resourceVersion": meta["resourceVersion"]}})
             return
         if self.finalizer not in finalizers:
             self._patch(user, {"metadata": {"finalizers": [*finalizers, self.finalizer],
                                             "resourceVersion": meta["resourceVersion"]}})
-        state, message = desired.user_node_state(name, want, result, spec.get("state", "Active"))
-        if spec.get("state") == "Offboarded":
+        state, message = desired.user_node_state(name, want, result, spec.state)
+        if spec.state == "Offboarded":
             # a home the archive could not be checked against stays, and the status says why
             state, message = ("Failed", f"offboarding: {'; '.join(problems)}") if problems else (
-                "Offboarded", f"account removed; data policy {spec.get('dataPolicy', 'Keep')}")
-        entry = {"node": self.node, "state": state, "message": message[:1000]}
-        size = self.scanner.get(f"users/{name}") if spec.get("state") != "Offboarded" else None
-        if size is not None:
-            entry["homeBytes"] = size
+                "Offboarded", f"account removed; data policy {spec.data_policy}")
+        size = self.scanner.get(f"users/{name}") if spec.state != "Offboarded" else None
+        entry = UserNodeState(node=self.node, state=state, message=message[:1000], home_bytes=size)
         self._event(user, f"Host{state}", f"{self.node}: {message}", warning=state == "Failed")
-        nodes = desired.merged_nodes((user.get("status") or {}).get("nodes") or [], self.node, entry, self.clock())
+        nodes = desired.merged_nodes(user.status.nodes if user.status else [], self.node, entry, self.clock())
         if nodes is not None:
-            self._patch(user, {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": {"nodes": nodes}},
-                        status=True)
+            self._patch(user, {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                               "status": wire(GPUUserStatus(nodes=nodes))}, status=True)
 
-    def _tree_status(self, kind: str, obj: dict, want: desired.Desired, result: HostResult,
+    def _tree_status(self, kind: str, obj: SharedCache | ModelStore, want: desired.Desired, result: HostResult,
                      fs: disk.FilesystemUsage) -> None:
-        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-        subject = f"{'cache' if kind == 'SharedCache' else 'models'}/{meta['name']}"
-        problems = [want.invalid.get(f"{kind}/{meta['name']}"), *result.report.problems.get(subject, [])]
+        name, spec, status = obj.name, obj.spec, obj.status or TreeStatus()
+        subject = f"{'cache' if kind == 'SharedCache' else 'models'}/{name}"
+        problems = [want.invalid.get(f"{kind}/{name}"), *result.report.problems.get(subject, [])]
         problems = [p for p in problems if p]
-        mine = next((n for n in status.get("nodes") or [] if n.get("node") == self.node), {})
-        size = self.scanner.get(spec.get("path", ""))
+        mine = next((n for n in status.nodes if n.node == self.node), None) or TreeNodeState(node=self.node)
+        size = self.scanner.get(spec.path)
         if size is None:
-            size = mine.get("sizeBytes")  # not measured since this agent started: keep its last figure
-        alerts = spec.get("alerts") or {}
-        limit_text = alerts.get("sizeLimit") if kind == "SharedCache" else spec.get("sizeAlert")
+            size = mine.size_bytes  # not measured since this agent started: keep its last figure
+        alerts = spec.alerts if isinstance(spec, SharedCacheSpec) else SizeAlerts()
+        limit_text = alerts.size_limit if isinstance(spec, SharedCacheSpec) else spec.size_alert
         limit = int(parse_quantity(limit_text)) if limit_text else None
-        warn, crit = alerts.get("warnPercent", 80) / 100, alerts.get("criticalPercent", 95) / 100
+        warn, crit = alerts.warn_percent / 100, alerts.critical_percent / 100
         level = disk.alert_level(size or 0, limit, warn, crit)
         fs_level = disk.alert_level(fs.used, fs.total)
         if limit and size is not None:
-            DISK_RATIO.labels(self.node, kind, meta["name"]).set(size / limit)
+            DISK_RATIO.labels(self.node, kind, name).set(size / limit)
         alert = max(level, fs_level, key=desired.ALERT_RANK.__getitem__)
         if alert != "OK":
-            self._event(obj, "DiskAlert", f"{self.node}: {kind} {meta['name']}: {level} of its limit, data "
+            self._event(obj, "DiskAlert", f"{self.node}: {kind} {name}: {level} of its limit, data "
                                           f"filesystem {fs.ratio:.0%} full", warning=True)
         last_cleanup = None
         # a tree left out (its path is another's, or unsafe) is never cleaned: the directory is not its own
-        if kind == "SharedCache" and f"{kind}/{meta['name']}" not in want.invalid:
-            recorded = [c for c in (mine.get("lastCleanup"), self.cleanups.get(meta["name"])) if c]
-            last_cleanup = max(recorded, key=lambda c: str(c.get("time") or ""), default=None)
-            cleaned = self._maybe_clean(obj, spec, last_cleanup or {}, self.clock())
+        if isinstance(obj, SharedCache) and f"{kind}/{name}" not in want.invalid:
+            recorded = [c for c in (mine.last_cleanup, self.cleanups.get(name)) if c]
+            last_cleanup = max(recorded, key=lambda c: c.time or dt.datetime.min.replace(tzinfo=dt.UTC),
+                               default=None)
+            cleaned = self._maybe_clean(obj, last_cleanup, self.clock())
             if cleaned is not None:
-                last_cleanup = self.cleanups[meta["name"]] = cleaned
+                last_cleanup = self.cleanups[name] = cleaned
         if size is None:
             measured = "size not measured yet"
         else:
             measured = f"{size} of {limit} bytes" if limit else f"{size} bytes, no size limit"
         entry = desired.tree_node_entry(
-            self.node, problems, result.tree_paths.get(subject, spec.get("path", "")), size, alert,
+            self.node, problems, result.tree_paths.get(subject, spec.path), size, alert,
             f"{measured}, data filesystem {fs.ratio:.0%} full", last_cleanup)
         self._write_tree_status(kind, obj, entry)
 
-    def _write_tree_status(self, kind: str, obj: dict, entry: dict) -> None:
+    def _write_tree_status(self, kind: str, obj: SharedCache | ModelStore, entry: TreeNodeState) -> None:
         """Every agent writes the same top-level fields, so each write replaces only this node's entry, derives the
         top level from all entries, and holds the resourceVersion it read; on a conflict it reads again."""
         for _ in range(5):
-            meta = obj["metadata"]
-            status = desired.tree_status(obj.get("status") or {}, self.node, entry, meta.get("generation"),
-                                         self.clock())
+            meta = obj.metadata
+            status = desired.tree_status(obj.status, self.node, entry, meta.get("generation"), self.clock())
             if status is None:
                 return
             try:
-                self.kube.patch(kind, meta["name"], {"metadata": {"resourceVersion": meta["resourceVersion"]},
-                                                     "status": status}, subresource="status")
+                self.kube.patch(kind, obj.name, {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                                                 "status": wire(status)}, subresource="status")
                 return
             except ApiException as err:
                 if err.status == 404:
                     return
                 if not is_conflict(err):
-                    log.warning("status of %s %s: %s", kind, meta["name"], api_error_message(err))
+                    log.warning("status of %s %s: %s", kind, obj.name, api_error_message(err))
                     return
             try:
-                fresh = self.kube.get(kind, meta["name"])
+                fresh = self.kube.get(kind, obj.name)
             except ApiException as err:
-                log.warning("status of %s %s: %s", kind, meta["name"], api_error_message(err))
+                log.warning("status of %s %s: %s", kind, obj.name, api_error_message(err))
                 break
             if fresh is None:
                 return
-            obj = fresh
+            obj, _ = desired.read_object(desired.TREE_MODELS[kind], fresh)
         self.dirty.set()  # still conflicting or unreadable: the next pass tries again
 
-    def _maybe_clean(self, obj: dict, spec: dict, last: dict, now: dt.datetime) -> dict | None:
+    def _maybe_clean(self, obj: SharedCache, last: LastCleanup | None, now: dt.datetime) -> LastCleanup | None:
         """Each node cleans its own copy, so `last` is this node's lastCleanup: a request another node has
         answered is still due here."""
-        policy = spec.get("cleanup") or {}
-        request = (obj["metadata"].get("annotations") or {}).get(desired.CLEAN_ANNOTATION)
+        policy = obj.spec.cleanup
+        request = (obj.metadata.get("annotations") or {}).get(desired.CLEAN_ANNOTATION)
+        answered = last.request if last else None
         due = False
-        if request and request != last.get("request"):
+        if request and request != answered:
             due = True
-        elif policy.get("schedule") and (policy.get("maxAge") or policy.get("maxSize")):
-            last_time = dt.datetime.fromisoformat(last["time"].replace("Z", "+00:00")) if last.get("time") else None
-            due = last_time is None or now - last_time >= parse_duration(policy["schedule"])
+        elif policy and policy.schedule and (policy.max_age or policy.max_size):
+            due = last is None or last.time is None or now - last.time >= parse_duration(policy.schedule)
         if not due:
             return None
-        max_age = parse_duration(policy["maxAge"]) if policy.get("maxAge") else None
-        max_size = int(parse_quantity(policy["maxSize"])) if policy.get("maxSize") else None
+        max_age = parse_duration(policy.max_age) if policy and policy.max_age else None
+        max_size = int(parse_quantity(policy.max_size)) if policy and policy.max_size else None
+        stamp = now.replace(microsecond=0)
         try:
-            freed = cleanup.clean(self.host.data_fd, spec["path"], now, max_age, max_size)
+            freed = cleanup.clean(self.host.data_fd, obj.spec.path, now, max_age, max_size)
         except OSError as err:
-            return {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "freedBytes": 0, "removedFiles": 0,
-                    "reason": f"failed: {err}", "request": request or last.get("request")}
+            return LastCleanup(time=stamp, freed_bytes=0, removed_files=0, reason=f"failed: {err}",
+                               request=request or answered)
         self._event(obj, "CacheCleaned", f"{self.node}: freed {freed.bytes} bytes in {freed.files} files: "
                                          f"{freed.reason}")
-        return {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "freedBytes": freed.bytes, "removedFiles": freed.files,
-                "reason": freed.reason, "request": request or last.get("request")}
+        return LastCleanup(time=stamp, freed_bytes=freed.bytes, removed_files=freed.files, reason=freed.reason,
+                           request=request or answered)
 
     def _toolchain_events(self, result: HostResult) -> None:
         """Toolchains are policy, not objects with a status: what happened to them is an Event on the policy
@@ -333,16 +380,17 @@ class Agent:
             self._event(obj, "ToolchainFailed", f"{self.node}: " + "; ".join(failed), warning=True)
 
     # ---- writes -------------------------------------------------------------------------------
-    def _patch(self, obj: dict, body: dict, *, status: bool = False) -> None:
+    def _patch(self, obj: Resource, body: dict, *, status: bool = False) -> None:
         try:
-            self.kube.patch(obj["kind"], obj["metadata"]["name"], body, subresource="status" if status else None)
+            self.kube.patch(obj.kind, obj.name, body, subresource="status" if status else None)
         except ApiException as err:
             if is_conflict(err):
                 self.dirty.set()  # someone wrote first; the next pass sees their version
             elif err.status != 404:
-                log.warning("patch %s %s: %s", obj["kind"], obj["metadata"]["name"], api_error_message(err))
+                log.warning("patch %s %s: %s", obj.kind, obj.name, api_error_message(err))
 
-    def _event(self, obj: dict, reason: str, message: str, *, warning: bool = False) -> None:
+    def _event(self, obj: Resource | dict, reason: str, message: str, *, warning: bool = False) -> None:
+        obj = obj.reference() if isinstance(obj, Resource) else obj
         key = (f"{obj['kind']}/{obj['metadata']['name']}", reason.split("/")[0])
         if self.last_events.get(key) == message:
             return

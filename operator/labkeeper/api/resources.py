@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -14,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -335,6 +338,15 @@ class Resource(Model):
     def name(self) -> str:
         return str(self.metadata.get("name", ""))
 
+    @property
+    def namespace(self) -> str | None:
+        namespace = self.metadata.get("namespace")
+        return str(namespace) if namespace else None
+
+    def reference(self) -> dict[str, Any]:
+        """apiVersion, kind and metadata: what an Event or a patch needs to name the object."""
+        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": self.metadata}
+
     def manifest(self) -> dict[str, Any]:
         """The object as YAML/JSON for kubectl or server-side apply: camelCase, no status, no unset fields."""
         return self.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"status"})
@@ -598,3 +610,89 @@ class Workspace(Resource):
         if len(str(metadata.get("name", ""))) > 60:
             raise ValueError("metadata.name must be at most 60 characters (the pod adds 'ws-')")
         return metadata
+
+
+# ---- objects in, status out -------------------------------------------------------------------------
+
+R = TypeVar("R", bound=Resource)
+STATUS_MODELS: dict[str, type[Status]] = {"GPUUser": GPUUserStatus, "SharedCache": TreeStatus,
+                                          "ModelStore": TreeStatus, "Workspace": WorkspaceStatus}
+
+
+class InvalidObject(ValueError):
+    """An object the API holds that its model refuses: stored before a rule existed, or written around it."""
+
+
+def _where(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _problem(error: Any) -> str:
+    text = f"{_where(error['loc']) or 'the object'}: {str(error['msg']).removeprefix('Value error, ')}"
+    return text if isinstance(error["input"], dict | list) else f"{text} (got {error['input']!r})"
+
+
+def parse_object(model: type[R], body: Mapping[str, Any]) -> R:
+    """The object as its model; InvalidObject names the object, each refused field, its value and the rule."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        name = (body.get("metadata") or {}).get("name", "?")
+        raise InvalidObject(f"{model.__name__} {name}: {'; '.join(map(_problem, err.errors()))}") from err
+
+
+def wire(model: BaseModel) -> dict[str, Any]:
+    """A status, or a part of one, as a merge patch: camelCase, JSON types, only the fields that were set."""
+    return model.model_dump(by_alias=True, mode="json", exclude_unset=True, exclude_none=True)
+
+
+def _models_in(annotation: Any) -> list[tuple[str, type[BaseModel]]]:
+    """The models a field's type holds, with how they sit in it: "" itself, "[]" in a list, "{}" in a dict."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [("", annotation)]
+    if origin is Annotated:
+        return _models_in(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return [found for arg in args for found in _models_in(arg)]
+    if origin in (list, tuple) and args:
+        return [("[]", m) for shape, m in _models_in(args[0]) if not shape]
+    if origin is dict and len(args) == 2:
+        return [("{}", m) for shape, m in _models_in(args[1]) if not shape]
+    return []
+
+
+def undeclared_fields(model: type[BaseModel], data: Any, where: str = "") -> list[str]:
+    """The fields in `data` (camelCase, as written to the API) that `model` does not declare, as paths.
+    Status models keep unknown fields when they read (a newer agent's), so this is what holds a writer to them."""
+    if not isinstance(data, Mapping):
+        return []
+    fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+    out = []
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        field = fields.get(key)
+        if field is None:
+            out.append(path)
+            continue
+        for shape, inner in _models_in(field.annotation):
+            if shape == "" and isinstance(value, Mapping):
+                out += undeclared_fields(inner, value, path)
+            elif shape == "[]" and isinstance(value, list):
+                out += [f for i, item in enumerate(value) for f in undeclared_fields(inner, item, f"{path}[{i}]")]
+            elif shape == "{}" and isinstance(value, Mapping):
+                out += [f for k, item in value.items() for f in undeclared_fields(inner, item, f"{path}.{k}")]
+    return out
+
+
+def check_status(kind: str, status: Mapping[str, Any]) -> None:
+    """ValueError unless every field of this status patch is declared by the kind's status model with a value
+    it accepts: what the operator and the agent write is what the CRD and labctl describe."""
+    model = STATUS_MODELS[kind]
+    undeclared = undeclared_fields(model, status)
+    if undeclared:
+        raise ValueError(f"{kind} status: {model.__name__} declares no {', '.join(undeclared)}")
+    model.model_validate(status)

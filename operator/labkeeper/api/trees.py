@@ -20,18 +20,25 @@ def _parts(path: str) -> tuple[str, ...]:
     return tuple(p for p in str(path).split("/") if p)
 
 
-def tree_conflicts(trees: Mapping[str, Iterable[dict[str, Any]]]) -> dict[tuple[str, str], str]:
-    """(kind, name) → why that tree is left out, for every tree that may not have its path: {kind: objects}.
+def _claim(obj: Any) -> tuple[str, str, str]:
+    """(creationTimestamp, name, spec.path) of an object as the API sends it or as its api/ model."""
+    if isinstance(obj, Mapping):
+        return (obj["metadata"].get("creationTimestamp") or "", obj["metadata"]["name"],
+                str((obj.get("spec") or {}).get("path", "")))
+    return str(obj.metadata.get("creationTimestamp") or ""), str(obj.metadata["name"]), str(obj.spec.path)
+
+
+def tree_conflicts(trees: Mapping[str, Iterable[Any]]) -> dict[tuple[str, str], str]:
+    """(kind, name) → why that tree is left out, for every tree that may not have its path: {kind: objects},
+    each a dict as the API sends it or a SharedCache / ModelStore model.
 
     Trees are taken in the order they were created (creationTimestamp, then kind, then name), so a new tree
     never takes a path from one already in use, and the operator and every agent reach the same answer."""
-    ordered = sorted(((kind, obj) for kind, objs in trees.items() for obj in objs),
-                     key=lambda item: (item[1]["metadata"].get("creationTimestamp") or "", item[0],
-                                       item[1]["metadata"]["name"]))
+    claims = [(_claim(obj), kind) for kind, objs in trees.items() for obj in objs]
+    ordered = sorted(claims, key=lambda item: (item[0][0], item[1], item[0][1]))
     claimed: list[tuple[tuple[str, ...], str, str, str]] = []  # (parts, kind, name, path) of each owner
     conflicts: dict[tuple[str, str], str] = {}
-    for kind, obj in ordered:
-        name, path = obj["metadata"]["name"], str((obj.get("spec") or {}).get("path", ""))
+    for (_, name, path), kind in ordered:
         parts = _parts(path)
         if not parts:
             conflicts[(kind, name)] = f"{kind} {name}: spec.path {path!r} names no directory under the data root"

@@ -8,9 +8,9 @@ The agent's loop, every `sampleInterval`::
     throttle = PublishThrottle(report_interval)
     verdicts = monitor.observe([WatchedWorkspace(ns, name, pod_uid, devices, cgroup_path_or_None), ...])
     for key, verdict in verdicts.items():
-        patch = throttle.decide(key, verdict, clock())   # {"lastActivity", "activityReason"} or None
+        patch = throttle.decide(key, verdict, clock())   # WorkspaceStatus(lastActivity, activityReason) or None
         if patch:
-            kube.patch_status(Workspace, *key, patch)
+            kube.patch_status(Workspace, *key, wire(patch))
     throttle.retain(set(verdicts))
 
 - `ActivityMonitor.observe` takes one GPU snapshot from the sampler, maps GPU processes to pods through

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from labkeeper.agent.activity.model import Verdict, WorkspaceKey
-from labkeeper.api.units import format_time
+from labkeeper.api.resources import WorkspaceStatus
 
 
 class PublishThrottle:
@@ -24,7 +24,7 @@ class PublishThrottle:
         self._published: dict[WorkspaceKey, tuple[bool, str, dt.datetime]] = {}
         self._last_active: dict[WorkspaceKey, dt.datetime] = {}
 
-    def decide(self, key: WorkspaceKey, verdict: Verdict, now: dt.datetime) -> dict | None:
+    def decide(self, key: WorkspaceKey, verdict: Verdict, now: dt.datetime) -> WorkspaceStatus | None:
         if verdict.active:
             self._last_active[key] = now
         previous = self._published.get(key)
@@ -36,10 +36,9 @@ class PublishThrottle:
                 return None
         self._published[key] = (verdict.active, verdict.gist, now)
         last_active = self._last_active.get(key, now if previous is None else None)
-        patch = {"activityReason": verdict.reason}
-        if last_active is not None:
-            patch["lastActivity"] = format_time(last_active)
-        return patch
+        if last_active is None:
+            return WorkspaceStatus(activity_reason=verdict.reason)
+        return WorkspaceStatus(activity_reason=verdict.reason, last_activity=last_active.astimezone(dt.UTC).replace(microsecond=0))
 
     def retain(self, keys: set[WorkspaceKey]) -> None:
         """Forget workspaces no longer watched, so a restarted one publishes afresh."""
