@@ -55,6 +55,14 @@ def open_dir(parent_fd: int, name: str) -> int:
         raise
 
 
+def open_existing_dir(parent_fd: int, name: str) -> int | None:
+    """`name` below `parent_fd`, or None where there is none; a symlink in its place is refused as by open_dir."""
+    try:
+        return open_dir(parent_fd, name)
+    except FileNotFoundError:
+        return None
+
+
 @contextlib.contextmanager
 def opened(fd: int) -> Iterator[int]:
     try:

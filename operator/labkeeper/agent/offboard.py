@@ -221,14 +221,12 @@ def archive_home(data_fd: int, user: str, now: dt.datetime) -> tuple[str, Manife
     """Write `<dataRoot>/archive/<u>-<UTC time>[-n].tar.gz`, read it back, and return its path and contents once
     it holds the home exactly; raises (and publishes nothing) when it does not or the home changed meanwhile."""
     check_username(user)
-    try:
-        users_fd = hostops.open_dir(data_fd, "users")
-    except FileNotFoundError:
+    users_fd = hostops.open_existing_dir(data_fd, "users")
+    if users_fd is None:
         return None
     with hostops.opened(users_fd):
-        try:
-            home_fd = hostops.open_dir(users_fd, user)
-        except FileNotFoundError:
+        home_fd = hostops.open_existing_dir(users_fd, user)
+        if home_fd is None:
             return None
         archive_fd, _ = hostops.ensure_dir(data_fd, ARCHIVE_DIR, Owner(0, 0, 0o700))
         with hostops.opened(home_fd), hostops.opened(archive_fd):
@@ -258,9 +256,8 @@ def archive_home(data_fd: int, user: str, now: dt.datetime) -> tuple[str, Manife
 
 def delete_home(data_fd: int, user: str) -> bool:
     check_username(user)
-    try:
-        users_fd = hostops.open_dir(data_fd, "users")
-    except FileNotFoundError:
+    users_fd = hostops.open_existing_dir(data_fd, "users")
+    if users_fd is None:
         return False
     with hostops.opened(users_fd):
         if hostops.lstat(users_fd, user) is None:
