@@ -176,35 +176,27 @@ def status(ctx: typer.Context, output: Format = OutputOption) -> None:
         out.print("\nno workspaces; create one with: labctl up NAME --gpu 1g.10gb")
 
 
-def _set_state(ctx: typer.Context, name: str, state: str, wait: bool, timeout: float) -> None:
-    s = session(ctx)
-    get_workspace(s, name)
-    s.kube.patch("Workspace", name, {"spec": {"state": state}}, s.namespace)
-    console().print(f"workspace {name}: {'stopping' if state == 'Stopped' else 'starting'}")
-    if wait:
-        finish_wait(wait_for(s, name, state, timeout), name, state)
+def _state_command(command: str, state: str, wait_seconds: float, help_text: str) -> None:
+    """`labctl stop` and `labctl start`: set spec.state, then wait until the workspace stands there."""
+
+    def set_state(
+        ctx: typer.Context,
+        name: str = typer.Argument(..., help="workspace name"),
+        wait: bool = typer.Option(True, "--wait/--no-wait"),
+        timeout: float = typer.Option(wait_seconds, "--timeout", help="seconds to wait"),
+    ) -> None:
+        s = session(ctx)
+        get_workspace(s, name)
+        s.kube.patch("Workspace", name, {"spec": {"state": state}}, s.namespace)
+        console().print(f"workspace {name}: {'stopping' if state == 'Stopped' else 'starting'}")
+        if wait:
+            finish_wait(wait_for(s, name, state, timeout), name, state)
+
+    app.command(command, help=help_text)(set_state)
 
 
-@app.command()
-def stop(
-    ctx: typer.Context,
-    name: str = typer.Argument(..., help="workspace name"),
-    wait: bool = typer.Option(True, "--wait/--no-wait"),
-    timeout: float = typer.Option(180, "--timeout", help="seconds to wait"),
-) -> None:
-    """Stop a workspace (its home stays; its GPU is held for a quick restart for a while)."""
-    _set_state(ctx, name, "Stopped", wait, timeout)
-
-
-@app.command()
-def start(
-    ctx: typer.Context,
-    name: str = typer.Argument(..., help="workspace name"),
-    wait: bool = typer.Option(True, "--wait/--no-wait"),
-    timeout: float = typer.Option(300, "--timeout", help="seconds to wait"),
-) -> None:
-    """Start a stopped workspace again."""
-    _set_state(ctx, name, "Running", wait, timeout)
+_state_command("stop", "Stopped", 180, "Stop a workspace (its home stays; its GPU is held for a quick restart for a while).")
+_state_command("start", "Running", 300, "Start a stopped workspace again.")
 
 
 @app.command()
