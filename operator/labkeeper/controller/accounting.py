@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -17,23 +17,18 @@ from kubernetes.client.exceptions import ApiException
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
 from labkeeper.api.names import namespace_for, username_of
-from labkeeper.controller.policy import PolicyStore
-from labkeeper.kube.client import Kube, is_conflict
+from labkeeper.controller.usage import UserStatusWriter
+from labkeeper.kube.client import is_conflict
 
 log = logging.getLogger("labkeeper.operator")
 REPORT_WINDOW = dt.timedelta(days=7)  # what the metrics' waiting percentiles and stop counts cover
 
 
-class Accountant:
-    def __init__(self, kube: Kube, policy: PolicyStore, clock: Callable[[], dt.datetime]) -> None:
-        self.kube = kube
-        self.policy = policy
-        self.clock = clock
-
+class Accountant(UserStatusWriter):
     def flush(self, username: str) -> bool:
         """Folds her meters up to now into her status; returns whether a write was made."""
-        user = self.kube.get("GPUUser", username)
-        if user is None or user["metadata"].get("deletionTimestamp"):
+        user = self.staying_user(username)
+        if user is None:
             return False
         workspaces = self.kube.list("Workspace", namespace_for(username))
         now = self.clock()

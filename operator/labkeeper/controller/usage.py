@@ -36,16 +36,25 @@ def usage_of(pods: list[dict[str, Any]], workspaces: list[dict[str, Any]], weigh
     }
 
 
-class UsageWriter:
+class UserStatusWriter:
+    """A writer of one part of a GPUUser's status from what her namespace holds (her usage, her accounting)."""
+
     def __init__(self, kube: Kube, policy: PolicyStore, clock: Callable[[], dt.datetime]) -> None:
         self.kube = kube
         self.policy = policy
         self.clock = clock
 
+    def staying_user(self, username: str) -> dict[str, Any] | None:
+        """Her GPUUser as it is now; None once it is gone or being deleted (there is nothing left to write)."""
+        user = self.kube.get("GPUUser", username)
+        return None if user is None or user["metadata"].get("deletionTimestamp") else user
+
+
+class UsageWriter(UserStatusWriter):
     def refresh(self, username: str) -> bool:
         """Write her usage if it changed; returns whether a write was made."""
-        user = self.kube.get("GPUUser", username)
-        if user is None or user["metadata"].get("deletionTimestamp"):
+        user = self.staying_user(username)
+        if user is None:
             return False
         namespace = namespace_for(username)
         pods = self.kube.list("Pod", namespace, label_selector=MANAGED_PODS)
