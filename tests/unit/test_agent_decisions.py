@@ -7,14 +7,14 @@ import subprocess
 
 from labkeeper.agent import accounts, acl, desired
 from labkeeper.agent.model import HostUser
-from labkeeper.api.resources import GPUUser, ModelStore, SharedCache, UserNodeState
+from labkeeper.api.resources import GPUUser, ModelStore, SharedCache, UserNodeState, read_object
 
 
 def read(model, *bodies):
-    """The objects as the agent's watches keep them, and the refusals beside them (desired.read_object)."""
+    """The objects as the agent's watches keep them, and the refusals beside them (api.resources.read_object)."""
     objects, refused = [], {}
     for body in bodies:
-        obj, why = desired.read_object(model, body)
+        obj, why = read_object(model, body)
         objects.append(obj)
         if why:
             refused[f"{model.__name__}/{obj.name}"] = why
@@ -106,3 +106,21 @@ def test_acl_bytes_read_back_by_getfacl_as_written(tmp_path):
         os.close(fd)
     out = subprocess.run(["getfacl", "-n", "-c", str(target)], capture_output=True, text=True, check=True).stdout
     assert {"user:20001:rwx", "group:2000:r-x", "group::r-x", "mask::rwx"} <= set(out.split())
+
+
+def test_an_object_the_model_refuses_is_never_acted_on_beyond_keeping_what_is_there():
+    # both stored before the rules that refuse them: mallory is leaving and asked for her home to be deleted
+    mallory = {"metadata": {"name": "mallory", "deletionTimestamp": "2026-03-01T00:00:00Z"},
+               "spec": {"groups": ["sudo"], "dataPolicy": "Delete"}, "status": {"uid": 20009, "gid": 20009}}
+    old = {"metadata": {"name": "old", "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "spec": {"type": "pip", "path": "cache/pip", "env": [{"name": "LD_PRELOAD", "value": "x"}]}}
+    new = {"metadata": {"name": "new", "creationTimestamp": "2026-02-01T00:00:00Z"},
+           "spec": {"type": "pip", "path": "cache/pip"}}
+    users, refused_users = read(GPUUser, mallory)
+    caches, refused_caches = read(SharedCache, old, new)
+    assert list(refused_users) == ["GPUUser/mallory"] and list(refused_caches) == ["SharedCache/old"]
+    want = desired.desired_state(users, caches, [], {}, 2000, refused_users | refused_caches)
+    assert [(d.name, d.data_policy) for d in want.departures] == [("mallory", "Keep")]
+    assert want.lab.trees == (), "the refused tree provisions nothing, and its path stays its own"
+    assert "LD_PRELOAD" in want.invalid["SharedCache/old"]
+    assert "is already the path of SharedCache old" in want.invalid["SharedCache/new"]

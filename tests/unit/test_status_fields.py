@@ -19,7 +19,7 @@ from labkeeper.agent.model import Report
 from labkeeper.agent.recovery import Host, HostResult
 from labkeeper.api.names import CLEAN_ANNOTATION
 from labkeeper.api.policy import LabPolicy
-from labkeeper.api.resources import GPUUser, ModelStore, SharedCache, check_status
+from labkeeper.api.resources import GPUUser, ModelStore, SharedCache, check_status, read_object
 from labkeeper.controller.accounting import Accountant
 from labkeeper.controller.failures import record_failure
 from labkeeper.controller.nodes import NodePruner
@@ -103,7 +103,7 @@ def agent_on(tmp_path: Path, kube: CheckingKube, sizes: dict[str, int]) -> Agent
 
 
 def read(model: Any, body: dict[str, Any]) -> tuple[Any, dict[str, str]]:
-    obj, why = desired.read_object(model, body)
+    obj, why = read_object(model, body)
     return obj, ({f"{model.__name__}/{obj.name}": why} if why else {})
 
 

@@ -15,26 +15,20 @@ from labkeeper.api.nodes import ACL_FALLBACK, agent_finalizer, tree_summary
 from labkeeper.api.nodes import ALERT_RANK as ALERT_RANK  # agent/main.py ranks alerts with it
 from labkeeper.api.resources import (
     GPUUser,
-    GPUUserSpec,
     GPUUserStatus,
-    InvalidObject,
     LastCleanup,
     ModelStore,
     ModelStoreSpec,
     NodeState,
-    Resource,
     SharedCache,
-    SharedCacheSpec,
     TreeNodeState,
     TreeStatus,
-    parse_object,
     wire,
 )
 from labkeeper.api.resources import Members as MembersSpec
 from labkeeper.api.trees import tree_conflicts
 
 finalizer = agent_finalizer
-R = TypeVar("R", bound=Resource)
 N = TypeVar("N", bound=NodeState)
 TREE_MODELS: dict[str, type[SharedCache] | type[ModelStore]] = {"SharedCache": SharedCache, "ModelStore": ModelStore}
 
@@ -47,45 +41,13 @@ class Desired:
     invalid: dict[str, str] = field(default_factory=dict)   # "GPUUser/x", "SharedCache/y" → why refused
 
 
-# ---- objects as the agent reads them ---------------------------------------------------------------
-
-def _status_or_none(model: type[GPUUserStatus] | type[TreeStatus], body: Mapping[str, Any]) -> Any:
-    try:
-        return model.model_validate(body["status"]) if body.get("status") else None
-    except ValueError:
-        return None  # a status no writer of this version made: this node's entry starts afresh
-
-
-def read_object(model: type[R], body: Mapping[str, Any]) -> tuple[R, str | None]:
-    """The object as its model, and None; or, for one its model refuses (stored before a rule existed), a stand-in
-    that is enough to say so in its status, and why. A stand-in carries the spec's defaults and its raw path only:
-    the agent provisions nothing from it, and a leaving user's data is kept (dataPolicy Keep)."""
-    try:
-        return parse_object(model, body), None
-    except InvalidObject as err:
-        why = str(err)
-    spec = body.get("spec") or {}
-    common = {"kind": model.__name__, "metadata": dict(body.get("metadata") or {})}
-    stand_in: Any
-    if model is GPUUser:
-        stand_in = GPUUser.model_construct(**common, spec=GPUUserSpec(),
-                                           status=_status_or_none(GPUUserStatus, body))
-    else:
-        # the raw path still claims its directory, as the operator sees it (api/trees.py)
-        spec_model = SharedCacheSpec if model is SharedCache else ModelStoreSpec
-        stand_in = model.model_construct(**common, spec=spec_model.model_construct(
-            type="custom" if model is SharedCache else "generic", path=str(spec.get("path", ""))),
-            status=_status_or_none(TreeStatus, body))
-    return stand_in, why
-
-
 def _members(spec: MembersSpec | None) -> Members:
     return Members(tuple(spec.users), tuple(spec.groups)) if spec else Members()
 
 
 def desired_state(users: list[GPUUser], caches: list[SharedCache], stores: list[ModelStore],
                   kubeconfigs: dict[str, bytes], lab_gid: int, refused: Mapping[str, str] | None = None) -> Desired:
-    """`refused`: "GPUUser/x", "SharedCache/y" → why its model refused what the API holds (see read_object)."""
+    """`refused`: "GPUUser/x", "SharedCache/y" → why its model refused what the API holds (api.resources.read_object)."""
     refused = refused or {}
     host_users, departures, waiting, invalid = [], [], {}, {}
     for user in sorted(users, key=lambda o: o.name):

@@ -49,6 +49,7 @@ from labkeeper.api.resources import (
     TreeNodeState,
     TreeStatus,
     UserNodeState,
+    read_object,
     wire,
 )
 from labkeeper.api.units import parse_duration, parse_quantity
@@ -65,7 +66,7 @@ def utcnow() -> dt.datetime:
 
 class Watched:
     """One resource's objects by name, kept current by a list+watch loop in a daemon thread. With a `model`, each
-    object is parsed into it as it arrives; one the model refuses is kept as desired.read_object's stand-in, and
+    object is parsed into it as it arrives; one the model refuses is kept as api.resources.read_object's stand-in, and
     `refused` says why."""
 
     def __init__(self, list_call: Callable, args: tuple, dirty: threading.Event, selector: str | None = None,
@@ -84,7 +85,7 @@ class Watched:
         if self.model is None:
             self.objects[name] = body
             return
-        self.objects[name], why = desired.read_object(self.model, body)
+        self.objects[name], why = read_object(self.model, body)
         if why is None:
             self.refused.pop(name, None)
         else:
@@ -335,7 +336,7 @@ class Agent:
                 break
             if fresh is None:
                 return
-            obj, _ = desired.read_object(desired.TREE_MODELS[kind], fresh)
+            obj, _ = read_object(desired.TREE_MODELS[kind], fresh)
         self.dirty.set()  # still conflicting or unreadable: the next pass tries again
 
     def _maybe_clean(self, obj: SharedCache, last: LastCleanup | None, now: dt.datetime) -> LastCleanup | None:

@@ -644,6 +644,29 @@ def parse_object(model: type[R], body: Mapping[str, Any]) -> R:
         raise InvalidObject(f"{model.__name__} {name}: {'; '.join(map(_problem, err.errors()))}") from err
 
 
+def read_object(model: type[R], body: Mapping[str, Any]) -> tuple[R, str | None]:
+    """The object as its model, and None; or, for one its model refuses (stored before a rule existed), a stand-in
+    and why. A stand-in has the object's metadata, its status where that parses, and the spec's defaults with only
+    the spec's required fields as the API holds them (a tree's raw path still claims its directory): enough to show
+    it and to say why it is refused, never enough to act on it."""
+    try:
+        return parse_object(model, body), None
+    except InvalidObject as err:
+        why = str(err)
+    spec_model: Any = model.model_fields["spec"].annotation
+    status_model: Any = STATUS_MODELS[model.__name__]
+    spec = body.get("spec") or {}
+    required = {name: spec.get(field.alias or name) for name, field in spec_model.model_fields.items()
+                if field.is_required()}
+    try:
+        status = status_model.model_validate(body["status"]) if body.get("status") else None
+    except ValidationError:
+        status = None  # a status no writer of this version made
+    fields: dict[str, Any] = {"kind": model.__name__, "metadata": dict(body.get("metadata") or {}),
+                              "spec": spec_model.model_construct(**required), "status": status}
+    return typing.cast(R, model.model_construct(**fields)), why
+
+
 def wire(model: BaseModel) -> dict[str, Any]:
     """A status, or a part of one, as a merge patch: camelCase, JSON types, only the fields that were set."""
     return model.model_dump(by_alias=True, mode="json", exclude_unset=True, exclude_none=True)
