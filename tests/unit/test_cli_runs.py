@@ -1,4 +1,4 @@
-"""What labctl shows of batch runs, and the exit code `labctl run` returns, from plain Workspace dicts."""
+"""What labctl shows of batch runs, and the exit code `labctl run` returns, from Workspace models."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ import datetime as dt
 
 import pytest
 
+from labkeeper.api.resources import Workspace
 from labkeeper.cli import views
 
 NOW = dt.datetime(2026, 12, 6, 21, 0, tzinfo=dt.UTC)
 
 
-def run(name: str, phase: str | None = None, *, mode: str = "Batch", **status) -> dict:
-    return {"metadata": {"name": name, "namespace": "lab-eve", "creationTimestamp": "2026-12-06T20:50:00Z"},
+def run(name: str, phase: str | None = None, *, mode: str = "Batch", **status) -> Workspace:
+    return Workspace.model_validate({"metadata": {"name": name, "namespace": "lab-eve", "creationTimestamp": "2026-12-06T20:50:00Z"},
             "spec": {"mode": mode, "image": "busybox", "command": ["python", "train.py"],
                      "gpu": {"profile": "2g.20gb", "count": 1}},
-            "status": {"phase": phase, **status} if phase else {}}
+            "status": {"phase": phase, **status} if phase else {}})
 
 
 @pytest.mark.parametrize(("status", "code"), [

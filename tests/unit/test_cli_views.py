@@ -1,4 +1,5 @@
-"""What labctl shows, computed from plain API objects: tables, countdowns, manifests, wait verdicts."""
+"""What labctl shows, computed from API objects parsed into their models: tables, countdowns, manifests, wait
+verdicts."""
 
 from __future__ import annotations
 
@@ -6,18 +7,19 @@ import datetime as dt
 
 import pytest
 
+from labkeeper.api.resources import GPUUser, Workspace
 from labkeeper.cli import views
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
 def ws(name: str, phase: str | None = None, *, generation: int = 1, observed: int | None = 1, user: str = "alice",
-       spec: dict | None = None, **status) -> dict:
+       spec: dict | None = None, **status) -> Workspace:
     body = {"metadata": {"name": name, "namespace": f"lab-{user}", "generation": generation},
             "spec": {"image": "busybox", "gpu": {"profile": "1g.10gb", "count": 1}, **(spec or {})}, "status": {}}
     if phase:
         body["status"] = {"phase": phase, "observedGeneration": observed, **status}
-    return body
+    return Workspace.model_validate(body)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1d", 86400),
@@ -103,15 +105,17 @@ def test_hints_after_waiting_fit_where_the_workspace_stood():
 
 
 def test_labctl_refuses_beyond_the_tier_in_the_operators_words():
-    user = {"spec": {"tier": "student"}, "status": {"effectiveLimits": {
-        "cpu": {"value": "32"}, "memory": {"value": "32Gi"}, "allowedProfiles": {"value": "1g.10gb,2g.20gb"},
-        "allowedImages": {"value": ""}, "keepAliveMax": {"value": "24h"}}}}
+    limits = {"cpu": "32", "memory": "32Gi", "allowedProfiles": "1g.10gb,2g.20gb", "allowedImages": "",
+              "keepAliveMax": "24h"}
+    user = GPUUser.model_validate({"metadata": {"name": "alice"}, "spec": {"tier": "student"}, "status": {
+        "effectiveLimits": {field: {"value": value, "source": "tier"} for field, value in limits.items()}}})
     assert views.entitlement_problem(user, {"image": "x", "cpu": "64"}) == \
         "spec.cpu 64 exceeds the tier student limit of 32"
     assert views.entitlement_problem(user, {"image": "x", "gpu": {"profile": "7g.80gb"}}).startswith(
         "spec.gpu.profile '7g.80gb' is not allowed for tier student")
     assert views.entitlement_problem(user, {"image": "x", "cpu": "4", "memory": "16Gi"}) is None
-    assert views.entitlement_problem({"spec": {}, "status": {}}, {"cpu": "999"}) is None  # no limits: operator decides
+    no_limits = GPUUser.model_validate({"metadata": {"name": "bob"}, "spec": {}, "status": {}})
+    assert views.entitlement_problem(no_limits, {"cpu": "999"}) is None  # no limits: operator decides
     assert views.keep_alive_cap(user) == dt.timedelta(hours=24)
 
 
@@ -156,13 +160,13 @@ def test_ssh_key_files_keep_keys_and_skip_comments_but_refuse_private_keys():
 
 
 def test_status_puts_each_limit_beside_its_use():
-    user = {"metadata": {"name": "alice"}, "spec": {"tier": "student"},
+    user = GPUUser.model_validate({"metadata": {"name": "alice"}, "spec": {"tier": "student"},
             "status": {"phase": "Ready", "usage": {"gpuEquivalents": 1.5},
                        "nodes": [{"node": "a", "homeBytes": 2 * 1024**3}, {"node": "b", "homeBytes": 1024}],
                        "effectiveLimits": {"maxGpuEquivalents": {"value": "2", "source": "tier"},
                                            "cpu": {"value": "32", "source": "tier"},
                                            "maxWorkspaces": {"value": "3", "source": "override"},
-                                           "keepAliveMax": {"value": "24h", "source": "default"}}}}
+                                           "keepAliveMax": {"value": "24h", "source": "default"}}}})
     quota = {"status": {"used": {"requests.cpu": "4", "requests.memory": "8Gi"}}}
     summary = views.usage_summary(user, [ws("a", "Running"), ws("b", "Stopped")], quota)
     assert summary["keepAliveMax"] == "24h"

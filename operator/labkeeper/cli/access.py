@@ -29,6 +29,7 @@ from labkeeper.cli.app import app, session
 from labkeeper.cli.errors import EXIT_USAGE, LabctlError
 from labkeeper.cli.output import console, err_console
 from labkeeper.cli.session import Session
+from labkeeper.cli.user import get_workspace
 
 CONTAINER = "workspace"
 JUPYTER_PORT = 8888
@@ -37,15 +38,12 @@ VSCODE_EXTENSION = "ms-vscode-remote.remote-containers"
 
 def running_pod(s: Session, name: str) -> str:
     """The pod of a running workspace, or a clear reason why there is none."""
-    ws = s.kube.get("Workspace", name, s.namespace)
-    if ws is None:
-        raise LabctlError(f"workspace {name} not found in {s.namespace}", "`labctl ls` lists your workspaces")
-    phase = views.phase_of(ws)
+    ws = get_workspace(s, name)
+    phase, status = views.phase_of(ws), views.status_of(ws)
     if phase not in RUNNING_PHASES:
-        status = ws.get("status") or {}
-        raise LabctlError(f"workspace {name} is {phase}" + (f" ({status['reason']})" if status.get("reason") else ""),
+        raise LabctlError(f"workspace {name} is {phase}" + (f" ({status.reason})" if status.reason else ""),
                           f"start it with: labctl start {name}")
-    return (ws.get("status") or {}).get("podName") or pod_name(name)
+    return status.pod_name or pod_name(name)
 
 
 def core(s: Session) -> k8s.CoreV1Api:
@@ -160,10 +158,7 @@ def logs(
 ) -> None:
     """Print a workspace's output (its main process's stdout and stderr)."""
     s = session(ctx)
-    ws = s.kube.get("Workspace", name, s.namespace)
-    if ws is None:
-        raise LabctlError(f"workspace {name} not found in {s.namespace}", "`labctl ls` lists your workspaces")
-    pod = (ws.get("status") or {}).get("podName") or pod_name(name)
+    pod = views.status_of(get_workspace(s, name)).pod_name or pod_name(name)
     kwargs = {"container": CONTAINER, "follow": follow, "previous": previous, "_preload_content": False}
     if tail is not None:
         kwargs["tail_lines"] = tail
@@ -327,8 +322,8 @@ def code(
     """Print (or --open) the VS Code command that attaches to a workspace through the Kubernetes API."""
     s = session(ctx)
     pod = running_pod(s, name)
-    ws = s.kube.get("Workspace", name, s.namespace) or {}
-    image = (ws.get("spec") or {}).get("image", "")
+    ws = s.workspace(name)
+    image = (ws.spec.image if ws else "") or ""
     from kubernetes import config as k8s_config
 
     try:

@@ -11,6 +11,7 @@ import yaml
 
 from labkeeper.api.names import CLEAN_ANNOTATION
 from labkeeper.api.policy import POLICY_CONFIGMAP, POLICY_KEY, PolicyError, load_policy
+from labkeeper.api.resources import GPUUserStatus, wire
 from labkeeper.cli import board as board_view
 from labkeeper.cli import doctor as doctor_checks
 from labkeeper.cli import views
@@ -25,7 +26,8 @@ def usage_error(message: str) -> LabctlError:
     return LabctlError(message, exit_code=EXIT_USAGE)
 
 
-def get_user(s: Session, name: str) -> dict:
+def get_user_body(s: Session, name: str) -> dict:
+    """The GPUUser as the API sent it (what -o json/yaml prints); views.user_of parses it for the tables."""
     user = s.kube.get("GPUUser", name)
     if user is None:
         raise LabctlError(f"GPUUser {name} not found", "`labctl admin user ls` lists the lab's members")
@@ -92,7 +94,7 @@ def user_add(
 def user_ls(ctx: typer.Context, output: Format = OutputOption) -> None:
     """List the lab's members with their tier, state and usage."""
     items = session(ctx).kube.list("GPUUser")
-    headers, rows = views.user_rows(items)
+    headers, rows = views.user_rows(views.user_of(body) for body in items)
     emit(as_list(items), output, headers, rows, empty="no users yet; add one with: labctl admin user add NAME --tier student")
 
 
@@ -100,30 +102,27 @@ def user_ls(ctx: typer.Context, output: Format = OutputOption) -> None:
 def user_show(ctx: typer.Context, name: str = typer.Argument(...), output: Format = OutputOption) -> None:
     """One member in detail: limits and where they come from, nodes, conditions, workspaces."""
     s = session(ctx)
-    user = get_user(s, name)
+    body = get_user_body(s, name)
     if output != Format.table:
-        emit(user, output)
+        emit(body, output)
         return
-    spec, status = user.get("spec") or {}, user.get("status") or {}
+    user = views.user_of(body)
+    spec, status = user.spec, user.status or GPUUserStatus()
     out = console()
-    out.print(f"[bold]{name}[/bold] ({spec.get('displayName') or name}): tier {spec.get('tier')}, "
-              f"state {spec.get('state') or 'Active'}, phase {status.get('phase') or 'Pending'}")
-    out.print(f"uid {status.get('uid', '-')}  namespace {status.get('namespace', '-')}  home {status.get('home', '-')}"
-              f"  groups {', '.join(spec.get('groups') or []) or '-'}  ssh keys {len(spec.get('sshKeys') or [])}")
+    out.print(f"[bold]{name}[/bold] ({spec.display_name or name}): tier {spec.tier}, "
+              f"state {spec.state}, phase {status.phase or 'Pending'}")
+    out.print(f"uid {status.uid or '-'}  namespace {status.namespace or '-'}  home {status.home or '-'}"
+              f"  groups {', '.join(spec.groups) or '-'}  ssh keys {len(spec.ssh_keys)}")
     headers, rows = views.limits_rows(user)
     if rows:
         out.print(table(headers, rows))
-    nodes = status.get("nodes") or []
-    if nodes:
+    if status.nodes:
         out.print(table(["NODE", "STATE", "HOME", "MESSAGE"],
-                        [[n.get("node", "-"), n.get("state", "-"), views.human_bytes(n.get("homeBytes")),
-                          n.get("message") or ""] for n in nodes]))
-    conditions = status.get("conditions") or []
-    if conditions:
+                        [[n.node, n.state or "-", views.human_bytes(n.home_bytes), n.message] for n in status.nodes]))
+    if status.conditions:
         out.print(table(["CONDITION", "STATUS", "REASON", "MESSAGE"],
-                        [[c.get("type"), c.get("status"), c.get("reason") or "", c.get("message") or ""]
-                         for c in conditions]))
-    workspaces = s.kube.list("Workspace", namespace_for(name))
+                        [[c.type, c.status, c.reason, c.message] for c in status.conditions]))
+    workspaces = views.workspaces_of(s.kube.list("Workspace", namespace_for(name)))
     if workspaces:
         headers, rows = views.workspace_rows(workspaces, views.dt.datetime.now(views.dt.UTC))
         out.print(table(headers, rows))
@@ -131,7 +130,7 @@ def user_show(ctx: typer.Context, name: str = typer.Argument(...), output: Forma
 
 def _set_user_state(ctx: typer.Context, name: str, spec: dict, said: str) -> None:
     s = session(ctx)
-    get_user(s, name)
+    get_user_body(s, name)
     s.kube.patch("GPUUser", name, {"spec": spec})
     console().print(f"GPUUser {name}: {said}")
 
@@ -207,14 +206,15 @@ def policy_show(ctx: typer.Context, output: Format = OutputOption) -> None:
 def policy_explain(ctx: typer.Context, name: str = typer.Argument(...), output: Format = OutputOption) -> None:
     """Each of a user's limits, its value and where it came from (default, tier or override)."""
     s = session(ctx)
-    user = get_user(s, name)
+    user = views.user_of(get_user_body(s, name))
     headers, rows = views.limits_rows(user)
     if not rows:
         raise LabctlError(f"GPUUser {name} has no effective limits in its status yet",
                           "is the operator running? `labctl admin doctor`")
-    overrides = (user.get("spec") or {}).get("limits") or {}
-    data = {"user": name, "tier": (user.get("spec") or {}).get("tier"),
-            "effectiveLimits": (user.get("status") or {}).get("effectiveLimits"), "overrides": overrides}
+    limits = user.status.effective_limits if user.status else {}
+    data = {"user": name, "tier": user.spec.tier,
+            "effectiveLimits": {field: wire(entry) for field, entry in limits.items()},
+            "overrides": wire(user.spec.limits)}
     if output != Format.table:
         emit(data, output)
         return

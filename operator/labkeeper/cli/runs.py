@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api.names import pod_name, username_of
 from labkeeper.api.phases import RUNNING_PHASES
+from labkeeper.api.resources import Workspace
 from labkeeper.cli import views
 from labkeeper.cli.access import CONTAINER, core
 from labkeeper.cli.app import OutputOption, app, session
@@ -49,7 +50,7 @@ def run(
                                         memory=memory, command=list(command or []), batch=True)
     except ValueError as err:
         raise usage_error(str(err)) from err
-    existing = s.kube.get("Workspace", name, s.namespace)
+    existing = s.workspace(name)
     if existing is not None:
         what = "run" if views.is_run(existing) else "workspace"
         raise LabctlError(f"a {what} named {name} exists in {s.namespace} ({views.phase_of(existing)})",
@@ -75,14 +76,14 @@ def run(
         raise typer.Exit(code)
 
 
-def get_run(s: Session, name: str) -> dict:
-    ws = s.kube.get("Workspace", name, s.namespace)
+def get_run(s: Session, name: str) -> Workspace:
+    ws = s.workspace(name)
     if ws is None:
         raise LabctlError(f"run {name} was deleted from {s.namespace} before it ended")
     return ws
 
 
-def wait_until_started(s: Session, name: str) -> dict:
+def wait_until_started(s: Session, name: str) -> Workspace:
     """Polls the run until its pod has started (or it ended without one), printing each change of its place."""
     last = ""
     while True:
@@ -96,9 +97,9 @@ def wait_until_started(s: Session, name: str) -> dict:
         time.sleep(POLL_SECONDS)
 
 
-def follow(s: Session, name: str, ws: dict) -> dict:
+def follow(s: Session, name: str, ws: Workspace) -> Workspace:
     """Streams the pod's log through the API server (as `labctl logs -f`) until the run has ended."""
-    pod = (ws.get("status") or {}).get("podName") or pod_name(name)
+    pod = views.status_of(ws).pod_name or pod_name(name)
     try:
         response = core(s).read_namespaced_pod_log(pod, s.namespace, container=CONTAINER, follow=True,
                                                    _preload_content=False)
@@ -146,11 +147,11 @@ def list_runs(
 ) -> None:
     """List your batch runs: phase, exit code, GPU, age, and why each stands where it does."""
     s = session(ctx)
-    items = [w for w in s.kube.list("Workspace", None if all_users else s.namespace) if views.is_run(w)]
-    headers, rows = views.run_rows(items, now())
+    items = [(body, ws) for body in s.workspace_bodies(all_users) if views.is_run(ws := views.workspace_of(body))]
+    headers, rows = views.run_rows([ws for _, ws in items], now())
     if all_users:
         headers = ["USER", *headers]
-        ordered = sorted(items, key=lambda w: w["metadata"]["name"])
-        rows = [[(username_of(w["metadata"]["namespace"]) or w["metadata"]["namespace"]), *row] for w, row in zip(ordered, rows, strict=True)]
-    emit(as_list(items), output, headers, rows,
+        ordered = sorted((ws for _, ws in items), key=lambda w: w.name)
+        rows = [[username_of(w.namespace or "") or w.namespace or "", *row] for w, row in zip(ordered, rows, strict=True)]
+    emit(as_list([body for body, _ in items]), output, headers, rows,
          empty="no runs yet; queue one with: labctl run NAME --gpu 1g.10gb -- python train.py")

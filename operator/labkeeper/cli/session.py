@@ -13,8 +13,9 @@ from kubernetes import config as k8s_config
 from labkeeper.api.names import SYSTEM_NAMESPACE as SYSTEM_NAMESPACE
 from labkeeper.api.names import namespace_for as namespace_for
 from labkeeper.api.names import username_of
+from labkeeper.api.resources import GPUUser, Workspace, read_object
 from labkeeper.cli.errors import LabctlError
-from labkeeper.kube.client import Kube
+from labkeeper.kube.client import Body, Kube
 
 
 def kubeconfig_path(explicit: str | None, env: dict[str, str] | None = None, home: Path | None = None) -> Path:
@@ -101,3 +102,18 @@ class Session:
         """The caller's own lab namespace, from her certificate's name, whatever --user or the context say."""
         name = self.identity
         return None if name.startswith("system:") or ":" in name else namespace_for(name)
+
+    # ---- reads: objects enter labctl here, parsed into their api/ models (bodies only for -o json/yaml) ----------
+    def workspace_bodies(self, all_users: bool = False) -> list[Body]:
+        """Her Workspaces, or every user's, as the API sent them."""
+        return self.kube.list("Workspace", None if all_users else self.namespace)
+
+    def workspace(self, name: str) -> Workspace | None:
+        """Her Workspace `name`, None when there is none."""
+        body = self.kube.get("Workspace", name, self.namespace)
+        return None if body is None else read_object(Workspace, body)[0]
+
+    def gpu_user(self, name: str | None = None) -> GPUUser | None:
+        """The GPUUser `name` (default: the caller's), None when there is none."""
+        body = self.kube.get("GPUUser", name or self.username)
+        return None if body is None else read_object(GPUUser, body)[0]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import typer
 
+from labkeeper.api.resources import GPUUserStatus, ModelStore, SharedCache, Workspace, read_object, wire
 from labkeeper.api.units import format_duration
 from labkeeper.cli import views
 from labkeeper.cli.app import OutputOption, app, session
@@ -27,8 +28,8 @@ def usage_error(message: str) -> LabctlError:
     return LabctlError(message, exit_code=EXIT_USAGE)
 
 
-def get_workspace(s: Session, name: str) -> dict:
-    ws = s.kube.get("Workspace", name, s.namespace)
+def get_workspace(s: Session, name: str) -> Workspace:
+    ws = s.workspace(name)
     if ws is None:
         raise LabctlError(f"workspace {name} not found in {s.namespace}", "`labctl ls` lists your workspaces")
     return ws
@@ -46,7 +47,7 @@ def wait_for(s: Session, name: str, want: str, timeout: float, *, clock: Callabl
         if status_ctx:
             status_ctx.__enter__()
         while True:
-            verdict = views.wait_verdict(s.kube.get("Workspace", name, s.namespace), want)
+            verdict = views.wait_verdict(s.workspace(name), want)
             if verdict.line != last_line:
                 if status_ctx:
                     status_ctx.update(verdict.line)
@@ -92,7 +93,7 @@ def up(
                                         gpu_count=gpu_count or 1, cpu=cpu, memory=memory)
     except ValueError as err:
         raise usage_error(str(err)) from err
-    existing = s.kube.get("Workspace", name, s.namespace)
+    existing = s.workspace(name)
     changes: dict = {"state": "Running"}
     if existing is not None:
         if gpu:
@@ -100,7 +101,7 @@ def up(
         for key, value in (("image", image), ("cpu", cpu), ("memory", memory)):
             if value:
                 changes[key] = value
-    refuse_beyond_entitlement(s, name, body["spec"] if existing is None else {**existing.get("spec", {}), **changes})
+    refuse_beyond_entitlement(s, name, body["spec"] if existing is None else {**wire(existing.spec), **changes})
     if existing is None:
         body["metadata"]["namespace"] = s.namespace
         s.kube.create(body)
@@ -116,7 +117,7 @@ def up(
 def refuse_beyond_entitlement(s: Session, name: str, spec: dict) -> None:
     """Refuse what the operator would leave waiting as NotEntitled forever, in its words, before applying it."""
     try:
-        user = s.kube.get("GPUUser", s.username)
+        user = s.gpu_user()
     except Exception:  # an admin's --user, or a user without her own GPUUser yet: the operator still decides
         return
     problem = views.entitlement_problem(user, spec) if user else None
@@ -133,8 +134,8 @@ def list_workspaces(
 ) -> None:
     """List your workspaces: phase, GPU, node, runtime, idle countdown."""
     s = session(ctx)
-    items = s.kube.list("Workspace", None if all_users else s.namespace)
-    headers, rows = views.workspace_rows(items, now(), with_user=all_users)
+    items = s.workspace_bodies(all_users)
+    headers, rows = views.workspace_rows(views.workspaces_of(items), now(), with_user=all_users)
     emit(as_list(items), output, headers, rows,
          empty="no workspaces yet; create one with: labctl up NAME --gpu 1g.10gb")
 
@@ -143,10 +144,10 @@ def list_workspaces(
 def status(ctx: typer.Context, output: Format = OutputOption) -> None:
     """Your limits and what you use of them; idle and runtime countdowns; warnings."""
     s = session(ctx)
-    user = s.kube.get("GPUUser", s.username)
+    user = s.gpu_user()
     if user is None:
         raise LabctlError(f"there is no GPUUser {s.username}", "ask the lab admin to add you (labctl admin user add)")
-    workspaces = s.kube.list("Workspace", s.namespace)
+    workspaces = views.workspaces_of(s.workspace_bodies())
     quota = next((q for q in s.kube.list("ResourceQuota", s.namespace) if q["metadata"]["name"] == "labkeeper-limits"),
                  None)
     summary = views.usage_summary(user, workspaces, quota)
@@ -229,7 +230,7 @@ def keepalive(
     except ValueError as err:
         raise usage_error(str(err)) from err
     get_workspace(s, name)
-    user = s.kube.get("GPUUser", s.username)
+    user = s.gpu_user()
     cap = views.keep_alive_cap(user) if user else None
     if cap is not None and delta > cap:
         raise usage_error(f"keep-alive {format_duration(delta)} for {name} is beyond the lab policy's cap of "
@@ -244,23 +245,22 @@ def keepalive(
 def disk(ctx: typer.Context, output: Format = OutputOption) -> None:
     """Your home's size on each node, and the shared caches and model stores you can see."""
     s = session(ctx)
-    user = s.kube.get("GPUUser", s.username)
+    user = s.gpu_user()
     if user is None:
         raise LabctlError(f"there is no GPUUser {s.username}")
-    status = user.get("status") or {}
-    rows = [[f"home {status.get('home') or '/home/' + s.username}", n.get("node", "-"), views.human_bytes(n.get("homeBytes"))]
-            for n in status.get("nodes") or [] if n.get("homeBytes") is not None]
-    shared: list[dict] = []
-    for kind in ("SharedCache", "ModelStore"):
+    status = user.status or GPUUserStatus()
+    rows = [[f"home {status.home or '/home/' + s.username}", n.node, views.human_bytes(n.home_bytes)]
+            for n in status.nodes if n.home_bytes is not None]
+    shared: list[SharedCache | ModelStore] = []
+    for model in (SharedCache, ModelStore):
         try:
-            items = s.kube.list(kind)
+            shared += [read_object(model, o)[0] for o in s.kube.list(model.__name__)]
         except Exception:  # members may not be allowed to list shared trees; home usage is still worth showing
             continue
-        shared += items
-        rows += [[f"{kind} {o['metadata']['name']}", (o.get("spec") or {}).get("path", "-"),
-                  views.human_bytes((o.get("status") or {}).get("sizeBytes"))] for o in items]
-    data = {"user": s.username, "home": status.get("home"), "nodes": status.get("nodes") or [],
-            "usage": status.get("usage") or {}, "shared": [{"kind": o.get("kind"), "name": o["metadata"]["name"],
-                                                              "sizeBytes": (o.get("status") or {}).get("sizeBytes")}
-                                                             for o in shared]}
+    rows += [[f"{o.kind} {o.name}", o.spec.path, views.human_bytes(o.status.size_bytes if o.status else None)]
+             for o in shared]
+    data = {"user": s.username, "home": status.home, "nodes": [wire(n) for n in status.nodes],
+            "usage": wire(status.usage) if status.usage else {},
+            "shared": [{"kind": o.kind, "name": o.name, "sizeBytes": o.status.size_bytes if o.status else None}
+                       for o in shared]}
     emit(data, output, ["WHAT", "WHERE", "SIZE"], rows, empty="no disk usage reported yet (the node agent measures it)")

@@ -1,18 +1,28 @@
-"""Pure functions from plain API objects to what labctl shows: rows, summaries, manifests, verdicts.
+"""Pure functions from API objects, parsed into their api/ models, to what labctl shows: rows, summaries,
+manifests, verdicts.
 
-Nothing here talks to a cluster or a terminal, so each view is unit-tested on dicts."""
+Nothing here talks to a cluster or a terminal, so each view is unit-tested on objects built in the test."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from labkeeper.api.kinds import API_VERSION
 from labkeeper.api.names import InvalidName, validate_group, validate_username
 from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES
 from labkeeper.api.policy import not_entitled
+from labkeeper.api.resources import (
+    GpuRequest,
+    GPUUser,
+    Workspace,
+    WorkspaceSpec,
+    WorkspaceStatus,
+    read_object,
+)
 from labkeeper.api.units import format_time
 from labkeeper.api.units import parse_duration as parse_policy_duration
 
@@ -79,107 +89,129 @@ def human_bytes(value: float | int | None) -> str:
     return f"{value:.1f} TiB"
 
 
-def until(deadline: str | None, now: dt.datetime) -> str:
-    when = parse_time(deadline)
+def until(deadline: str | dt.datetime | None, now: dt.datetime) -> str:
+    when = deadline if isinstance(deadline, dt.datetime) else parse_time(deadline)
     return "-" if when is None else human_duration(when - now)
 
 
+# ---- reading ---------------------------------------------------------------------------------------
+def workspace_of(ws: Workspace | Mapping[str, Any]) -> Workspace:
+    """A Workspace as its model; one its model refuses is shown from its stand-in (api.resources.read_object).
+    board.py hands over the bodies it lists; the commands parse theirs where they read them."""
+    return ws if isinstance(ws, Workspace) else read_object(Workspace, ws)[0]
+
+
+def workspaces_of(bodies: Iterable[Mapping[str, Any]]) -> list[Workspace]:
+    return [workspace_of(body) for body in bodies]
+
+
+def user_of(body: Mapping[str, Any]) -> GPUUser:
+    return read_object(GPUUser, body)[0]
+
+
+def status_of(ws: Workspace) -> WorkspaceStatus:
+    return ws.status or WorkspaceStatus()
+
+
 # ---- workspaces ----------------------------------------------------------------------------------
-def gpu_label(spec: dict) -> str:
-    gpu = spec.get("gpu") or {}
-    profile = gpu.get("profile") or "none"
-    if profile == "none":
+def gpu_label(spec: WorkspaceSpec | Mapping[str, Any]) -> str:
+    """`2 x 1g.10gb`; a spec labctl is about to apply (or board.py lists) is a dict, of which only gpu is read."""
+    try:
+        gpu = spec.gpu if isinstance(spec, WorkspaceSpec) else GpuRequest.model_validate(spec.get("gpu") or {})
+    except ValueError:
         return "-"
-    count = int(gpu.get("count") or 1)
-    return profile if count == 1 else f"{count} x {profile}"
+    if gpu.profile == "none":
+        return "-"
+    return gpu.profile if gpu.count == 1 else f"{gpu.count} x {gpu.profile}"
 
 
-def status_is_current(ws: dict) -> bool:
+def status_is_current(ws: Workspace) -> bool:
     """Whether status describes the spec as it is now, not as it was before the last change."""
-    status = ws.get("status") or {}
-    observed = status.get("observedGeneration")
-    generation = (ws.get("metadata") or {}).get("generation")
+    observed = status_of(ws).observed_generation
+    generation = ws.metadata.get("generation")
     return observed is not None and (generation is None or observed >= generation)
 
 
-def phase_of(ws: dict) -> str:
-    status = ws.get("status") or {}
-    if not status.get("phase"):
-        return "Pending"
-    return status["phase"]
+def phase_of(ws: Workspace | Mapping[str, Any]) -> str:
+    return status_of(workspace_of(ws)).phase or "Pending"
 
 
-def idle_text(ws: dict, now: dt.datetime) -> str:
-    status = ws.get("status") or {}
+def idle_text(ws: Workspace | Mapping[str, Any], now: dt.datetime) -> str:
+    ws = workspace_of(ws)
+    status = status_of(ws)
     if phase_of(ws) not in RUNNING_PHASES:
         return "-"
     keep = kept_until(ws, now)
     if keep:
         return f"kept {human_duration(keep - now)}"
-    if status.get("idleDeadline"):
-        return f"stop in {until(status['idleDeadline'], now)}"
-    if status.get("idleSince"):
-        since = parse_time(status["idleSince"])
-        return f"idle {human_duration(now - since)}" if since else "-"
+    if status.idle_deadline:
+        return f"stop in {until(status.idle_deadline, now)}"
+    if status.idle_since:
+        return f"idle {human_duration(now - status.idle_since)}"
     return "active"
 
 
-def kept_until(ws: dict, now: dt.datetime) -> dt.datetime | None:
+def kept_until(ws: Workspace, now: dt.datetime) -> dt.datetime | None:
     """The keep-alive in force as the operator granted it (status), never what the spec asked beyond the cap."""
-    keep = parse_time((ws.get("status") or {}).get("keepAliveUntil"))
+    keep = status_of(ws).keep_alive_until
     return keep if keep and keep > now else None
 
 
-def runtime_text(ws: dict, now: dt.datetime) -> str:
-    status = ws.get("status") or {}
-    total = float(status.get("runtimeSeconds") or 0)
-    since = parse_time(status.get("runningSince"))
-    if since:
-        total += max(0.0, (now - since).total_seconds())
+def runtime_text(ws: Workspace | Mapping[str, Any], now: dt.datetime) -> str:
+    status = status_of(workspace_of(ws))
+    total = float(status.runtime_seconds or 0)
+    if status.running_since:
+        total += max(0.0, (now - status.running_since).total_seconds())
     return human_duration(total) if total else "-"
 
 
-def queue_text(ws: dict, now: dt.datetime) -> str:
+def waiting_in_queue(ws: Workspace) -> bool:
+    status = status_of(ws)
+    return status.queue is not None and status.waiting_since is not None
+
+
+def queue_text(ws: Workspace, now: dt.datetime) -> str:
     """A waiting workspace in the lab's words: its place, why it waits, who is ahead, when it may start."""
-    queue = (ws.get("status") or {}).get("queue") or {}
-    place = f"#{queue.get('position', '?')} in the queue"
-    ahead = queue.get("ahead") or []
+    status = status_of(ws)
+    queue = status.queue
+    place = f"#{queue.position if queue else '?'} in the queue"
+    ahead = queue.ahead if queue else []
     if ahead:
         place += f" behind {', '.join(ahead[:3])}" + (f" and {len(ahead) - 3} more" if len(ahead) > 3 else "")
-    text = f"{place}: {queue.get('reason') or (ws.get('status') or {}).get('message') or 'waiting for a device'}"
-    start = parse_time(queue.get("estimatedStart"))
-    if start is not None:
+    text = f"{place}: {(queue and queue.reason) or status.message or 'waiting for a device'}"
+    start = queue.estimated_start if queue else None
+    if queue and start is not None:
         text += f"; may start at {start:%H:%M:%S} UTC, in {human_duration(max(dt.timedelta(0), start - now))} " \
-                f"({queue.get('estimateBasis') or 'a device comes free'})"
+                f"({queue.estimate_basis or 'a device comes free'})"
     return text
 
 
-def queue_rows(workspaces: Iterable[dict], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
+def queue_rows(workspaces: Iterable[Workspace], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
     """`labctl status`: each waiting workspace's place in the queue and why."""
     rows = []
-    for ws in sorted(workspaces, key=lambda w: w["metadata"]["name"]):
-        status = ws.get("status") or {}
-        queue = status.get("queue")
-        if not queue or not status.get("waitingSince"):
+    for ws in sorted(workspaces, key=lambda w: w.name):
+        queue = status_of(ws).queue
+        if queue is None or not waiting_in_queue(ws):
             continue
-        usage = queue.get("relativeUsage")
-        rows.append([ws["metadata"]["name"], str(queue.get("position", "?")), ", ".join(queue.get("ahead") or []) or "-",
+        usage = queue.relative_usage
+        rows.append([ws.name, str(queue.position), ", ".join(queue.ahead) or "-",
                      f"{usage:g}" if usage is not None else "-", queue_text(ws, now)])
     return ["WAITING", "PLACE", "AHEAD", "YOUR USAGE", "WHY"], rows
 
 
-def workspace_rows(workspaces: Iterable[dict], now: dt.datetime, *, with_user: bool = False) -> tuple[list[str], list[list[str]]]:
+def workspace_rows(workspaces: Iterable[Workspace], now: dt.datetime, *,
+                   with_user: bool = False) -> tuple[list[str], list[list[str]]]:
     headers = (["USER"] if with_user else []) + ["NAME", "PHASE", "GPU", "NODE", "RUNTIME", "IDLE", "MESSAGE"]
     rows = []
-    for ws in sorted(workspaces, key=lambda w: (w["metadata"].get("namespace", ""), w["metadata"]["name"])):
-        meta, spec, status = ws["metadata"], ws.get("spec") or {}, ws.get("status") or {}
-        row = [meta.get("namespace", "").removeprefix("lab-")] if with_user else []
-        message = status.get("message") or ""
-        if status.get("reason") and status.get("phase") not in ("Running",):
-            message = f"{status['reason']}: {message}" if message else status["reason"]
-        if status.get("queue") and status.get("waitingSince"):
+    for ws in sorted(workspaces, key=lambda w: (w.namespace or "", w.name)):
+        status = status_of(ws)
+        row = [(ws.namespace or "").removeprefix("lab-")] if with_user else []
+        message = status.message or ""
+        if status.reason and status.phase not in ("Running",):
+            message = f"{status.reason}: {message}" if message else status.reason
+        if waiting_in_queue(ws):
             message = queue_text(ws, now)
-        row += [meta["name"], phase_of(ws), gpu_label(spec), status.get("node") or "-",
+        row += [ws.name, phase_of(ws), gpu_label(ws.spec), status.node or "-",
                 runtime_text(ws, now), idle_text(ws, now), message]
         rows.append(row)
     return headers, rows
@@ -209,26 +241,26 @@ def workspace_manifest(name: str, namespace: str, *, image: str, gpu: str = "non
 
 
 # ---- batch runs ----------------------------------------------------------------------------------
-def is_run(ws: dict) -> bool:
-    return (ws.get("spec") or {}).get("mode") == "Batch"
+def is_run(ws: Workspace) -> bool:
+    return ws.spec.mode == "Batch"
 
 
-def age(ws: dict, now: dt.datetime) -> str:
-    created = parse_time((ws.get("metadata") or {}).get("creationTimestamp"))
+def age(ws: Workspace, now: dt.datetime) -> str:
+    created = parse_time(ws.metadata.get("creationTimestamp"))
     return human_duration(now - created) if created else "-"
 
 
-def run_rows(workspaces: Iterable[dict], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
+def run_rows(workspaces: Iterable[Workspace], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
     """`labctl runs`: each run's phase, its command's exit code once it ended, its GPU, age and why it stands so."""
     rows = []
-    for ws in sorted((w for w in workspaces if is_run(w)), key=lambda w: w["metadata"]["name"]):
-        status = ws.get("status") or {}
-        code = status.get("exitCode")
-        if status.get("queue") and status.get("waitingSince"):
+    for ws in sorted((w for w in workspaces if is_run(w)), key=lambda w: w.name):
+        status = status_of(ws)
+        code = status.exit_code
+        if waiting_in_queue(ws):
             why = queue_text(ws, now)
         else:
-            why = (f"{status['reason']}: " if status.get("reason") else "") + (status.get("message") or "")
-        rows.append([ws["metadata"]["name"], phase_of(ws), "-" if code is None else str(code), gpu_label(ws["spec"]),
+            why = (f"{status.reason}: " if status.reason else "") + (status.message or "")
+        rows.append([ws.name, phase_of(ws), "-" if code is None else str(code), gpu_label(ws.spec),
                      age(ws, now), why.strip() or "-"])
     return ["NAME", "PHASE", "EXIT", "GPU", "AGE", "MESSAGE"], rows
 
@@ -236,30 +268,28 @@ def run_rows(workspaces: Iterable[dict], now: dt.datetime) -> tuple[list[str], l
 ENDED = ("Succeeded", "Failed", "Stopped")
 
 
-def run_exit_code(ws: dict) -> int:
+def run_exit_code(ws: Workspace) -> int:
     """What `labctl run` exits with: the command's own code; 1 for a run that ended without one (stopped, culled,
     evicted) or failed with 0 (its pod failed, not the command)."""
-    status = ws.get("status") or {}
-    code = status.get("exitCode")
-    if status.get("phase") == "Succeeded":
+    status = status_of(ws)
+    if status.phase == "Succeeded":
         return 0
-    return code if isinstance(code, int) and code != 0 else 1
+    return status.exit_code if status.exit_code else 1
 
 
-def run_end_line(ws: dict) -> str:
-    status = ws.get("status") or {}
-    return (f"run {ws['metadata']['name']} {phase_of(ws)}" + (f" ({status['reason']})" if status.get("reason") else "")
-            + (f": {status['message']}" if status.get("message") else ""))
+def run_end_line(ws: Workspace) -> str:
+    status = status_of(ws)
+    return (f"run {ws.name} {phase_of(ws)}" + (f" ({status.reason})" if status.reason else "")
+            + (f": {status.message}" if status.message else ""))
 
 
-def run_wait_line(ws: dict, now: dt.datetime) -> str:
+def run_wait_line(ws: Workspace, now: dt.datetime) -> str:
     """Where a run that has not started stands, one line: its place in the queue, or why it waits."""
-    status = ws.get("status") or {}
-    name = ws["metadata"]["name"]
-    if status.get("queue") and status.get("waitingSince"):
-        return f"{name}: waiting, {queue_text(ws, now)}"
-    detail = (status.get("reason") or "") + (f": {status['message']}" if status.get("message") else "")
-    return f"{name}: {phase_of(ws)}" + (f" ({detail})" if detail else "")
+    status = status_of(ws)
+    if waiting_in_queue(ws):
+        return f"{ws.name}: waiting, {queue_text(ws, now)}"
+    detail = (status.reason or "") + (f": {status.message}" if status.message else "")
+    return f"{ws.name}: {phase_of(ws)}" + (f" ({detail})" if detail else "")
 
 
 @dataclass(frozen=True)
@@ -273,13 +303,13 @@ class Verdict:
     current: bool = field(default=True, compare=False)
 
 
-def wait_verdict(ws: dict | None, want: str) -> Verdict:
+def wait_verdict(ws: Workspace | None, want: str) -> Verdict:
     """Where a workspace stands while `up`/`start`/`stop` wait for it to reach `want` (Running|Stopped)."""
     if ws is None:
         return Verdict(True, False, "the workspace was deleted while waiting")
-    name = ws["metadata"]["name"]
-    status = ws.get("status") or {}
-    phase, reason, message = phase_of(ws), status.get("reason") or "", status.get("message") or ""
+    name = ws.name
+    status = status_of(ws)
+    phase, reason, message = phase_of(ws), status.reason or "", status.message or ""
     detail = f"{phase}" + (f" ({reason})" if reason else "") + (f": {message}" if message else "")
     if not status_is_current(ws):
         return Verdict(False, False, f"{name}: waiting for the operator to pick up the change", phase, reason,
@@ -352,34 +382,31 @@ def ssh_keys_from_text(text: str, source: str) -> list[str]:
     return keys
 
 
-def condition_of(obj: dict, type_: str) -> dict | None:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_), None)
+def limit_value(user: GPUUser, field: str) -> str | None:
+    entry = (user.status.effective_limits if user.status else {}).get(field)
+    return None if entry is None else str(entry.value)
 
 
-def limit_value(user: dict, field: str) -> str | None:
-    entry = ((user.get("status") or {}).get("effectiveLimits") or {}).get(field)
-    return None if entry is None else str(entry.get("value"))
-
-
-def home_bytes(user: dict) -> int | None:
+def home_bytes(user: GPUUser) -> int | None:
     """Her home's size: the largest copy any node's agent measured (on shared storage they all measure the same)."""
-    sizes = [n["homeBytes"] for n in (user.get("status") or {}).get("nodes") or [] if n.get("homeBytes") is not None]
+    sizes = [n.home_bytes for n in (user.status.nodes if user.status else []) if n.home_bytes is not None]
     return max(sizes) if sizes else None
 
 
-def user_rows(users: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
+def user_rows(users: Iterable[GPUUser]) -> tuple[list[str], list[list[str]]]:
     headers = ["NAME", "TIER", "STATE", "PHASE", "UID", "GPU EQ", "WORKSPACES", "DISK"]
     rows = []
-    for user in sorted(users, key=lambda u: u["metadata"]["name"]):
-        spec, status = user.get("spec") or {}, user.get("status") or {}
-        usage = status.get("usage") or {}
+    for user in sorted(users, key=lambda u: u.name):
+        status = user.status
+        usage = status.usage if status else None
+        in_use = usage.workspaces if usage else 0
         cap = limit_value(user, "maxGpuEquivalents")
         max_ws = limit_value(user, "maxWorkspaces")
         rows.append([
-            user["metadata"]["name"], spec.get("tier") or "-", spec.get("state") or "Active",
-            status.get("phase") or "Pending", str(status.get("uid") or "-"),
-            f"{float(usage.get('gpuEquivalents') or 0):g}/{cap}" if cap else "-",
-            f"{usage.get('workspaces') or 0}/{max_ws}" if max_ws else str(usage.get("workspaces") or 0),
+            user.name, user.spec.tier or "-", user.spec.state,
+            (status and status.phase) or "Pending", str((status and status.uid) or "-"),
+            f"{usage.gpu_equivalents if usage else 0:g}/{cap}" if cap else "-",
+            f"{in_use}/{max_ws}" if max_ws else str(in_use),
             human_bytes(home_bytes(user)),
         ])
     return headers, rows
@@ -388,21 +415,18 @@ def user_rows(users: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
 LIMIT_FIELDS = ("maxGpuEquivalents", "cpu", "memory", "maxWorkspaces", "idleTimeout", "maxRuntime", "keepAliveMax")
 
 
-def entitlement_problem(user: dict, spec: dict) -> str | None:
+def entitlement_problem(user: GPUUser, spec: dict) -> str | None:
     """The operator's NotEntitled message for this Workspace spec, from the limits in the user's status; None
     when it is within them or the status does not say (labctl then leaves the decision to the operator)."""
-    limits = (user.get("status") or {}).get("effectiveLimits") or {}
-    tier = (user.get("spec") or {}).get("tier") or "-"
-    values = {k: str((limits.get(k) or {}).get("value") or "") for k in ("cpu", "memory", "allowedProfiles",
-                                                                        "allowedImages")}
+    values = {k: limit_value(user, k) or "" for k in ("cpu", "memory", "allowedProfiles", "allowedImages")}
     if not values["cpu"] or not values["memory"] or not values["allowedProfiles"]:
         return None
-    return not_entitled(spec, tier=tier, cpu=values["cpu"], memory=values["memory"],
+    return not_entitled(spec, tier=user.spec.tier or "-", cpu=values["cpu"], memory=values["memory"],
                         allowed_profiles=[p for p in values["allowedProfiles"].split(",") if p],
                         allowed_images=[p for p in values["allowedImages"].split(",") if p])
 
 
-def keep_alive_cap(user: dict) -> dt.timedelta | None:
+def keep_alive_cap(user: GPUUser) -> dt.timedelta | None:
     """The policy's keepAliveMax as the operator reports it in the user's effective limits."""
     value = limit_value(user, "keepAliveMax")
     try:
@@ -411,27 +435,27 @@ def keep_alive_cap(user: dict) -> dt.timedelta | None:
         return None
 
 
-def limits_rows(user: dict) -> tuple[list[str], list[list[str]]]:
-    limits = (user.get("status") or {}).get("effectiveLimits") or {}
+def limits_rows(user: GPUUser) -> tuple[list[str], list[list[str]]]:
+    limits = user.status.effective_limits if user.status else {}
     ordered = [f for f in LIMIT_FIELDS if f in limits] + sorted(f for f in limits if f not in LIMIT_FIELDS)
-    return ["LIMIT", "VALUE", "FROM"], [[f, str(limits[f].get("value")), str(limits[f].get("source") or "-")]
-                                        for f in ordered]
+    return ["LIMIT", "VALUE", "FROM"], [[f, limits[f].value, limits[f].source] for f in ordered]
 
 
-def usage_summary(user: dict, workspaces: list[dict], quota: dict | None) -> dict:
+def usage_summary(user: GPUUser, workspaces: list[Workspace], quota: dict | None) -> dict:
     """What `labctl status` shows: each limit beside what the user is using of it."""
-    status = user.get("status") or {}
-    usage = status.get("usage") or {}
+    status = user.status
+    usage = status.usage if status else None
     running = [w for w in workspaces if phase_of(w) in (*RUNNING_PHASES, "Starting")]
-    gpu_used = usage.get("gpuEquivalents")
-    if gpu_used is None:
-        gpu_used = sum(float((w.get("status") or {}).get("gpuEquivalents") or 0) for w in running)
+    if usage is not None and "gpu_equivalents" in usage.model_fields_set:
+        gpu_used = usage.gpu_equivalents
+    else:
+        gpu_used = sum(status_of(w).gpu_equivalents or 0 for w in running)
     used = (quota or {}).get("status", {}).get("used") or {}
     return {
-        "user": user["metadata"]["name"],
-        "tier": (user.get("spec") or {}).get("tier"),
-        "state": (user.get("spec") or {}).get("state") or "Active",
-        "phase": status.get("phase"),
+        "user": user.name,
+        "tier": user.spec.tier,
+        "state": user.spec.state,
+        "phase": status.phase if status else None,
         "lines": [
             ("GPU equivalents", f"{float(gpu_used):g}", limit_value(user, "maxGpuEquivalents") or "-"),
             ("CPU", used.get("requests.cpu", "-"), limit_value(user, "cpu") or "-"),
@@ -445,16 +469,14 @@ def usage_summary(user: dict, workspaces: list[dict], quota: dict | None) -> dic
     }
 
 
-def countdown_rows(workspaces: list[dict], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
+def countdown_rows(workspaces: list[Workspace], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
     headers = ["WORKSPACE", "PHASE", "IDLE", "RUNTIME LEFT", "KEEP-ALIVE", "WARNINGS"]
     rows = []
-    for ws in sorted(workspaces, key=lambda w: w["metadata"]["name"]):
-        status = ws.get("status") or {}
+    for ws in sorted(workspaces, key=lambda w: w.name):
+        status = status_of(ws)
         keep = kept_until(ws, now)
-        warnings = status.get("warnings") or []
-        warning_text = "; ".join(w if isinstance(w, str) else str(w.get("message") or w.get("type") or w)
-                                 for w in warnings[-2:])
-        rows.append([ws["metadata"]["name"], phase_of(ws), idle_text(ws, now),
-                     until(status.get("runtimeDeadline"), now) if phase_of(ws) in RUNNING_PHASES else "-",
+        warning_text = "; ".join(w.message or w.key for w in status.warnings[-2:])
+        rows.append([ws.name, phase_of(ws), idle_text(ws, now),
+                     until(status.runtime_deadline, now) if phase_of(ws) in RUNNING_PHASES else "-",
                      f"until {rfc3339(keep)}" if keep else "-", warning_text or "-"])
     return headers, rows
