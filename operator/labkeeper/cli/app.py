@@ -37,6 +37,7 @@ CURRENT: list[Session] = []
 GLOBAL_OPTIONS = {"--kubeconfig", "--user", "-u"}
 
 OutputOption = typer.Option(Format.table, "--output", "-o", help="table, json or yaml", case_sensitive=False)
+AllUsersOption = typer.Option(False, "--all", "-A", help="every user's, not only yours (admins)")
 
 
 @app.callback()

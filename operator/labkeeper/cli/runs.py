@@ -17,7 +17,7 @@ from labkeeper.api.phases import RUNNING_PHASES
 from labkeeper.api.resources import Workspace
 from labkeeper.cli import views
 from labkeeper.cli.access import CONTAINER, core
-from labkeeper.cli.app import OutputOption, app, session
+from labkeeper.cli.app import AllUsersOption, OutputOption, app, session
 from labkeeper.cli.errors import LabctlError
 from labkeeper.cli.output import Format, as_list, console, emit, err_console
 from labkeeper.cli.session import Session
@@ -142,7 +142,7 @@ def follow(s: Session, name: str, ws: Workspace) -> Workspace:
 @app.command("runs")
 def list_runs(
     ctx: typer.Context,
-    all_users: bool = typer.Option(False, "--all", "-A", help="every user's runs (admins)"),
+    all_users: bool = AllUsersOption,
     output: Format = OutputOption,
 ) -> None:
     """List your batch runs: phase, exit code, GPU, age, and why each stands where it does."""

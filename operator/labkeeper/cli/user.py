@@ -12,7 +12,7 @@ import typer
 from labkeeper.api.resources import GPUUserStatus, ModelStore, SharedCache, Workspace, read_object, wire
 from labkeeper.api.units import format_duration
 from labkeeper.cli import views
-from labkeeper.cli.app import OutputOption, app, session
+from labkeeper.cli.app import AllUsersOption, OutputOption, app, session
 from labkeeper.cli.errors import EXIT_USAGE, LabctlError
 from labkeeper.cli.output import Format, as_list, console, emit, table
 from labkeeper.cli.session import Session
@@ -129,7 +129,7 @@ def refuse_beyond_entitlement(s: Session, name: str, spec: dict) -> None:
 @app.command("ls")
 def list_workspaces(
     ctx: typer.Context,
-    all_users: bool = typer.Option(False, "--all", "-A", help="every user's workspaces (admins)"),
+    all_users: bool = AllUsersOption,
     output: Format = OutputOption,
 ) -> None:
     """List your workspaces: phase, GPU, node, runtime, idle countdown."""
