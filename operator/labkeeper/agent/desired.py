@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from labkeeper.agent import disk
 from labkeeper.agent.model import HostUser, LabHost, Members, SharedTree, UnsafeName
 from labkeeper.agent.recovery import Departure, HostResult
 from labkeeper.api.names import CLEAN_ANNOTATION as CLEAN_ANNOTATION
@@ -21,14 +22,17 @@ from labkeeper.api.resources import (
     ModelStoreSpec,
     NodeState,
     SharedCache,
+    SharedCacheSpec,
+    SizeAlerts,
     TreeNodeState,
     TreeStatus,
+    UserNodeState,
     wire,
 )
 from labkeeper.api.resources import Members as MembersSpec
 from labkeeper.api.trees import tree_conflicts
+from labkeeper.api.units import parse_duration, parse_quantity
 
-finalizer = agent_finalizer
 N = TypeVar("N", bound=NodeState)
 TREE_MODELS: dict[str, type[SharedCache] | type[ModelStore]] = {"SharedCache": SharedCache, "ModelStore": ModelStore}
 
@@ -114,6 +118,61 @@ def user_node_state(name: str, desired: Desired, result: HostResult | None, spec
     return "Provisioned", notes or "account, home and keys in place"
 
 
+# ---- what this node writes about a GPUUser after a pass: decided here, applied by agent/main.py ---------------
+
+@dataclass(frozen=True)
+class PostEvent:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class SetFinalizers:
+    """metadata.finalizers, written under the resourceVersion that was read."""
+
+    finalizers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WriteNodes:
+    """status.nodes with this node's entry in place, written under the resourceVersion that was read."""
+
+    nodes: tuple[UserNodeState, ...]
+
+
+UserAction = PostEvent | SetFinalizers | WriteNodes
+
+
+def user_actions(user: GPUUser, node: str, want: Desired, result: HostResult, home_bytes: int | None,
+                 now: dt.datetime) -> list[UserAction]:
+    """In order: this node's finalizer on her, the Event of what the pass did for her, and her node entry when it
+    changed. Her finalizer goes once her data policy is done here; until then a failure is said, not hidden."""
+    own, spec = agent_finalizer(node), user.spec
+    finalizers = tuple(user.metadata.get("finalizers") or ())
+    problems = result.report.problems.get(user.name)
+    if user.metadata.get("deletionTimestamp"):
+        if own not in finalizers:
+            return []
+        if problems:
+            return [PostEvent("OffboardingFailed", f"{node}: {'; '.join(problems)}", warning=True)]
+        return [PostEvent("Offboarded", f"{node}: account removed, data policy {spec.data_policy} applied"),
+                SetFinalizers(tuple(f for f in finalizers if f != own))]
+    actions: list[UserAction] = [] if own in finalizers else [SetFinalizers((*finalizers, own))]
+    state, message = user_node_state(user.name, want, result, spec.state)
+    if spec.state == "Offboarded":
+        # a home the archive could not be checked against stays, and the status says why
+        state, message = ("Failed", f"offboarding: {'; '.join(problems)}") if problems else (
+            "Offboarded", f"account removed; data policy {spec.data_policy}")
+        home_bytes = None
+    actions.append(PostEvent(f"Host{state}", f"{node}: {message}", warning=state == "Failed"))
+    entry = UserNodeState(node=node, state=state, message=message[:1000], home_bytes=home_bytes)
+    nodes = merged_nodes(user.status.nodes if user.status else [], node, entry, now)
+    if nodes is not None:
+        actions.append(WriteNodes(tuple(nodes)))
+    return actions
+
+
 def merged_nodes(current: list[N], node: str, entry: N, now: dt.datetime) -> list[N] | None:
     """The status.nodes list with this node's entry replaced, or None when nothing but the time would change."""
     old = next((n for n in current if n.node == node), None)
@@ -124,6 +183,72 @@ def merged_nodes(current: list[N], node: str, entry: N, now: dt.datetime) -> lis
 
 
 # ---- SharedCache / ModelStore: one entry per node, the top level derived from all of them --------------
+
+@dataclass(frozen=True)
+class TreeDisk:
+    """A tree's size on this node against its limit, and the worse of that and the data filesystem's alert."""
+
+    size: int | None
+    limit: int | None
+    level: str  # of the tree against its own limit
+    alert: str  # the worse of level and the data filesystem's
+    measured: str  # its words in diskMessage
+
+    def message(self, fs: disk.FilesystemUsage) -> str:
+        return f"{self.measured}, data filesystem {fs.ratio:.0%} full"
+
+
+def tree_disk(obj: SharedCache | ModelStore, mine: TreeNodeState, measured: int | None,
+              fs: disk.FilesystemUsage) -> TreeDisk:
+    """`measured`: the scanner's last size of its path, None while it has not measured since this agent started
+    (this node's last reported figure stands in)."""
+    size = measured if measured is not None else mine.size_bytes
+    spec = obj.spec
+    alerts = spec.alerts if isinstance(spec, SharedCacheSpec) else SizeAlerts()
+    limit_text = alerts.size_limit if isinstance(spec, SharedCacheSpec) else spec.size_alert
+    limit = int(parse_quantity(limit_text)) if limit_text else None
+    level = disk.alert_level(size or 0, limit, alerts.warn_percent / 100, alerts.critical_percent / 100)
+    alert = max(level, disk.alert_level(fs.used, fs.total), key=ALERT_RANK.__getitem__)
+    if size is None:
+        measured_text = "size not measured yet"
+    else:
+        measured_text = f"{size} of {limit} bytes" if limit else f"{size} bytes, no size limit"
+    return TreeDisk(size, limit, level, alert, measured_text)
+
+
+@dataclass(frozen=True)
+class Cleaning:
+    """A cleanup this node owes a SharedCache: what to remove, and the clean-requested annotation it answers."""
+
+    max_age: dt.timedelta | None
+    max_size: int | None
+    request: str | None
+
+
+def latest_cleanup(*recorded: LastCleanup | None) -> LastCleanup | None:
+    """The newest of this node's cleanups as its status shows it and as this agent remembers it."""
+    return max((c for c in recorded if c), key=lambda c: c.time or dt.datetime.min.replace(tzinfo=dt.UTC),
+               default=None)
+
+
+def cleanup_due(cache: SharedCache, last: LastCleanup | None, now: dt.datetime) -> Cleaning | None:
+    """Each node cleans its own copy, so `last` is this node's lastCleanup: a request another node has answered is
+    still due here. Due: a clean-requested annotation not answered yet, or its spec.cleanup.schedule has passed."""
+    policy = cache.spec.cleanup
+    request = (cache.metadata.get("annotations") or {}).get(CLEAN_ANNOTATION)
+    answered = last.request if last else None
+    if request and request != answered:
+        due = True
+    elif policy and policy.schedule and (policy.max_age or policy.max_size):
+        due = last is None or last.time is None or now - last.time >= parse_duration(policy.schedule)
+    else:
+        due = False
+    if not due:
+        return None
+    return Cleaning(parse_duration(policy.max_age) if policy and policy.max_age else None,
+                    int(parse_quantity(policy.max_size)) if policy and policy.max_size else None,
+                    request or answered)
+
 
 def tree_node_entry(node: str, problems: list[str], place: str, size: int | None, disk_alert: str,
                     disk_message: str, last_cleanup: LastCleanup | None) -> TreeNodeState:

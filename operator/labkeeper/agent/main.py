@@ -44,15 +44,11 @@ from labkeeper.api.resources import (
     ModelStore,
     Resource,
     SharedCache,
-    SharedCacheSpec,
-    SizeAlerts,
     TreeNodeState,
     TreeStatus,
-    UserNodeState,
     read_object,
     wire,
 )
-from labkeeper.api.units import parse_duration, parse_quantity
 from labkeeper.kube.client import Kube, api_error_message, is_conflict
 
 log = logging.getLogger("labkeeper.agent")
@@ -141,7 +137,6 @@ class Agent:
     def __init__(self, kube: Kube, host: Host, node: str, system_namespace: str, *,
                  selector: str | None = None, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.kube, self.host, self.node, self.ns, self.clock = kube, host, node, system_namespace, clock
-        self.finalizer = desired.finalizer(node)
         self.dirty = threading.Event()
         self.stop = threading.Event()
         self.scanner = disk.DiskScanner(host.data_fd)
@@ -243,72 +238,39 @@ class Agent:
         return result
 
     def _user_status(self, user: GPUUser, want: desired.Desired, result: HostResult) -> None:
-        meta, spec, name = user.metadata, user.spec, user.name
-        finalizers = meta.get("finalizers") or []
-        problems = result.report.problems.get(name)
-        if meta.get("deletionTimestamp"):
-            if self.finalizer in finalizers and problems:
-                # the finalizer stays until the data policy is done; say why it is taking long
-                self._event(user, "OffboardingFailed", f"{self.node}: {'; '.join(problems)}", warning=True)
-            elif self.finalizer in finalizers:
-                self._event(user, "Offboarded", f"{self.node}: account removed, data policy {spec.data_policy} applied")
-                self._patch(user, {"metadata": {"finalizers": [f for f in finalizers if f != self.finalizer],
-                                                "resourceVersion": meta["resourceVersion"]}})
-            return
-        if self.finalizer not in finalizers:
-            self._patch(user, {"metadata": {"finalizers": [*finalizers, self.finalizer],
-                                            "resourceVersion": meta["resourceVersion"]}})
-        state, message = desired.user_node_state(name, want, result, spec.state)
-        if spec.state == "Offboarded":
-            # a home the archive could not be checked against stays, and the status says why
-            state, message = ("Failed", f"offboarding: {'; '.join(problems)}") if problems else (
-                "Offboarded", f"account removed; data policy {spec.data_policy}")
-        size = self.scanner.get(f"users/{name}") if spec.state != "Offboarded" else None
-        entry = UserNodeState(node=self.node, state=state, message=message[:1000], home_bytes=size)
-        self._event(user, f"Host{state}", f"{self.node}: {message}", warning=state == "Failed")
-        nodes = desired.merged_nodes(user.status.nodes if user.status else [], self.node, entry, self.clock())
-        if nodes is not None:
-            self._patch(user, {"metadata": {"resourceVersion": meta["resourceVersion"]},
-                               "status": wire(GPUUserStatus(nodes=nodes))}, status=True)
+        home_bytes = self.scanner.get(f"users/{user.name}")
+        for action in desired.user_actions(user, self.node, want, result, home_bytes, self.clock()):
+            if isinstance(action, desired.PostEvent):
+                self._event(user, action.reason, action.message, warning=action.warning)
+            elif isinstance(action, desired.SetFinalizers):
+                self._patch(user, {"metadata": {"finalizers": list(action.finalizers),
+                                                "resourceVersion": user.metadata["resourceVersion"]}})
+            else:
+                self._patch(user, {"metadata": {"resourceVersion": user.metadata["resourceVersion"]},
+                                   "status": wire(GPUUserStatus(nodes=list(action.nodes)))}, status=True)
 
     def _tree_status(self, kind: str, obj: SharedCache | ModelStore, want: desired.Desired, result: HostResult,
                      fs: disk.FilesystemUsage) -> None:
-        name, spec, status = obj.name, obj.spec, obj.status or TreeStatus()
+        name, status = obj.name, obj.status or TreeStatus()
         subject = f"{'cache' if kind == 'SharedCache' else 'models'}/{name}"
         problems = [want.invalid.get(f"{kind}/{name}"), *result.report.problems.get(subject, [])]
         problems = [p for p in problems if p]
         mine = next((n for n in status.nodes if n.node == self.node), None) or TreeNodeState(node=self.node)
-        size = self.scanner.get(spec.path)
-        if size is None:
-            size = mine.size_bytes  # not measured since this agent started: keep its last figure
-        alerts = spec.alerts if isinstance(spec, SharedCacheSpec) else SizeAlerts()
-        limit_text = alerts.size_limit if isinstance(spec, SharedCacheSpec) else spec.size_alert
-        limit = int(parse_quantity(limit_text)) if limit_text else None
-        warn, crit = alerts.warn_percent / 100, alerts.critical_percent / 100
-        level = disk.alert_level(size or 0, limit, warn, crit)
-        fs_level = disk.alert_level(fs.used, fs.total)
-        if limit and size is not None:
-            DISK_RATIO.labels(self.node, kind, name).set(size / limit)
-        alert = max(level, fs_level, key=desired.ALERT_RANK.__getitem__)
-        if alert != "OK":
-            self._event(obj, "DiskAlert", f"{self.node}: {kind} {name}: {level} of its limit, data "
+        size = desired.tree_disk(obj, mine, self.scanner.get(obj.spec.path), fs)
+        if size.limit and size.size is not None:
+            DISK_RATIO.labels(self.node, kind, name).set(size.size / size.limit)
+        if size.alert != "OK":
+            self._event(obj, "DiskAlert", f"{self.node}: {kind} {name}: {size.level} of its limit, data "
                                           f"filesystem {fs.ratio:.0%} full", warning=True)
         last_cleanup = None
         # a tree left out (its path is another's, or unsafe) is never cleaned: the directory is not its own
         if isinstance(obj, SharedCache) and f"{kind}/{name}" not in want.invalid:
-            recorded = [c for c in (mine.last_cleanup, self.cleanups.get(name)) if c]
-            last_cleanup = max(recorded, key=lambda c: c.time or dt.datetime.min.replace(tzinfo=dt.UTC),
-                               default=None)
-            cleaned = self._maybe_clean(obj, last_cleanup, self.clock())
-            if cleaned is not None:
-                last_cleanup = self.cleanups[name] = cleaned
-        if size is None:
-            measured = "size not measured yet"
-        else:
-            measured = f"{size} of {limit} bytes" if limit else f"{size} bytes, no size limit"
-        entry = desired.tree_node_entry(
-            self.node, problems, result.tree_paths.get(subject, spec.path), size, alert,
-            f"{measured}, data filesystem {fs.ratio:.0%} full", last_cleanup)
+            last_cleanup = desired.latest_cleanup(mine.last_cleanup, self.cleanups.get(name))
+            due = desired.cleanup_due(obj, last_cleanup, self.clock())
+            if due is not None:
+                last_cleanup = self.cleanups[name] = self._clean(obj, due, self.clock())
+        entry = desired.tree_node_entry(self.node, problems, result.tree_paths.get(subject, obj.spec.path),
+                                        size.size, size.alert, size.message(fs), last_cleanup)
         self._write_tree_status(kind, obj, entry)
 
     def _write_tree_status(self, kind: str, obj: SharedCache | ModelStore, entry: TreeNodeState) -> None:
@@ -339,31 +301,17 @@ class Agent:
             obj, _ = read_object(desired.TREE_MODELS[kind], fresh)
         self.dirty.set()  # still conflicting or unreadable: the next pass tries again
 
-    def _maybe_clean(self, obj: SharedCache, last: LastCleanup | None, now: dt.datetime) -> LastCleanup | None:
-        """Each node cleans its own copy, so `last` is this node's lastCleanup: a request another node has
-        answered is still due here."""
-        policy = obj.spec.cleanup
-        request = (obj.metadata.get("annotations") or {}).get(desired.CLEAN_ANNOTATION)
-        answered = last.request if last else None
-        due = False
-        if request and request != answered:
-            due = True
-        elif policy and policy.schedule and (policy.max_age or policy.max_size):
-            due = last is None or last.time is None or now - last.time >= parse_duration(policy.schedule)
-        if not due:
-            return None
-        max_age = parse_duration(policy.max_age) if policy and policy.max_age else None
-        max_size = int(parse_quantity(policy.max_size)) if policy and policy.max_size else None
+    def _clean(self, cache: SharedCache, due: desired.Cleaning, now: dt.datetime) -> LastCleanup:
         stamp = now.replace(microsecond=0)
         try:
-            freed = cleanup.clean(self.host.data_fd, obj.spec.path, now, max_age, max_size)
+            freed = cleanup.clean(self.host.data_fd, cache.spec.path, now, due.max_age, due.max_size)
         except OSError as err:
             return LastCleanup(time=stamp, freed_bytes=0, removed_files=0, reason=f"failed: {err}",
-                               request=request or answered)
-        self._event(obj, "CacheCleaned", f"{self.node}: freed {freed.bytes} bytes in {freed.files} files: "
-                                         f"{freed.reason}")
+                               request=due.request)
+        self._event(cache, "CacheCleaned", f"{self.node}: freed {freed.bytes} bytes in {freed.files} files: "
+                                           f"{freed.reason}")
         return LastCleanup(time=stamp, freed_bytes=freed.bytes, removed_files=freed.files, reason=freed.reason,
-                           request=request or answered)
+                           request=due.request)
 
     def _toolchain_events(self, result: HostResult) -> None:
         """Toolchains are policy, not objects with a status: what happened to them is an Event on the policy
