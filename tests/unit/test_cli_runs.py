@@ -46,6 +46,13 @@ def test_labctl_runs_lists_only_runs_with_phase_exit_code_gpu_and_age():
     ]
 
 
+def test_runs_across_users_names_each_runs_owner_beside_its_row():
+    theirs = run("eval", "Running").model_copy(update={"metadata": {"name": "eval", "namespace": "lab-bob"}})
+    headers, rows = views.run_rows([run("ok", "Succeeded", exitCode=0), theirs], NOW, with_user=True)
+    assert headers[:2] == ["USER", "NAME"]
+    assert [row[:3] for row in rows] == [["bob", "eval", "Running"], ["eve", "ok", "Succeeded"]]
+
+
 def test_a_run_needs_a_command_before_anything_is_applied():
     with pytest.raises(ValueError, match="needs a command after --"):
         views.workspace_manifest("r", "lab-eve", image="busybox", gpu="1g.10gb", batch=True)

@@ -12,7 +12,7 @@ import time
 import typer
 from kubernetes.client.exceptions import ApiException
 
-from labkeeper.api.names import pod_name, username_of
+from labkeeper.api.names import pod_name
 from labkeeper.api.phases import RUNNING_PHASES
 from labkeeper.api.resources import Workspace
 from labkeeper.cli import views
@@ -147,11 +147,8 @@ def list_runs(
 ) -> None:
     """List your batch runs: phase, exit code, GPU, age, and why each stands where it does."""
     s = session(ctx)
-    items = [(body, ws) for body in s.workspace_bodies(all_users) if views.is_run(ws := views.workspace_of(body))]
-    headers, rows = views.run_rows([ws for _, ws in items], now())
-    if all_users:
-        headers = ["USER", *headers]
-        ordered = sorted((ws for _, ws in items), key=lambda w: w.name)
-        rows = [[username_of(w.namespace or "") or w.namespace or "", *row] for w, row in zip(ordered, rows, strict=True)]
-    emit(as_list([body for body, _ in items]), output, headers, rows,
+    bodies = s.workspace_bodies(all_users)
+    runs = [(body, ws) for body, ws in zip(bodies, views.workspaces_of(bodies), strict=True) if views.is_run(ws)]
+    headers, rows = views.run_rows([ws for _, ws in runs], now(), with_user=all_users)
+    emit(as_list([body for body, _ in runs]), output, headers, rows,
          empty="no runs yet; queue one with: labctl run NAME --gpu 1g.10gb -- python train.py")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labkeeper.api.kinds import API_VERSION
-from labkeeper.api.names import InvalidName, validate_group, validate_username
+from labkeeper.api.names import InvalidName, username_of, validate_group, validate_username
 from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES
 from labkeeper.api.policy import not_entitled
 from labkeeper.api.resources import (
@@ -199,21 +199,28 @@ def queue_rows(workspaces: Iterable[Workspace], now: dt.datetime) -> tuple[list[
     return ["WAITING", "PLACE", "AHEAD", "YOUR USAGE", "WHY"], rows
 
 
+def owner_of(ws: Workspace) -> str:
+    """The user a workspace belongs to, from its namespace (the namespace itself when it is no user's)."""
+    return username_of(ws.namespace or "") or ws.namespace or ""
+
+
+def _owned(ws: Workspace, row: list[str], with_user: bool) -> list[str]:
+    return [owner_of(ws), *row] if with_user else row
+
+
 def workspace_rows(workspaces: Iterable[Workspace], now: dt.datetime, *,
                    with_user: bool = False) -> tuple[list[str], list[list[str]]]:
     headers = (["USER"] if with_user else []) + ["NAME", "PHASE", "GPU", "NODE", "RUNTIME", "IDLE", "MESSAGE"]
     rows = []
     for ws in sorted(workspaces, key=lambda w: (w.namespace or "", w.name)):
         status = status_of(ws)
-        row = [(ws.namespace or "").removeprefix("lab-")] if with_user else []
         message = status.message or ""
         if status.reason and status.phase not in ("Running",):
             message = f"{status.reason}: {message}" if message else status.reason
         if waiting_in_queue(ws):
             message = queue_text(ws, now)
-        row += [ws.name, phase_of(ws), gpu_label(ws.spec), status.node or "-",
-                runtime_text(ws, now), idle_text(ws, now), message]
-        rows.append(row)
+        rows.append(_owned(ws, [ws.name, phase_of(ws), gpu_label(ws.spec), status.node or "-",
+                                runtime_text(ws, now), idle_text(ws, now), message], with_user))
     return headers, rows
 
 
@@ -250,8 +257,10 @@ def age(ws: Workspace, now: dt.datetime) -> str:
     return human_duration(now - created) if created else "-"
 
 
-def run_rows(workspaces: Iterable[Workspace], now: dt.datetime) -> tuple[list[str], list[list[str]]]:
+def run_rows(workspaces: Iterable[Workspace], now: dt.datetime, *,
+             with_user: bool = False) -> tuple[list[str], list[list[str]]]:
     """`labctl runs`: each run's phase, its command's exit code once it ended, its GPU, age and why it stands so."""
+    headers = (["USER"] if with_user else []) + ["NAME", "PHASE", "EXIT", "GPU", "AGE", "MESSAGE"]
     rows = []
     for ws in sorted((w for w in workspaces if is_run(w)), key=lambda w: w.name):
         status = status_of(ws)
@@ -260,9 +269,9 @@ def run_rows(workspaces: Iterable[Workspace], now: dt.datetime) -> tuple[list[st
             why = queue_text(ws, now)
         else:
             why = (f"{status.reason}: " if status.reason else "") + (status.message or "")
-        rows.append([ws.name, phase_of(ws), "-" if code is None else str(code), gpu_label(ws.spec),
-                     age(ws, now), why.strip() or "-"])
-    return ["NAME", "PHASE", "EXIT", "GPU", "AGE", "MESSAGE"], rows
+        rows.append(_owned(ws, [ws.name, phase_of(ws), "-" if code is None else str(code), gpu_label(ws.spec),
+                                age(ws, now), why.strip() or "-"], with_user))
+    return headers, rows
 
 
 ENDED = ("Succeeded", "Failed", "Stopped")
