@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from labkeeper.testing.kwokstages import pod_stages
+from labkeeper.testing.logged import LoggedProcess, check_running, log_tails
 from labkeeper.testing.pki import CertificateAuthority, KeyPair, service_account_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -156,13 +157,6 @@ class NodeSpec:
         }
 
 
-@dataclass
-class _Process:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-
 def streaming_crds() -> list[dict]:
     return [
         {
@@ -230,7 +224,7 @@ class LocalCluster:
         # where pods of a real node reach the apiserver (an address on a bridge the run creates, relayed to
         # loopback): the apiserver then advertises it and keeps the `kubernetes` Service's endpoints
         self.pod_address = pod_address
-        self.processes: list[_Process] = []
+        self.processes: list[LoggedProcess] = []
         self.real_nodes: list = []
         self.ca = CertificateAuthority()
         self.server = ""
@@ -286,7 +280,7 @@ class LocalCluster:
         if state.exists():
             state.unlink()
 
-    def _terminate(self, proc: _Process, grace: float = 10.0) -> None:
+    def _terminate(self, proc: LoggedProcess, grace: float = 10.0) -> None:
         if proc.popen.poll() is not None:
             return
         proc.popen.send_signal(signal.SIGTERM)
@@ -306,23 +300,13 @@ class LocalCluster:
         return [p.popen.pid for p in self.processes]
 
     # ---- processes ---------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str]) -> _Process:
-        log = self.logdir / f"{name}.log"
-        handle = log.open("ab")
-        popen = subprocess.Popen(
-            [str(self.bin_dir / args[0]), *args[1:]],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            start_new_session=self.detach,
-        )
-        handle.close()
-        proc = _Process(name, popen, log)
+    def _spawn(self, name: str, args: list[str]) -> LoggedProcess:
+        proc = LoggedProcess.start(name, [str(self.bin_dir / args[0]), *args[1:]], self.logdir, self.workdir,
+                                   new_session=self.detach)
         self.processes.append(proc)
         return proc
 
-    def process(self, name: str) -> _Process:
+    def process(self, name: str) -> LoggedProcess:
         return next(p for p in self.processes if p.name == name)
 
     def _start_etcd(self) -> None:
@@ -453,9 +437,7 @@ class LocalCluster:
 
     # ---- readiness ---------------------------------------------------------------------------
     def _check_alive(self) -> None:
-        for proc in self.processes:
-            if proc.popen.poll() is not None:
-                raise ClusterStartError(f"{proc.name} exited with code {proc.popen.returncode}")
+        check_running(self.processes, lambda proc, code: ClusterStartError(f"{proc.name} exited with code {code}"))
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -574,11 +556,7 @@ class LocalCluster:
         raise ClusterStartError(f"kwok did not pick up the streaming configuration of {namespace}/{pod}: {last}")
 
     def log_tails(self, lines: int = 25) -> str:
-        out = []
-        for log in sorted(self.logdir.glob("*.log")):
-            text = log.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {log.name} (last {len(text)} lines) ---\n" + "\n".join(text))
-        return "\n".join(out)
+        return log_tails(self.logdir, lines)
 
     # ---- fault injection ---------------------------------------------------------------------
     def restart_apiserver(self) -> None:

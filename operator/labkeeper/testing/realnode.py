@@ -33,6 +33,7 @@ import yaml
 
 from labkeeper.testing.devices import ACTIVITY_FILE, MigDevice, mig_devices
 from labkeeper.testing.images import Image, pause_image, workspace_image
+from labkeeper.testing.logged import LoggedProcess, check_running, log_tails
 from labkeeper.testing.pki import CertificateAuthority
 
 CNI_BIN = "/usr/lib/cni"
@@ -66,13 +67,6 @@ def missing_tools() -> list[str]:
 
 
 @dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-
-@dataclass
 class RealNode:
     """Call `start(cluster)` (LocalCluster.add_real_node does) and `stop()`; `host_root` holds the
     node's `/etc` and `/home` as the agent sees them, `data_root` its data root."""
@@ -100,10 +94,10 @@ class RealNode:
         self.host_root = self.workdir / "host"
         self.data_root = self.host_root / "data"
         self.logdir = self.workdir / "logs"
-        self.processes: list[_Proc] = []
+        self.processes: list[LoggedProcess] = []
         self.holder: subprocess.Popen | None = None
         self.devices: list[MigDevice] = mig_devices(self.mig_layout)
-        self.device_plugin: _Proc | None = None
+        self.device_plugin: LoggedProcess | None = None
         self.workspace_image: Image | None = None
         self._sysctls: dict[str, str] = {}
         self._chains: dict[tuple[str, str], set[str]] = {}
@@ -343,19 +337,14 @@ class RealNode:
         assert self.holder is not None
         return ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", "--", *cmd]
 
-    def _spawn(self, name: str, cmd: list[str]) -> _Proc:
-        log = self.logdir / f"{name}.log"
-        with log.open("ab") as handle:
-            popen = subprocess.Popen(self.nsenter(*cmd), stdout=handle, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir)
-        proc = _Proc(name, popen, log)
+    def _spawn(self, name: str, cmd: list[str]) -> LoggedProcess:
+        proc = LoggedProcess.start(name, self.nsenter(*cmd), self.logdir, self.workdir)
         self.processes.append(proc)
         return proc
 
     def _check_alive(self) -> None:
-        for proc in self.processes:
-            if proc.popen.poll() is not None:
-                raise RealNodeError(f"{proc.name} of node {self.name} exited with code {proc.popen.returncode}")
+        check_running(self.processes,
+                      lambda proc, code: RealNodeError(f"{proc.name} of node {self.name} exited with code {code}"))
 
     # ---- containerd ---------------------------------------------------------------------------
     def _write_cni(self) -> None:
@@ -623,11 +612,7 @@ class RealNode:
                 base.rmdir()
 
     def log_tails(self, lines: int = 25) -> str:
-        out = []
-        for log in sorted(self.logdir.glob("*.log")):
-            text = log.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {self.name}/{log.name} (last {len(text)} lines) ---\n" + "\n".join(text))
-        return "\n".join(out)
+        return log_tails(self.logdir, lines, prefix=f"{self.name}/")
 
 
 _OCTETS_HANDED_OUT: set[int] = set()
