@@ -92,7 +92,8 @@ def scope(ws: dict[str, Any], owner: dict[str, Any] | None = None, *, current_po
             owner["metadata"]["name"], owner["spec"], POLICY)
     return WorkspaceScope(body=ws, spec=WorkspaceSpec.model_validate(ws["spec"]), user=owner or None,
                           entitlement=entitlement, pod=current_pod, hold=facts.pop("hold", None), policy=POLICY,
-                          now=now, started_at=T0 - 60 * MIN, **facts)
+                          now=now, started_at=T0 - 60 * MIN,
+                          kubelet_trusted_from=facts.pop("kubelet_trusted_from", T0 - 60 * MIN), **facts)
 
 
 def nothing_near(*pods: dict[str, Any], workspaces: tuple[dict[str, Any], ...] = ()) -> Neighbourhood:

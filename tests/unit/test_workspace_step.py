@@ -9,6 +9,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from test_workspace_decisions import POLICY, T0, pod, user, workspace
 
+from labkeeper.controller.liveness import KubeletLiveness
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.controller.workspaces import WorkspaceReconciler
 
@@ -60,7 +61,11 @@ class RecordingKube:
 def reconciler(kube: RecordingKube) -> WorkspaceReconciler:
     store = PolicyStore(kube, "labkeeper-system")  # type: ignore[arg-type]
     store.current = POLICY
-    return WorkspaceReconciler(kube, store, lambda: T0, data_root="/data")  # type: ignore[arg-type]
+    # every node's kubelet believed since an hour before T0 (controller/liveness.py has tests of its own)
+    liveness = KubeletLiveness(lambda: T0 - dt.timedelta(hours=1), settle=0.0, wall=lambda: T0)
+    liveness.observe({"metadata": {"name": "n1"}, "spec": {"renewTime": "2026-12-01T09:00:00.000000Z",
+                                                            "leaseDurationSeconds": 3600}})
+    return WorkspaceReconciler(kube, store, lambda: T0, liveness, data_root="/data")  # type: ignore[arg-type]
 
 
 def writes(kube: RecordingKube) -> list[tuple[str, ...]]:

@@ -39,6 +39,7 @@ from labkeeper.api.phases import WAITING_PHASES
 from labkeeper.controller.accounting import Accountant
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.leader import LeaderLease
+from labkeeper.controller.liveness import DEFAULT_SETTLE, NODE_LEASE_NAMESPACE, KubeletLiveness
 from labkeeper.controller.nodes import NodePruner
 from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
 from labkeeper.controller.uids import UidLedger, UidRange
@@ -171,7 +172,7 @@ async def quietly(what: str, func: Callable[..., T], *args: object) -> T | None:
 class Operator:
     def __init__(self, kube: Kube, system_namespace: str, endpoint: ClusterEndpoint, *,
                  clock: Callable[[], dt.datetime] = utcnow, require_host: bool = True,
-                 data_root: str = "/data") -> None:
+                 data_root: str = "/data", kubelet_settle: float = DEFAULT_SETTLE) -> None:
         self.kube = kube
         self.namespace = system_namespace
         self.clock = clock
@@ -182,7 +183,8 @@ class Operator:
             kube, self.policy, UidLedger(kube, system_namespace, uid_range),
             Credentials(kube, system_namespace, endpoint, kube.whoami()), clock, require_host=require_host,
         )
-        self.workspaces = WorkspaceReconciler(kube, self.policy, clock, data_root=data_root)
+        self.liveness = KubeletLiveness(clock, settle=kubelet_settle)
+        self.workspaces = WorkspaceReconciler(kube, self.policy, clock, self.liveness, data_root=data_root)
         self.usage = UsageWriter(kube, self.policy, clock)
         self.accountant = Accountant(kube, self.policy, clock)
         self.nodes = NodePruner(kube, clock)
@@ -486,7 +488,17 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             operator.workspaces.admissions.changed()
         if event.get("type") == "DELETED":
             nodes_seen.pop(name, None)
+            operator.liveness.forget(name)
             await operator.prune_gone_nodes()
+
+    @kopf.on.event("coordination.k8s.io", "v1", "leases", registry=registry,
+                   when=lambda namespace, **_: namespace == NODE_LEASE_NAMESPACE)
+    async def _node_lease_event(event: kopf.RawEvent, body: kopf.Body, name: str, **_: Any) -> None:
+        # a kubelet's renewals: whether its pods' statuses can be believed (controller/liveness.py)
+        if event.get("type") == "DELETED":
+            operator.liveness.forget(name)
+        else:
+            operator.liveness.observe(dict(body))
 
     @kopf.on.event("", "v1", "configmaps", registry=registry,
                    when=lambda name, namespace, **_: name == POLICY_CONFIGMAP and namespace == operator.namespace)
@@ -582,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the data root on every node (homes, caches, model stores)")
     parser.add_argument("--no-leader-elect", action="store_true", help="skip the Lease (a single replica only)")
     parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a leader lease lasts")
+    parser.add_argument("--kubelet-settle", type=float, default=DEFAULT_SETTLE,
+                        help="seconds a node's kubelet is seen alive (its Lease renewed without a gap) before its "
+                             "pods' statuses count as fresh: after a power cut they still say Running")
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("LABKEEPER_METRICS_PORT", "0")),
                         help="serve Prometheus metrics on this port (0: off)")
     parser.add_argument("--verbose", action="store_true")
@@ -600,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         with standby_health(args.liveness):
             LeaderLease(kube, args.namespace, identity, args.lease_duration).acquire()
     operator = Operator(kube, args.namespace, endpoint_from(kube), require_host=not args.no_require_host,
-                        data_root=args.data_root, clock=args.accelerated_clock or utcnow)
+                        data_root=args.data_root, clock=args.accelerated_clock or utcnow,
+                        kubelet_settle=args.kubelet_settle)
     if args.metrics_port:
         from prometheus_client import REGISTRY
 

@@ -84,6 +84,8 @@ class WorkspaceScope:
     data_root: str = "/data"
     lab_users_gid: int | None = None
     lost_pod: Body | None = None  # a deleted pod's last body, from its watch event
+    # since when the pod's node's kubelet is believed (controller/liveness.py); None: not now
+    kubelet_trusted_from: dt.datetime | None = None
     # read only when a decision asks for them (see Unread)
     preempted_event: bool | None = None  # the scheduler's Preempted Event names the gone pod
     neighbourhood: Neighbourhood | None = None
@@ -232,34 +234,38 @@ def held_words(status: Mapping[str, Any]) -> str:
     return api_admission.device_words(status.get("holdResource") or "nvidia.com/gpu", int(status.get("holdCount") or 1))
 
 
-def running_time(status: Mapping[str, Any], pod: Body | None, now: dt.datetime, started_at: dt.datetime,
+def running_time(status: Mapping[str, Any], pod: Body | None, now: dt.datetime, trusted_from: dt.datetime | None,
                  report_interval: dt.timedelta) -> Body:
     """Cumulative runtime: closed segments in runtimeSeconds, the open one from runningSince.
 
-    lastSeenRunning is the last moment an operator saw the pod running. A segment that this process has not
-    seen running yet (it ran before the operator went away) ends there, not now: a power cut that took the
-    pod, or restarted its containers, while nobody watched is no runtime."""
+    lastSeenRunning is the last moment an operator saw the pod running while it believed the node's kubelet
+    (`trusted_from`, controller/liveness.py: the kubelet alive and settled since then in this process; None while
+    it is not). A segment last seen before that (it ran while nobody watched, or while the node was away) ends
+    there if its containers started again or its pod is gone: a power cut that took the pod, or restarted its
+    containers, is no runtime. A status the kubelet may not have rewritten yet gives no heartbeat: after a power
+    cut the API server still says "Running" for pods that are dead."""
     total = int(status.get("runtimeSeconds") or 0)
     since = parse_time(status.get("runningSince"))
-    seen = parse_time(status.get("lastSeenRunning"))
+    seen = parse_time(status.get("lastSeenRunning")) or since  # a run is at least seen when it starts
     running = pod is not None and (pod.get("status") or {}).get("phase") == "Running" \
         and not pod["metadata"].get("deletionTimestamp")
-    started = started_at.replace(microsecond=0)
-    unseen = since is not None and seen is not None and seen < started
+    trusted = trusted_from.replace(microsecond=0) if trusted_from is not None else None
+    unseen = since is not None and seen is not None and (trusted is None or seen < trusted)
     if running and unseen and seen is not None and since is not None and pod is not None:
         restarted = containers_started(pod)
         if restarted is not None and restarted > seen:
-            # its containers started again while nobody watched (a reboot): the old run ended when last seen
+            # its containers started again while nobody watched (a reboot): the old run ended when last seen,
+            # and the kubelet saw the new one alive when it started it
             total += max(0, int((seen - since).total_seconds()))
-            since = restarted
+            since = seen = restarted
     if running and since is None:
-        since = now
+        since = seen = now
     if not running and since is not None:
         total += max(0, int(((seen if unseen and seen is not None else now) - since).total_seconds()))
         since = None
-    if running:
-        # a heartbeat: written when a report interval old, or when this process has not written one yet
-        due = seen is None or seen < started or now - seen >= report_interval
+    if running and trusted is not None:
+        # a heartbeat: written when a report interval old, or when this stretch has not written one yet
+        due = seen is None or seen < trusted or now - seen >= report_interval
         seen = now if due else seen
     return {"runtimeSeconds": total, "runningSince": format_time(since),
             "lastSeenRunning": format_time(seen) if running else None}
@@ -293,7 +299,7 @@ class _Pass:
                         "gpuEquivalents": round(gpu_equivalents(s.spec, policy.gpu_weights), 4),
                         # kept only by a pass that finds the workspace still waiting for a device
                         "waitingSince": None, "queue": None}
-        self.desired.update(running_time(self.status, s.pod, s.now, s.started_at, policy.report_interval))
+        self.desired.update(running_time(self.status, s.pod, s.now, s.kubelet_trusted_from, policy.report_interval))
         if meta.get("deletionTimestamp"):
             return Decision(None)
         batch = s.spec.mode == api_runs.BATCH
@@ -759,7 +765,8 @@ class _Pass:
         desired.update({"phase": phase, "reason": reason, "message": message, "conditions": conditions})
         if phase != status.get("phase") and phase in (Phase.RUNNING, Phase.STOPPED, Phase.FAILED, Phase.SUCCEEDED):
             self.event(phase, message, "Warning" if phase == Phase.FAILED else "Normal")
-        if desired.get("lastSeenRunning") and any(status.get(k) != v for k, v in desired.items()):
+        if desired.get("lastSeenRunning") and self.scope.kubelet_trusted_from is not None \
+                and any(status.get(k) != v for k, v in desired.items()):
             desired["lastSeenRunning"] = format_time(now)  # status is written anyway: the heartbeat rides on it
         return Decision(desired, tuple(self.actions), requeue_after=requeue)
 

@@ -25,6 +25,7 @@ from labkeeper.api.trees import TREE_KINDS
 from labkeeper.controller import workspace_decisions as decisions
 from labkeeper.controller.admission import Admissions
 from labkeeper.controller.failures import record_failure
+from labkeeper.controller.liveness import KubeletLiveness
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, api_error_message, is_conflict
 
@@ -39,11 +40,12 @@ class Outcome:
 
 
 class WorkspaceReconciler:
-    def __init__(self, kube: Kube, policy: PolicyStore, clock: Callable[[], dt.datetime], *,
-                 data_root: str = "/data", lab_users_gid: int | None = None) -> None:
+    def __init__(self, kube: Kube, policy: PolicyStore, clock: Callable[[], dt.datetime], liveness: KubeletLiveness,
+                 *, data_root: str = "/data", lab_users_gid: int | None = None) -> None:
         self.kube = kube
         self.policy = policy
         self.clock = clock
+        self.liveness = liveness
         self.data_root = data_root.rstrip("/")
         self.lab_users_gid = lab_users_gid
         # idle clocks never start before this process did: no mass culling after a restart
@@ -77,7 +79,8 @@ class WorkspaceReconciler:
         return decisions.WorkspaceScope(
             body=ws, spec=WorkspaceSpec.model_validate(ws.get("spec") or {}), user=user, entitlement=entitlement,
             pod=pod, hold=hold, policy=policy, now=self.clock(), started_at=self.started_at,
-            data_root=self.data_root, lab_users_gid=self.lab_users_gid, lost_pod=lost_pod)
+            data_root=self.data_root, lab_users_gid=self.lab_users_gid, lost_pod=lost_pod,
+            kubelet_trusted_from=self.liveness.trusted_from((pod or {}).get("spec", {}).get("nodeName")))
 
     def read(self, scope: decisions.WorkspaceScope, need: decisions.Unread,
              admission_lock: contextlib.ExitStack) -> decisions.WorkspaceScope:

@@ -50,7 +50,8 @@ class Lab:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="labkeeper-lab-"))
         self.cluster = LocalCluster(self.workdir / "cluster", nodes, preload=[REPO_ROOT / "crds"])
         self.policy = copy.deepcopy(policy) if policy is not None else example_policy()
-        self.operator_args = ["--no-require-host", "--data-root", "/data", "--lease-duration", "3", *operator_args]
+        self.operator_args = ["--no-require-host", "--data-root", "/data", "--lease-duration", "3",
+                              "--kubelet-settle", "2", *operator_args]
         self.operator: OperatorProcess | None = None
 
     def __enter__(self) -> Lab:
