@@ -26,6 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from kubernetes import client, watch
+from kubernetes import config as k8s_config
+
+from labkeeper.api.kinds import GROUP, VERSION, WORKSPACE
 from labkeeper.testing.cluster import REPO_ROOT
 from labkeeper.testing.images import product_image
 from labkeeper.testing.lab import example_policy, gpuuser, policy_configmap, workspace
@@ -113,6 +117,44 @@ def agent_cpu_seconds(lab: RealLab) -> float:
     raise RuntimeError(f"no cgroup {wanted} for the agent pod under {lab.node.cgroup}")
 
 
+def container_started_after(lab: RealLab, component: str, since: float) -> float | None:
+    """Seconds after `since` that the chart's `component` pod's running container started (second resolution)."""
+    pods = json.loads(lab.kubectl("get", "pods", "-n", SYSTEM_NAMESPACE, "-o", "json").stdout)["items"]
+    for pod in pods:
+        if component in pod["metadata"]["name"]:
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                running = (cs.get("state") or {}).get("running")
+                if running:
+                    return round(parse(running["startedAt"]) - since, 1)
+    return None
+
+
+def cull_reactions(lab: RealLab, keys: list[tuple[str, str]], timeout: float) -> dict[tuple[str, str], float]:
+    """Seconds from each Workspace's last announced idle deadline to the watch event that shows its stop
+    (status.stopReason Idle); NaN for a stop with another reason or before a deadline was announced."""
+    api = client.CustomObjectsApi(k8s_config.new_client_from_config(str(lab.cluster.kubeconfig)))
+    deadlines: dict[tuple[str, str], float] = {}
+    stopped: dict[tuple[str, str], float] = {}
+    end = time.monotonic() + timeout
+    while len(stopped) < len(keys) and time.monotonic() < end:
+        stream = watch.Watch().stream(api.list_cluster_custom_object, GROUP, VERSION, WORKSPACE.plural,
+                                      timeout_seconds=max(1, int(end - time.monotonic())))
+        for event in stream:
+            now = time.time()
+            meta, status = event["object"]["metadata"], event["object"].get("status") or {}
+            key = (meta["namespace"], meta["name"])
+            if key not in keys or key in stopped:
+                continue
+            if status.get("stopReason"):
+                stopped[key] = now - deadlines[key] if status["stopReason"] == "Idle" and key in deadlines \
+                    else float("nan")
+            elif status.get("idleDeadline"):
+                deadlines[key] = parse(status["idleDeadline"])
+            if len(stopped) == len(keys):
+                break
+    return stopped
+
+
 def chart_lab(users: int, per_user: int, idle: int, cpu_window: float, downtime: float) -> dict:
     result: dict = {"users": users, "workspaces": users * per_user}
     image = product_image(REPO_ROOT)
@@ -164,6 +206,13 @@ def chart_lab(users: int, per_user: int, idle: int, cpu_window: float, downtime:
                  what=lambda: "every workspace's process again; " + lab.diagnostics())
         result["reboot_kubelet_to_all_processes_s"] = round(
             max(starts(lab, u, n)[-1] for u, n in planned) - kubelet_started, 2)
+        # where the time goes: each process's start after the kubelet's, the GPU ones (replaced after the kubelet
+        # rejected them before the device plugin registered) apart, and the operator pod's own start
+        again = {(u, n): round(starts(lab, u, n)[-1] - kubelet_started, 1) for u, n in planned}
+        gpu = set(planned[:len(GPU_PROFILES)])
+        result["reboot_gpu_process_starts_s"] = sorted(v for k, v in again.items() if k in gpu)
+        result["reboot_cpu_process_starts_s"] = sorted(v for k, v in again.items() if k not in gpu)
+        result["reboot_operator_container_started_s"] = container_started_after(lab, "operator", kubelet_started)
 
         def seen_running_again() -> bool:
             """Every Workspace Running with the pod it names running containers started after the boot, as the
@@ -186,30 +235,15 @@ def chart_lab(users: int, per_user: int, idle: int, cpu_window: float, downtime:
         print(f"partial: {result}", flush=True)
         result["load_average_after_reboot"] = round(os.getloadavg()[0], 1)
 
-        # cull reaction: every workspace is idle; each stop against its last announced idle deadline
-        deadlines: dict[tuple[str, str], float] = {}
-        stopped: dict[tuple[str, str], float] = {}
+        # cull reaction: every workspace is idle; each stop against its last announced idle deadline, the stop's
+        # moment taken when the watch delivers it (a poll with kubectl would add its own second)
         keys = [(f"lab-{u}", n) for u, n in planned]
-        deadline = time.monotonic() + idle * 3 + 120
-        while len(stopped) < len(keys) and time.monotonic() < deadline:
-            now, ws = time.time(), workspaces_by_key(lab)
-            for key in keys:
-                status = (ws.get(key) or {}).get("status") or {}
-                if key in stopped:
-                    continue
-                if status.get("stopReason"):
-                    if status["stopReason"] == "Idle" and key in deadlines:
-                        stopped[key] = now - deadlines[key]
-                    else:
-                        stopped[key] = float("nan")
-                elif status.get("idleDeadline"):
-                    deadlines[key] = parse(status["idleDeadline"])
-            time.sleep(0.25)
+        stopped = cull_reactions(lab, keys, timeout=idle * 3 + 120)
         reactions = [v for v in stopped.values() if v == v]
         result["culled_idle"] = len(reactions)
         if reactions:
-            result["cull_after_deadline_p50_s"] = round(statistics.median(reactions), 2)
-            result["cull_after_deadline_max_s"] = round(max(reactions), 2)
+            result["cull_after_deadline_p50_s"] = round(statistics.median(reactions), 3)
+            result["cull_after_deadline_max_s"] = round(max(reactions), 3)
     return result
 
 
