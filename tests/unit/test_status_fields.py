@@ -25,6 +25,7 @@ from labkeeper.controller.failures import record_failure
 from labkeeper.controller.nodes import NodePruner
 from labkeeper.controller.usage import UsageWriter
 from labkeeper.controller.user_decisions import held, uid_unavailable, user_status
+from labkeeper.controller.users import UserReconciler
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
 
@@ -167,6 +168,13 @@ def test_the_gpuuser_statuses_the_operator_decides_are_what_the_model_declares()
     assert unknown_tier is not None
     for status in [*decided, unknown_tier.status]:
         check_status("GPUUser", status)
+
+
+def test_her_incarnation_is_recorded_in_a_field_the_model_declares():
+    kube = CheckingKube({("GPUUser", "alice"): {"metadata": {"name": "alice", "resourceVersion": "3"}, "spec": {}}})
+    reconciler = UserReconciler(kube, None, None, None, lambda: NOW)  # type: ignore[arg-type]
+    _, incarnation = reconciler._incarnation(kube.objects[("GPUUser", "alice")])
+    assert written(kube, "GPUUser") == [{"incarnation": incarnation}] and len(incarnation) == 8
 
 
 def test_the_operators_usage_accounting_pruning_and_failure_writes_are_what_the_models_declare():
