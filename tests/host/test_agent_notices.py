@@ -11,6 +11,7 @@ from hostlab import alice, bob, checksums, lab, make_host
 
 from labkeeper.agent.notices import HomeNotices, NoticeOwner, notice_text, sync_notices
 from labkeeper.agent.recovery import reconcile_host
+from labkeeper.api.resources import GPUUser, Workspace
 
 pytestmark = pytest.mark.host
 
@@ -25,18 +26,19 @@ def fmt(t):
 
 def warned(name="train", node="node-a", user="alice"):
     """Idle since T0 with a 30m timeout: the operator's first warning went out at T0+24m."""
-    return {"metadata": {"name": name, "namespace": f"lab-{user}"}, "spec": {"image": "img"},
+    return Workspace.model_validate({"metadata": {"name": name, "namespace": f"lab-{user}"}, "spec": {"image": "img"},
             "status": {"phase": "IdleWarning", "node": node, "idleSince": fmt(T0), "idleDeadline": fmt(T0 + 30 * MIN),
                        "activityReason": "cpu 0.00 cores; gpu idle 24m",
-                       "warnings": [{"key": "idle-80", "reason": "IdleWarning", "since": fmt(T0)}]}}
+                       "warnings": [{"key": "idle-80", "reason": "IdleWarning", "since": fmt(T0)}]}})
 
 
 def cleared(ws):
-    return ws | {"status": ws["status"] | {"phase": "Running", "warnings": []}}
+    return ws.model_copy(update={"status": ws.status.model_copy(update={"phase": "Running", "warnings": []})})
 
 
 def gpu_user(name, uid):
-    return {"metadata": {"name": name}, "spec": {"state": "Active"}, "status": {"uid": uid, "gid": uid}}
+    return GPUUser.model_validate({"metadata": {"name": name}, "spec": {"state": "Active"},
+                                   "status": {"uid": uid, "gid": uid}})
 
 
 @pytest.fixture
@@ -105,7 +107,9 @@ def test_the_notice_goes_when_the_warning_clears_and_when_the_workspace_is_delet
 
 
 def test_a_stopped_workspace_keeps_its_notice_on_the_node_it_ran_on_only(host):
-    stopped = warned("train") | {"status": warned()["status"] | {"phase": "Stopped", "stopReason": "Idle"}}
+    train = warned("train")
+    stopped = train.model_copy(update={"status": train.status.model_copy(update={"phase": "Stopped",
+                                                                                  "stop_reason": "Idle"})})
     assert sync_notices(host.data_fd, "node-b", [stopped], OWNERS, T0 + 40 * MIN).done == []
     assert not (host.data_root / "users/alice/.labkeeper").exists()
     sync_notices(host.data_fd, "node-a", [stopped], OWNERS, T0 + 40 * MIN)

@@ -6,11 +6,12 @@ import time
 
 from labkeeper.agent.activity_loop import ActivityLoop, watched_workspaces
 from labkeeper.api.policy import LabPolicy
+from labkeeper.api.resources import Workspace
 
 
 def ws(name, *, node="node-a", phase="Running", uid="0b8f3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", devices=()):
-    return {"metadata": {"namespace": "lab-alice", "name": name},
-            "status": {"node": node, "phase": phase, "podUID": uid, "devices": list(devices)}}
+    return Workspace.model_validate({"metadata": {"namespace": "lab-alice", "name": name}, "spec": {"image": "x"},
+                                     "status": {"node": node, "phase": phase, "podUID": uid, "devices": list(devices)}})
 
 
 def test_the_agent_samples_running_and_warned_workspaces_on_its_own_node_only():

@@ -3,9 +3,10 @@
 import datetime as dt
 import logging
 
+from labkeeper.agent import notices
 from labkeeper.agent.activity_loop import ActivityLoop
-from labkeeper.agent.notices import desired_notices, notice_text, owners_from_users
 from labkeeper.api.policy import LabPolicy
+from labkeeper.api.resources import GPUUser, Workspace, read_object
 from labkeeper.controller.enforcement import enforcement_clock
 
 T0 = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
@@ -15,6 +16,19 @@ HOUR = 60 * MIN
 
 def fmt(t):
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def notice_text(body, now):
+    """The notice for a Workspace as the API holds it, read as the agent's activity loop reads it."""
+    return notices.notice_text(read_object(Workspace, body)[0], now)
+
+
+def desired_notices(bodies, node, now):
+    return notices.desired_notices([read_object(Workspace, b)[0] for b in bodies], node, now)
+
+
+def owners_from_users(bodies):
+    return notices.owners_from_users([read_object(GPUUser, b)[0] for b in bodies])
 
 
 def workspace(name="train", *, phase="Running", node="node-a", spec=None, **status):
@@ -169,7 +183,7 @@ def test_the_activity_loop_hands_its_workspace_list_to_the_notices_without_listi
     kube, seen = FakeKube(listed), []
     loop = ActivityLoop(kube, "node-a", QuietMonitor(), LabPolicy, lambda: T0, notices=seen.append)
     loop.tick()
-    assert seen == [listed] and kube.lists == 1
+    assert seen == [[Workspace.model_validate(listed[0])]] and kube.lists == 1
 
 
 def test_a_failing_notice_is_a_warning_and_sampling_goes_on(caplog):

@@ -25,38 +25,22 @@ from labkeeper.agent.activity import (
 )
 from labkeeper.api.devices import entry_profiles
 from labkeeper.api.policy import LabPolicy
-from labkeeper.api.resources import WorkspaceStatus, wire
+from labkeeper.api.resources import Workspace, read_object, wire
 from labkeeper.kube.client import Kube, api_error_message
 
 log = logging.getLogger("labkeeper.agent.activity")
 WATCHED_PHASES = ("Running", "IdleWarning")
 
 
-def watched_workspaces(workspaces: list[dict], node: str) -> list[WatchedWorkspace]:
-    """The workspaces this node should sample: running here, with a known pod UID. Only the status is read, into
-    its model; one that does not parse is left out and said once."""
+def watched_workspaces(workspaces: list[Workspace], node: str) -> list[WatchedWorkspace]:
+    """The workspaces this node should sample: running here, with a known pod UID."""
     watched = []
     for ws in workspaces:
-        meta = ws["metadata"]
-        try:
-            status = WorkspaceStatus.model_validate(ws.get("status") or {})
-        except ValueError as err:
-            _say_once(f"{meta['namespace']}/{meta['name']}", f"not sampled: its status does not parse: {err}")
+        status = ws.status
+        if status is None or status.node != node or status.phase not in WATCHED_PHASES or not status.pod_uid:
             continue
-        if status.node != node or status.phase not in WATCHED_PHASES or not status.pod_uid:
-            continue
-        watched.append(WatchedWorkspace(meta["namespace"], meta["name"], status.pod_uid,
-                                        entry_profiles(status.devices)))
+        watched.append(WatchedWorkspace(ws.namespace or "", ws.name, status.pod_uid, entry_profiles(status.devices)))
     return watched
-
-
-_said: dict[str, str] = {}
-
-
-def _say_once(key: str, text: str) -> None:
-    if _said.get(key) != text:
-        log.warning("workspace %s: %s", key, text)
-        _said[key] = text
 
 
 def thresholds_of(policy: LabPolicy) -> Thresholds:
@@ -65,11 +49,13 @@ def thresholds_of(policy: LabPolicy) -> Thresholds:
 
 class ActivityLoop:
     def __init__(self, kube: Kube, node: str, monitor: ActivityMonitor, policy: Callable[[], LabPolicy],
-                 clock: Callable[[], dt.datetime], *, notices: Callable[[list[dict]], object] | None = None) -> None:
+                 clock: Callable[[], dt.datetime], *,
+                 notices: Callable[[list[Workspace]], object] | None = None) -> None:
         """`notices`, when given, is handed every sample's Workspace list (the notices in users' homes)."""
         self.kube, self.node, self.monitor, self.policy, self.clock = kube, node, monitor, policy, clock
         self.notices = notices
         self.notices_error: str | None = None
+        self.refused: dict[tuple[str, str], str] = {}  # workspaces whose model refuses them → why, said once
         self.throttle = PublishThrottle(policy().report_interval)
         self.writes = 0
 
@@ -78,7 +64,7 @@ class ActivityLoop:
         policy = self.policy()
         self.monitor.thresholds = thresholds_of(policy)
         self.throttle.report_interval = policy.report_interval
-        listed = self.kube.list("Workspace")
+        listed = self._read(self.kube.list("Workspace"))
         workspaces = watched_workspaces(listed, self.node)
         verdicts = self.monitor.observe(workspaces)
         now = self.clock()
@@ -106,6 +92,20 @@ class ActivityLoop:
                     log.warning("notices in users' homes: %s", err)
                 self.notices_error = str(err)
         return written
+
+    def _read(self, bodies: list[dict]) -> list[Workspace]:
+        """The Workspaces as their models; one its model refuses is read from its stand-in (its status, where that
+        parses, is all the sampling and the notices need), and said once."""
+        read, refused = [], {}
+        for body in bodies:
+            ws, why = read_object(Workspace, body)
+            read.append(ws)
+            if why is not None:
+                refused[(ws.namespace or "", ws.name)] = why
+                if self.refused.get((ws.namespace or "", ws.name)) != why:
+                    log.warning("%s", why)
+        self.refused = refused
+        return read
 
     def run(self, stop: threading.Event, *, recheck: float = 1.0) -> None:
         """Samples every sampleInterval of the policy in force; the interval is read again every `recheck`

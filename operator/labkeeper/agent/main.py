@@ -62,22 +62,20 @@ def utcnow() -> dt.datetime:
 
 class Watched:
     """One resource's objects by name, kept current by a list+watch loop in a daemon thread. With a `model`, each
-    object is parsed into it as it arrives; one the model refuses is kept as api.resources.read_object's stand-in, and
-    `refused` says why."""
+    object is parsed into it as it arrives; one the model refuses is kept as api.resources.read_object's stand-in,
+    and `refused` says why."""
 
     def __init__(self, list_call: Callable, args: tuple, dirty: threading.Event, selector: str | None = None,
                  model: type[Resource] | None = None) -> None:
         self.list_call, self.args, self.dirty, self.model = list_call, args, dirty, model
         self.kwargs = {"label_selector": selector} if selector else {}
         self.objects: dict[str, Any] = {}
-        self.bodies: dict[str, dict] = {}
         self.refused: dict[str, str] = {}
         self.synced = threading.Event()
         self.lock = threading.Lock()
 
     def _keep(self, body: dict) -> None:
         name = body["metadata"]["name"]
-        self.bodies[name] = body
         if self.model is None:
             self.objects[name] = body
             return
@@ -88,7 +86,7 @@ class Watched:
             self.refused[name] = why
 
     def _forget(self, name: str) -> None:
-        for kept in (self.objects, self.bodies, self.refused):
+        for kept in (self.objects, self.refused):
             kept.pop(name, None)
 
     def run(self, stop: threading.Event) -> None:
@@ -98,7 +96,7 @@ class Watched:
 
                 body = json.loads(listing.data)
                 with self.lock:
-                    self.objects, self.bodies, self.refused = {}, {}, {}
+                    self.objects, self.refused = {}, {}
                     for item in body.get("items", []):
                         self._keep(item)
                 self.synced.set()
@@ -122,11 +120,6 @@ class Watched:
     def items(self) -> list[Any]:
         with self.lock:
             return list(self.objects.values())
-
-    def raw_items(self) -> list[dict]:
-        """The objects as the API sent them (the notices read users leniently, field by field)."""
-        with self.lock:
-            return list(self.bodies.values())
 
     def refusals(self, kind: str) -> dict[str, str]:
         with self.lock:
@@ -161,7 +154,7 @@ class Agent:
     def watch_activity(self, monitor: ActivityMonitor) -> None:
         """Sample the workspaces running on this node once the policy has been read; warnings and
         limit stops also become a notice in the owner's home (from the GPUUser watch: no extra reads)."""
-        notices = HomeNotices(self.host.data_fd, self.node, self.users.raw_items, self.clock)
+        notices = HomeNotices(self.host.data_fd, self.node, self.users.items, self.clock)
         self.activity = ActivityLoop(self.kube, self.node, monitor, self.policy, self.clock, notices=notices)
 
     # ---- inputs -------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from labkeeper.agent.hostops import Owner, UnsafePath
 from labkeeper.agent.model import Report, UnsafeName, check_username
 from labkeeper.api.names import DNS_LABEL_PATTERN, username_of
 from labkeeper.api.phases import RUNNING_PHASES
-from labkeeper.api.units import format_time, human_duration, parse_time
+from labkeeper.api.resources import GPUUser, Workspace, WorkspaceSpec, WorkspaceStatus
+from labkeeper.api.units import format_time, human_duration
 
 log = logging.getLogger("labkeeper.agent.notices")
 NOTICE_DIR = (".labkeeper", "notices")
@@ -38,13 +39,6 @@ class NoticeOwner:
 
 # ---- what the notice says --------------------------------------------------------------------------
 
-def _time(status: dict, key: str) -> dt.datetime | None:
-    try:
-        return parse_time(status.get(key))
-    except (TypeError, ValueError):
-        return None
-
-
 def _until(moment: dt.datetime, now: dt.datetime) -> str:
     """Whole minutes, rounded up: the text (and the file) changes once a minute, when the elapsed time (rounded
     down) does, and the two add up to the limit."""
@@ -56,11 +50,10 @@ def _until(moment: dt.datetime, now: dt.datetime) -> str:
     return f"in {human_duration(dt.timedelta(minutes=math.ceil(seconds / 60)))}"
 
 
-def _idle_notice(name: str, namespace: str, spec: dict, status: dict, now: dt.datetime) -> tuple[dt.datetime, str]:
-    deadline = _time(status, "idleDeadline")
-    since = _time(status, "idleSince")
-    seen = status.get("activityReason") or "no activity"
-    kept = _time(spec, "keepAliveUntil")
+def _idle_notice(name: str, namespace: str, spec: WorkspaceSpec, status: WorkspaceStatus,
+                 now: dt.datetime) -> tuple[dt.datetime, str]:
+    deadline, since, kept = status.idle_deadline, status.idle_since, spec.keep_alive_until
+    seen = status.activity_reason or "no activity"
     idle_for = f"idle for {human_duration(now - since)}" if since else "idle"
     if deadline is None:
         head = f"labkeeper: workspace {name} in {namespace} will be stopped soon: {idle_for}; last seen: {seen}"
@@ -81,10 +74,9 @@ def _keepalive_hint(name: str) -> str:
             f"`labctl status` shows the countdown.")
 
 
-def _runtime_notice(name: str, namespace: str, status: dict, now: dt.datetime) -> tuple[dt.datetime, str]:
-    deadline = _time(status, "runtimeDeadline")
-    running_since = _time(status, "runningSince")
-    before = dt.timedelta(seconds=int(status.get("runtimeSeconds") or 0))
+def _runtime_notice(name: str, namespace: str, status: WorkspaceStatus, now: dt.datetime) -> tuple[dt.datetime, str]:
+    deadline, running_since = status.runtime_deadline, status.running_since
+    before = dt.timedelta(seconds=status.runtime_seconds or 0)
     ran = before + (now - running_since if running_since else dt.timedelta(0))
     detail = f"it has run {human_duration(ran)}"
     if deadline is not None and running_since is not None:
@@ -96,17 +88,16 @@ def _runtime_notice(name: str, namespace: str, status: dict, now: dt.datetime) -
     return deadline or now, head + "\n" + hint
 
 
-def _stop_notice(name: str, namespace: str, status: dict) -> str:
-    reason = status["stopReason"]
-    if reason == "Idle":
-        deadline, since = _time(status, "idleDeadline"), _time(status, "idleSince")
-        at = deadline or _time(status, "stoppedAt")
+def _stop_notice(name: str, namespace: str, status: WorkspaceStatus) -> str:
+    if status.stop_reason == "Idle":
+        deadline, since = status.idle_deadline, status.idle_since
+        at = deadline or status.stopped_at
         idle_for = f" for {human_duration(deadline - since)}" if deadline and since else ""
-        why = f"it was idle{idle_for} (last seen: {status.get('activityReason') or 'no activity'})"
+        why = f"it was idle{idle_for} (last seen: {status.activity_reason or 'no activity'})"
         after = f"Your home and files are kept; start it again with `labctl start {name}`."
     else:
-        at = _time(status, "runtimeDeadline") or _time(status, "stoppedAt")
-        total = human_duration(dt.timedelta(seconds=int(status.get("runtimeSeconds") or 0)))
+        at = status.runtime_deadline or status.stopped_at
+        total = human_duration(dt.timedelta(seconds=status.runtime_seconds or 0))
         why = f"it reached its runtime limit ({total} in total)"
         after = (f"Runtime counts across restarts, so `labctl start {name}` will not run it again until a lab admin "
                  f"raises your maxRuntime. Your home and files are kept.")
@@ -114,22 +105,21 @@ def _stop_notice(name: str, namespace: str, status: dict) -> str:
     return f"labkeeper: workspace {name} in {namespace} was stopped{when} because {why}.\n{after}"
 
 
-def notice_text(ws: dict, now: dt.datetime) -> str | None:
+def notice_text(ws: Workspace, now: dt.datetime) -> str | None:
     """What `~/.labkeeper/notices/<name>` should say about this Workspace now; None: no notice (the file goes).
 
     A warned, running workspace: what will happen, when, and how to avoid it (earliest deadline first).
     A workspace stopped for a limit: when and why, and how to start it again."""
-    meta, spec, status = ws["metadata"], ws.get("spec") or {}, ws.get("status") or {}
-    name, namespace = meta["name"], meta.get("namespace", "")
-    phase = status.get("phase")
-    if phase in ("Stopping", "Stopped") and status.get("stopReason") in LIMIT_STOPS:
+    status = ws.status or WorkspaceStatus()
+    name, namespace = ws.name, ws.namespace or ""
+    if status.phase in ("Stopping", "Stopped") and status.stop_reason in LIMIT_STOPS:
         return _stop_notice(name, namespace, status) + "\n"
-    if phase not in RUNNING_PHASES:
+    if status.phase not in RUNNING_PHASES:
         return None
-    keys = {str(w.get("key", "")) for w in status.get("warnings") or [] if isinstance(w, dict)}
+    keys = {w.key for w in status.warnings}
     parts = []
     if any(k.startswith("idle-") for k in keys):
-        parts.append(_idle_notice(name, namespace, spec, status, now))
+        parts.append(_idle_notice(name, namespace, ws.spec, status, now))
     if any(k.startswith("runtime-") for k in keys):
         parts.append(_runtime_notice(name, namespace, status, now))
     if not parts:
@@ -143,26 +133,27 @@ def valid_workspace_name(name: str) -> bool:
     return len(name) <= WORKSPACE_NAME_MAX and re.fullmatch(DNS_LABEL_PATTERN, name) is not None
 
 
-def owners_from_users(users: list[dict]) -> dict[str, NoticeOwner]:
+def owners_from_users(users: list[GPUUser]) -> dict[str, NoticeOwner]:
     """username → uid/gid from each GPUUser's status; users without a uid, leaving, or with a name or id that
     must not reach the host are left out (their homes get no notices)."""
     owners = {}
     for user in users:
-        meta, spec, status = user.get("metadata") or {}, user.get("spec") or {}, user.get("status") or {}
-        if meta.get("deletionTimestamp") or spec.get("state") == "Offboarded":
+        if user.metadata.get("deletionTimestamp") or user.spec.state == "Offboarded":
             continue  # the home may be being archived or deleted by the host pass right now
-        try:
-            name = check_username(str(meta.get("name", "")))
-            uid = int(status["uid"])
-            gid = int(status.get("gid") or uid)
-        except (KeyError, TypeError, ValueError, UnsafeName):
+        if user.status is None or user.status.uid is None:
             continue
+        try:
+            name = check_username(user.name)
+        except UnsafeName:
+            continue
+        uid = user.status.uid
+        gid = user.status.gid or uid
         if 1000 <= uid <= 2**31 - 1 and 1000 <= gid <= 2**31 - 1:
             owners[name] = NoticeOwner(uid, gid)
     return owners
 
 
-def desired_notices(workspaces: list[dict], node: str, now: dt.datetime) -> dict[str, dict[str, str | None]]:
+def desired_notices(workspaces: list[Workspace], node: str, now: dt.datetime) -> dict[str, dict[str, str | None]]:
     """username → workspace name → the notice this node writes (text), removes (None) or leaves alone ("").
 
     A workspace keeps its last `status.node` after it stops, so its stop notice lands in the home on the node it
@@ -171,17 +162,12 @@ def desired_notices(workspaces: list[dict], node: str, now: dt.datetime) -> dict
     stale notice on a node a workspace has left goes as soon as there is nothing to say."""
     wanted: dict[str, dict[str, str | None]] = {}
     for ws in workspaces:
-        meta = ws.get("metadata") or {}
-        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        namespace, name = ws.namespace or "", ws.name
         username = username_of(namespace)
         if username is None or not valid_workspace_name(name):
             continue
-        try:
-            text = notice_text(ws, now)
-        except (KeyError, TypeError, ValueError) as err:
-            log.debug("no notice for %s/%s: %s", namespace, name, err)
-            text = ""  # a status this agent cannot read: the file stays as it is
-        if text is not None and (ws.get("status") or {}).get("node") != node:
+        text = notice_text(ws, now)
+        if text is not None and (ws.status.node if ws.status else None) != node:
             text = ""  # a workspace with a notice on another node: its file is left alone here
         wanted.setdefault(username, {})[name] = text
     return wanted
@@ -248,7 +234,7 @@ def sync_user_notices(users_fd: int, user: str, owner: NoticeOwner, wanted: Mapp
                         pass
 
 
-def sync_notices(data_fd: int, node: str, workspaces: list[dict], owners: Mapping[str, NoticeOwner],
+def sync_notices(data_fd: int, node: str, workspaces: list[Workspace], owners: Mapping[str, NoticeOwner],
                  now: dt.datetime) -> Report:
     """Every notice file in the homes below `<dataRoot>/users` that this node is responsible for."""
     report = Report()
@@ -268,12 +254,12 @@ def sync_notices(data_fd: int, node: str, workspaces: list[dict], owners: Mappin
 class HomeNotices:
     """The activity loop's `notices` collaborator: called with the Workspaces it listed, every sample."""
 
-    def __init__(self, data_fd: int, node: str, users: Callable[[], list[dict]],
+    def __init__(self, data_fd: int, node: str, users: Callable[[], list[GPUUser]],
                  clock: Callable[[], dt.datetime]) -> None:
         self.data_fd, self.node, self.users, self.clock = data_fd, node, users, clock
         self._failed: list[str] = []
 
-    def __call__(self, workspaces: list[dict]) -> Report:
+    def __call__(self, workspaces: list[Workspace]) -> Report:
         report = sync_notices(self.data_fd, self.node, workspaces, owners_from_users(self.users()), self.clock())
         for line in report.done:
             # a warned workspace's countdown changes its notice once a minute: that is not news
