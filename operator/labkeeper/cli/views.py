@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from labkeeper.api.names import InvalidName, username_of, validate_group, valida
 from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES
 from labkeeper.api.policy import not_entitled
 from labkeeper.api.resources import (
+    GpuProfile,
     GpuRequest,
     GPUUser,
     Workspace,
@@ -25,8 +27,9 @@ from labkeeper.api.resources import (
 )
 from labkeeper.api.units import format_time
 from labkeeper.api.units import parse_duration as parse_policy_duration
+from labkeeper.api.units import parse_time as parse_api_time
 
-GPU_PROFILES = ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "full", "none")
+GPU_PROFILES: tuple[str, ...] = typing.get_args(GpuProfile)
 WORKSPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -35,13 +38,11 @@ WAIT_FAILURE_REASONS = {"QuotaExceeded", "NotEntitled", "PodRejected"}
 
 # ---- time and sizes ------------------------------------------------------------------------------
 def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
+    """api.units.parse_time, and None for text that is no time."""
     try:
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return parse_api_time(text)
+    except (TypeError, ValueError):
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def rfc3339(t: dt.datetime) -> str:
@@ -224,6 +225,11 @@ def workspace_rows(workspaces: Iterable[Workspace], now: dt.datetime, *,
     return headers, rows
 
 
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields a manifest names: only those given, so the API's defaults apply to the rest."""
+    return {key: value for key, value in fields.items() if value}
+
+
 def workspace_manifest(name: str, namespace: str, *, image: str, gpu: str = "none", gpu_count: int = 1,
                        cpu: str | None = None, memory: str | None = None, command: list[str] | None = None,
                        state: str = "Running", batch: bool = False) -> dict:
@@ -231,18 +237,11 @@ def workspace_manifest(name: str, namespace: str, *, image: str, gpu: str = "non
         raise ValueError(f"workspace name {name!r} must be lowercase letters, digits and '-', at most 42 characters")
     if gpu not in GPU_PROFILES:
         raise ValueError(f"--gpu {gpu!r} is not a GPU profile; valid: {', '.join(GPU_PROFILES)}")
-    spec: dict = {"image": image, "gpu": {"profile": gpu, "count": gpu_count}, "state": state}
-    if batch:
-        if not command:
-            raise ValueError(f"run {name} needs a command after --, e.g. labctl run {name} --gpu 1g.10gb -- "
-                             "python train.py")
-        spec["mode"] = "Batch"
-    if cpu:
-        spec["cpu"] = cpu
-    if memory:
-        spec["memory"] = memory
-    if command:
-        spec["command"] = command
+    if batch and not command:
+        raise ValueError(f"run {name} needs a command after --, e.g. labctl run {name} --gpu 1g.10gb -- "
+                         "python train.py")
+    spec = {"image": image, "gpu": {"profile": gpu, "count": gpu_count}, "state": state,
+            **_given(mode="Batch" if batch else None, cpu=cpu, memory=memory, command=command)}
     return {"apiVersion": API_VERSION, "kind": "Workspace",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
@@ -370,14 +369,8 @@ def gpuuser_manifest(name: str, *, tier: str, display_name: str | None = None, g
             validate_group(group)
     except InvalidName as err:
         raise ValueError(f"{err} (the user's namespace is lab-{name})") from err
-    spec: dict = {"displayName": display_name or name, "tier": tier, "state": "Active"}
-    if groups:
-        spec["groups"] = list(groups)
-    keys = [k.strip() for k in ssh_keys if k.strip()]
-    if keys:
-        spec["sshKeys"] = keys
-    if shell:
-        spec["shell"] = shell
+    spec = {"displayName": display_name or name, "tier": tier, "state": "Active",
+            **_given(groups=list(groups), sshKeys=[k.strip() for k in ssh_keys if k.strip()], shell=shell)}
     return {"apiVersion": API_VERSION, "kind": "GPUUser", "metadata": {"name": name}, "spec": spec}
 
 
