@@ -14,15 +14,24 @@ The lab is loaded in steps, each timed:
    second, as waiting workspaces admitted per second until as many are Running again;
 6. `labctl admin board --once` and `labctl admin report --since 7d`, each timed as a user runs them.
 
-Prints its figures and writes bench/results/scale.json. `make bench-scale`; not part of `make test`."""
+Prints its figures and writes bench/results/scale.json. `make bench-scale`; not part of `make test`.
+
+`--only views` times step 6 alone in minutes: the same lab written straight into the API server as the operator
+would have left it (users Ready with weeks of accounting, workspaces with their statuses through the status
+subresource, the pods of the running ones on the kwok nodes), with no operator running; `--baseline DIR` times
+the labctl of another checkout (a git worktree) beside this one's, on the same objects at the same load."""
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import datetime as dt
+import difflib
+import itertools
 import json
 import os
+import random
+import re
 import statistics
 import subprocess
 import sys
@@ -31,17 +40,25 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from resource import RUSAGE_CHILDREN, getrusage
 from types import SimpleNamespace
 
 import yaml
-from kubernetes import client, watch
+from kubernetes import client, config, watch
 
+from labkeeper.api import accounting as api_accounting
+from labkeeper.api.admission import device_words
+from labkeeper.api.conditions import condition
+from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY, MANAGED_SELECTOR
 from labkeeper.api.policy import load_policy
+from labkeeper.api.units import format_time
 from labkeeper.controller.admission import Admissions
-from labkeeper.kube.client import Kube
-from labkeeper.testing.cluster import NodeSpec, free_port
+from labkeeper.kube.client import Kube, owner_reference
+from labkeeper.render.access import gpu_resource
+from labkeeper.render.pod import PodInputs, workspace_pod
+from labkeeper.testing.cluster import NODE_PROFILES, NVIDIA_RUNTIME_CLASS, NodeSpec, free_port
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
-from labkeeper.testing.processes import wait_for
+from labkeeper.testing.processes import SYSTEM_NAMESPACE, wait_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -182,6 +199,370 @@ def labctl(kubeconfig: Path, *args: str) -> float:
     return seconds
 
 
+# ---- --only views: the lab at rest, written straight into the API server ------------------------------------------
+class LabAtRest(Lab):
+    """The lab without its operator: the bench writes what the operator would have left."""
+
+    def start(self) -> LabAtRest:
+        self.cluster.start()
+        self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        self.apply(NVIDIA_RUNTIME_CLASS)
+        self.kubectl("create", "namespace", SYSTEM_NAMESPACE)
+        self.set_policy(self.policy)
+        return self
+
+
+def workspace_conditions(now: dt.datetime, *, ready: bool, reason: str, message: str,
+                         node: str | None = None) -> list[dict]:
+    """The three conditions every pass of the operator writes."""
+    when = now - dt.timedelta(minutes=5)
+    return [condition("Scheduled", bool(node), "Scheduled" if node else reason, f"on {node}" if node else message,
+                      None, when, observed_generation=1),
+            condition("Ready", ready, "PodRunning" if ready else reason, message, None, when, observed_generation=1),
+            condition("WithinQuota", True, "WithinQuota", "within the user's GPU-equivalent cap", None, when,
+                      observed_generation=1)]
+
+
+def gpu_profile(j: int) -> str:
+    share = (j * 0.618034) % 1.0
+    for name, weight in PROFILES:
+        if share < weight:
+            return name
+        share -= weight
+    return "full"
+
+
+def lab_at_rest(users: list[dict], node_specs: list[NodeSpec], stopped: int, cpu: int, gpu: int,
+                now: dt.datetime, weights: dict[str, float], seed: int = 21) -> tuple[list[dict], list[dict]]:
+    """The users and workspaces of `main`'s lab as its operator leaves them, statuses included: stopped workspaces
+    (every fifth had a GPU; those stopped in the last days keep meter marks, the last quarter hour's a hold),
+    CPU-only ones Running, GPU ones Running (active, idle, a few warned) while a device of theirs is free and the
+    rest WaitingForDevice with their queue place; users Ready with 35 days of accounting buckets."""
+    rng = random.Random(seed)
+    names = [u["metadata"]["name"] for u in users]
+    t = lambda moment: format_time(moment)  # noqa: E731
+    free: dict[str, list[str]] = {}
+    for spec in node_specs:
+        for resource, count in NODE_PROFILES[spec.profile].items():
+            free.setdefault(resource, []).extend([spec.name] * int(count))
+    for nodes_of in free.values():
+        rng.shuffle(nodes_of)
+    offered = {resource: len(nodes_of) for resource, nodes_of in free.items()}
+    workspaces: list[dict] = []
+    history: dict[str, list[tuple[str, float]]] = {}  # user -> (workspace, gpu equivalents) that ever held a device
+
+    for j in range(stopped):
+        user = names[j % len(names)]
+        profile = gpu_profile(j) if j % 5 == 0 else "none"
+        doc = workspace(f"old{j}", user, profile=profile, state="Stopped", cpu="10m", memory="16Mi")
+        reason = ("Stopped", "Idle", "MaxRuntime")[j % 3]
+        stopped_at = now - dt.timedelta(minutes=2 + (j * 7919) % (30 * 24 * 60))
+        status: dict = {"phase": "Stopped", "reason": reason, "message": "stopped", "stopReason": reason,
+                        "stoppedAt": t(stopped_at), "runtimeSeconds": rng.randrange(600, 90000),
+                        "conditions": workspace_conditions(now, ready=False, reason=reason, message="stopped"),
+                        "observedGeneration": 1}
+        if profile != "none":
+            eq = round(weights[profile], 6)
+            history.setdefault(user, []).append((doc["metadata"]["name"], eq))
+            until = stopped_at + dt.timedelta(minutes=15)
+            if now - stopped_at < dt.timedelta(days=2):
+                began = stopped_at - dt.timedelta(hours=rng.uniform(1, 20))
+                idle = stopped_at - dt.timedelta(minutes=rng.uniform(30, 120))
+                status["meter"] = [{"state": "active", "since": t(began), "gpuEquivalents": eq},
+                                   {"state": "idle", "since": t(idle), "gpuEquivalents": eq},
+                                   {"state": "held", "since": t(stopped_at), "gpuEquivalents": eq, "until": t(until),
+                                    "reason": reason}]
+                resource = gpu_resource(profile)
+                if until > now and free.get(resource):
+                    status.update({"holdNode": free[resource].pop(), "holdResource": resource, "holdCount": 1,
+                                   "holdUntil": t(until), "gpuEquivalents": eq})
+                elif until <= now:
+                    status["meter"].append({"state": "off", "since": t(until), "gpuEquivalents": 0})
+            else:
+                status["meter"] = [{"state": "off", "since": t(until), "gpuEquivalents": 0}]
+        workspaces.append({**doc, "status": status})
+
+    every_node = [spec.name for spec in node_specs]
+    for j in range(cpu):
+        user = names[(j * 7) % len(names)]
+        doc = workspace(f"cpu{j}", user, cpu="10m", memory="16Mi")
+        if j % 250 == 7:
+            message = f"image {doc['spec']['image']} cannot be pulled: not found"
+            workspaces.append({**doc, "status": {
+                "phase": "Failed", "reason": "ImagePullBackOff", "message": message,
+                "conditions": workspace_conditions(now, ready=False, reason="ImagePullBackOff", message=message),
+                "observedGeneration": 1}})
+            continue
+        workspaces.append({**doc, "status": running_status(rng, now, every_node[j % len(every_node)], 0.0, None)})
+
+    waiters: dict[str, list[str]] = {}
+    for j in range(gpu):
+        user = names[(j * 13) % len(names)]
+        profile = gpu_profile(j)
+        resource, eq = gpu_resource(profile), round(weights[profile], 6)
+        doc = workspace(f"g{j}", user, profile=profile, cpu="10m", memory="16Mi")
+        history.setdefault(user, []).append((doc["metadata"]["name"], eq))
+        waited = now - dt.timedelta(minutes=rng.uniform(5, 60))
+        if free.get(resource):
+            status = running_status(rng, now, free[resource].pop(), eq, waited)
+        else:
+            ahead = waiters.setdefault(resource, [])
+            since = now - dt.timedelta(seconds=3 * (gpu - j))  # the queue in the order they came
+            message = (f"no free {device_words(resource, 1)} ({offered[resource]} in use); "
+                       + (f"{len(ahead)} workspace{'s' if len(ahead) != 1 else ''} ahead of you" if ahead
+                          else "you are next"))
+            status = {"phase": "Pending", "reason": "WaitingForDevice", "message": message,
+                      "waitingSince": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "gpuEquivalents": eq,
+                      "queue": {"position": len(ahead) + 1, "ahead": list(ahead), "reason": message,
+                                "relativeUsage": round(rng.uniform(0, 3), 2)},
+                      "meter": [{"state": "waiting", "since": t(since), "gpuEquivalents": eq}],
+                      "conditions": workspace_conditions(now, ready=False, reason="WaitingForDevice", message=message),
+                      "observedGeneration": 1}
+            ahead.append(f"{user}/{doc['metadata']['name']}")
+        workspaces.append({**doc, "status": status})
+
+    with_status = []
+    first = (now - dt.timedelta(days=api_accounting.RETENTION_DAYS)).date()
+    through = now - dt.timedelta(minutes=2)
+    for i, doc in enumerate(users):
+        name = doc["metadata"]["name"]
+        days = []
+        for day in range(api_accounting.RETENTION_DAYS + 1):
+            date = (first + dt.timedelta(days=day)).isoformat()
+            for ws_name, eq in history.get(name, []):
+                if rng.random() < 0.3:
+                    bucket = {"date": date, "workspace": ws_name,
+                              "activeSeconds": round(rng.uniform(0, 8 * 3600) * eq, 3),
+                              "idleSeconds": round(rng.uniform(0, 3 * 3600) * eq, 3),
+                              "heldAfterStopSeconds": round(rng.uniform(0, 900) * eq, 3),
+                              "waitingSeconds": round(rng.uniform(0, 1800), 3)}
+                    waits = [round(rng.uniform(1, 1800), 3) for _ in range(rng.randrange(3))]
+                    if waits:
+                        bucket["waits"] = waits
+                    if rng.random() < 0.3:
+                        bucket["stops"] = {rng.choice(("Idle", "Stopped", "MaxRuntime")): 1}
+                    days.append(bucket)
+        days.sort(key=lambda d: (d["date"], d["workspace"]))
+        disk = i % 97 == 5
+        status = {"phase": "Ready", "uid": 100000 + i, "gid": 100000 + i, "namespace": f"lab-{name}",
+                  "home": f"/data/users/{name}", "kubeconfigSecret": f"kubeconfig-{name}", "incarnation": "1",
+                  "accounting": {"through": t(through), "decayedGpuHours": round(rng.uniform(0, 40), 6), "days": days},
+                  "conditions": [
+                      condition("Ready", True, "Provisioned", "account, namespace and kubeconfig ready", None, now),
+                      condition("DiskAlert", disk, "Warning" if disk else "OK",
+                                "home at 91% of its limit" if disk else "", None, now)],
+                  "observedGeneration": 1}
+        with_status.append({**doc, "status": status})
+    return with_status, workspaces
+
+
+def running_status(rng: random.Random, now: dt.datetime, node: str, eq: float, waited: dt.datetime | None) -> dict:
+    """A Running workspace's status; a GPU one's meter says active, or idle and perhaps warned."""
+    since = now - dt.timedelta(minutes=rng.uniform(10, 48 * 60))
+    if waited is not None:
+        since = max(since, waited + dt.timedelta(seconds=2))
+    activity = now - dt.timedelta(minutes=rng.uniform(0, 3))
+    status = {"phase": "Running", "reason": "PodRunning", "message": "running", "node": node,
+              "runningSince": format_time(since), "lastSeenRunning": format_time(now - dt.timedelta(seconds=20)),
+              "runtimeDeadline": format_time(since + dt.timedelta(days=7)),
+              "conditions": workspace_conditions(now, ready=True, reason="PodRunning", message="running", node=node),
+              "observedGeneration": 1}
+    if waited is None:
+        return {**status, "lastActivity": format_time(activity), "activityReason": "cpu",
+                "idleDeadline": format_time(activity + dt.timedelta(hours=1))}
+    meter = [{"state": "waiting", "since": format_time(waited), "gpuEquivalents": eq},
+             {"state": "active", "since": format_time(since), "gpuEquivalents": eq}]
+    roll = rng.random()
+    if roll < 0.4:
+        idle = max(since, now - dt.timedelta(minutes=rng.uniform(5, 25)))
+        activity = idle
+        meter.append({"state": "idle", "since": format_time(idle), "gpuEquivalents": eq})
+    status.update({"gpuEquivalents": eq, "devices": ["GPU-0"], "lastActivity": format_time(activity),
+                   "activityReason": "gpu", "idleSince": format_time(activity), "meter": meter,
+                   "idleDeadline": format_time(activity + dt.timedelta(minutes=30))})
+    if roll < 0.1:
+        status.update({"phase": "IdleWarning", "reason": "Idle", "message": "idle; stops at its deadline"})
+    return status
+
+
+def write_all(kube: Kube, work: list, write, threads: int = 16) -> None:
+    """`write(kube, item)` for every item from `threads` threads, an apiserver under load retried."""
+
+    def one(item) -> None:
+        for attempt in range(30):
+            try:
+                write(kube, item)
+                return
+            except client.exceptions.ApiException as err:
+                # 403: a namespace so new that its default ServiceAccount is not there yet
+                if attempt == 29 or err.status not in (403, 404, 429, 500, 503, 504):
+                    raise
+                time.sleep(0.5)
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, work))
+
+
+def create_with_status(kube: Kube, doc: dict) -> dict:
+    body = {k: v for k, v in doc.items() if k != "status"}
+    try:
+        created = kube.create(body)
+    except client.exceptions.ApiException as err:
+        if err.status != 409:
+            raise
+        created = kube.get(doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace")) or {}
+    kube.patch(doc["kind"], doc["metadata"]["name"], {"status": doc["status"]}, doc["metadata"].get("namespace"),
+               subresource="status")
+    return created
+
+
+def write_workspace(kube: Kube, doc: dict, uids: dict[str, int], lab_gid: int) -> None:
+    """The workspace; a running one's pod on its node (built as the operator builds it), then the status."""
+    body = {k: v for k, v in doc.items() if k != "status"}
+    try:
+        created = kube.create(body)
+    except client.exceptions.ApiException as err:
+        if err.status != 409:
+            raise
+        created = kube.get("Workspace", doc["metadata"]["name"], doc["metadata"]["namespace"]) or {}
+    status = dict(doc["status"])
+    if status["phase"] in ("Running", "IdleWarning"):
+        user = doc["metadata"]["namespace"].removeprefix("lab-")
+        spec, gpu = doc["spec"], doc["spec"].get("gpu") or {}
+        pod = workspace_pod(PodInputs(
+            workspace=doc["metadata"]["name"], namespace=doc["metadata"]["namespace"],
+            owner=owner_reference(created), username=user, uid=uids[user], gid=uids[user],
+            supplemental_gids=[lab_gid], home_host_path=f"/data/users/{user}", image=spec["image"], cpu=spec["cpu"],
+            memory=spec["memory"], gpu_profile=gpu.get("profile", "none"), gpu_count=int(gpu.get("count") or 1),
+            runtime_class="nvidia", node_name=status["node"]))
+        try:
+            made = kube.create(pod)
+        except client.exceptions.ApiException as err:
+            if err.status != 409:
+                raise
+            made = kube.get("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"]) or {}
+        status.update({"podName": made["metadata"]["name"], "podUID": made["metadata"]["uid"]})
+    kube.patch("Workspace", doc["metadata"]["name"], {"status": status}, doc["metadata"]["namespace"],
+               subresource="status")
+
+
+def fast_kube(kubeconfig: Path, connections: int) -> Kube:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    configuration.connection_pool_maxsize = connections
+    return Kube(client.ApiClient(configuration), field_manager="bench")
+
+
+def labctl_run(kubeconfig: Path, source: Path | None, *args: str) -> tuple[float, float, str]:
+    """Seconds one labctl command takes as a user runs it, the CPU seconds labctl itself used (less bent by the
+    machine's load than the first), and what it printed; `source`: another checkout's."""
+    env = dict(os.environ, COLUMNS="120", LINES="40")
+    command = [str(Path(sys.executable).parent / "labctl")]
+    if source is not None:
+        env["PYTHONPATH"] = str(source / "operator")
+        command = [sys.executable, "-c", "from labkeeper.cli.main import main; main()"]
+    before = getrusage(RUSAGE_CHILDREN)
+    started = time.monotonic()
+    result = subprocess.run([*command, "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True,
+                            cwd=REPO, timeout=600, env=env)
+    seconds = time.monotonic() - started
+    after = getrusage(RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"labctl {' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, result.stdout
+
+
+def views_only(args: argparse.Namespace) -> int:
+    """Step 6 alone, on the lab written as the operator would have left it."""
+    started_all = time.monotonic()
+    policy = example_policy()
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    loaded = load_policy(yaml.safe_dump(policy))
+    users, workspaces = lab_at_rest(user_docs(args.users), nodes(args.nodes), args.stopped, args.cpu, args.gpu, now,
+                                    dict(loaded.gpu_weights))
+    figures: dict = {"mode": "views", "nodes": args.nodes, "users": args.users, "workspaces": len(workspaces),
+                     "phases": dict(Counter(w["status"]["phase"] for w in workspaces))}
+    print(f"scale --only views: {args.nodes} nodes, {args.users} users, {len(workspaces)} workspaces "
+          f"{figures['phases']}", flush=True)
+    with LabAtRest(nodes(args.nodes), policy) as lab:
+        kube = fast_kube(lab.cluster.kubeconfig, args.threads)
+        print(f"  control plane up in {lab.cluster.startup_seconds:.1f} s", flush=True)
+        namespaces = [{"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": f"lab-{u['metadata']['name']}", "labels": {LABEL_MANAGED: MANAGED_BY}}}
+                      for u in users]
+        _, figures["namespaces_s"] = timed(f"{len(namespaces)} namespaces", write_all, kube, namespaces,
+                                           lambda k, d: create_all(k, [d], 1), args.threads)
+        _, figures["users_s"] = timed(f"{len(users)} users with status", write_all, kube, users,
+                                      create_with_status, args.threads)
+        uids = {u["metadata"]["name"]: u["status"]["uid"] for u in users}
+        _, figures["workspaces_s"] = timed(
+            f"{len(workspaces)} workspaces with status and the running ones' pods", write_all, kube, workspaces,
+            lambda k, d: write_workspace(k, d, uids, loaded.lab_users_gid), args.threads)
+        # kwok marks the pods Running; the board reads them as they then are
+        running = sum(1 for w in workspaces if w["status"]["phase"] in ("Running", "IdleWarning"))
+        wait_for(lambda: sum(1 for p in kube.list("Pod", label_selector=MANAGED_SELECTOR)
+                             if (p.get("status") or {}).get("phase") == "Running") >= running,
+                 timeout=900, interval=5, what=f"{running} pods Running")
+        figures["create_s"] = round(time.monotonic() - started_all, 1)
+        time.sleep(args.rest)  # the writers' CPU and the apiserver's watch fan-out settle before anything is timed
+        print(f"  lab written in {figures['create_s']:.0f} s; load average {os.getloadavg()[0]:.1f}", flush=True)
+        runs: dict[str, list[float]] = {}
+        cpu_runs: dict[str, list[float]] = {}
+        outputs: dict[str, str] = {}
+        sources = [("this", None)] + [(f"baseline {path.name}", path) for path in args.baseline]
+        commands = {"board": ("admin", "board", "--once"), "report": ("admin", "report", "--since", "7d")}
+        for round_ in range(args.repeat):
+            for view, command in commands.items():
+                for label, source in sources:
+                    load = os.getloadavg()[0]
+                    seconds, cpu_seconds, out = labctl_run(lab.cluster.kubeconfig, source, *command)
+                    runs.setdefault(f"{view} {label}", []).append(round(seconds, 2))
+                    cpu_runs.setdefault(f"{view} {label}", []).append(round(cpu_seconds, 2))
+                    outputs[f"{view} {label}"] = out
+                    print(f"  round {round_ + 1}: labctl {' '.join(command)} ({label}) {seconds:.2f} s "
+                          f"(labctl's CPU {cpu_seconds:.2f} s) at load {load:.1f}", flush=True)
+        for (label, _), view in itertools.product(sources[1:], commands if args.repeat else ()):
+            ours, theirs = _comparable(outputs[f"{view} this"]), _comparable(outputs[f"{view} {label}"])
+            same = len(ours) == len(theirs) and all(map(_same_line, ours, theirs))
+            figures[f"{view} same as {label}"] = same
+            print(f"  {view}: {'the same' if same else 'NOT the same'} output as {label}'s (to the hundredth a few "
+                  f"seconds' clock moves)", flush=True)
+            if not same:
+                for line in list(difflib.unified_diff(theirs, ours, label, "this", lineterm=""))[:20]:
+                    print(f"    {line}", flush=True)
+        figures["runs_s"], figures["labctl_cpu_s"] = runs, cpu_runs
+        figures["load_average"] = [round(x, 1) for x in os.getloadavg()]
+        if args.hold:
+            print(f"  the lab stays up {args.hold:.0f} s: --kubeconfig {lab.cluster.kubeconfig}", flush=True)
+            time.sleep(args.hold)
+    figures["total_s"] = round(time.monotonic() - started_all, 1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale-views.json").write_text(json.dumps(figures, indent=2))
+    median = {k: statistics.median(v) for k, v in runs.items()}
+    print("\n".join(f"{k}: median {v:.2f} s" + (" (target <= 2 s)" if k.startswith("board") else "")
+                     + f", labctl's CPU median {statistics.median(cpu_runs[k]):.2f} s" for k, v in median.items())
+          + f"; load average {figures['load_average']}, total {figures['total_s'] / 60:.1f} min", flush=True)
+    return 0
+
+
+def _same_line(ours: str, theirs: str) -> bool:
+    """The same words, figures within 0.02 of each other: the live meters move between two runs seconds apart."""
+    a, b = ours.split(), theirs.split()
+    return len(a) == len(b) and all(x == y or _close(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _close(x: str, y: str) -> bool:
+    try:
+        return abs(float(x.rstrip("%")) - float(y.rstrip("%"))) <= 0.02
+    except ValueError:
+        return False
+
+
+def _comparable(output: str) -> list[str]:
+    """A view's lines without the clock in them (the board's header, the report's window)."""
+    return [re.sub(r"\d\d:\d\d(:\d\d)?|\d{4}-\d\d-\d\dT[\d:]+Z", "T", line) for line in output.splitlines()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=100)
@@ -194,7 +575,18 @@ def main() -> int:
     parser.add_argument("--free", type=int, default=200, help="running GPU workspaces deleted at once")
     parser.add_argument("--settle", type=float, default=900.0,
                         help="seconds the GPU workspaces get to be Running or in the queue before the figures are taken")
+    parser.add_argument("--only", choices=("views",),
+                        help="views: time labctl admin board and report alone, on the lab written straight into the API")
+    parser.add_argument("--repeat", type=int, default=3, help="--only views: runs of each view")
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="--only views: another checkout (its operator/ folder's parent) whose labctl is timed "
+                             "beside this one's; repeatable")
+    parser.add_argument("--threads", type=int, default=16, help="--only views: parallel writers")
+    parser.add_argument("--rest", type=float, default=30.0, help="--only views: seconds between writing and timing")
+    parser.add_argument("--hold", type=float, default=0.0, help="--only views: seconds the lab stays up afterwards")
     args = parser.parse_args()
+    if args.only == "views":
+        return views_only(args)
     started_all = time.monotonic()
     policy = example_policy()
     policy["stoppedRetention"] = "0s"  # the stopped workspaces stay, as a lab's do
