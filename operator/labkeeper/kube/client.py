@@ -85,8 +85,11 @@ class Kube:
             raise
 
     def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[Body]:
-        query = []
+             field_selector: str | None = None, *, cached: bool = False) -> list[Body]:
+        """`cached`: from the API server's watch cache as it stands (resourceVersion 0): it may be a moment behind,
+        and the server neither reads etcd nor waits for its cache to catch up. For views a person reads, never for
+        a decision."""
+        query = [("resourceVersion", "0")] if cached else []
         if label_selector:
             query.append(("labelSelector", label_selector))
         if field_selector:
