@@ -15,6 +15,9 @@ import sys
 
 import typer
 from kubernetes.client.exceptions import ApiException
+from rich.cells import cell_len
+from rich.console import Console
+from rich.text import Text
 
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
@@ -161,12 +164,29 @@ def print_report(data: dict, fmt: ReportFormat) -> None:
     rows.append(["(lab)", "", *(_cell(k, lab.get(k)) for _, k in COLUMNS[2:6]), "100.0%" if lab["heldGpuHours"] else "-",
                  _cell("waitP50Seconds", lab["waitP50Seconds"]), _cell("waitP95Seconds", lab["waitP95Seconds"]),
                  str(lab["idleStops"]), str(lab["runtimeStops"])])
-    out = console()
-    out.print(table([h for h, _ in COLUMNS], rows,
-                    title=f"GPU-equivalent-hours from {data['since']} to {data['until']}; idle share of the lab "
-                          f"{lab['idleShare'] * 100:.1f}%" + (f"; slice utilisation {lab['utilisation'] * 100:.1f}% of "
-                                                                f"{lab['capacityGpuHours']:.2f}"
-                                                                if lab.get("utilisation") is not None else "")))
+    print_table(console(), [h for h, _ in COLUMNS], rows,
+                title=f"GPU-equivalent-hours from {data['since']} to {data['until']}; idle share of the lab "
+                      f"{lab['idleShare'] * 100:.1f}%" + (f"; slice utilisation {lab['utilisation'] * 100:.1f}% of "
+                                                            f"{lab['capacityGpuHours']:.2f}"
+                                                            if lab.get("utilisation") is not None else ""))
+
+
+def print_table(out: Console, headers: list[str], rows: list[list[str]], title: str) -> None:
+    """output.table as Rich prints it where it fits (columns as wide as their widest cell, two spaces apart, the
+    title above), written as whole lines: Rich lays a table out cell by cell, and a department's report has a row
+    per user, which took it seconds. A table wider than the terminal is Rich's to shrink."""
+    widths = [max(cell_len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    width = sum(widths) + 2 * (len(widths) - 1)
+    if width > out.width:
+        out.print(table(headers, rows, title=title))
+        return
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell + " " * (w - cell_len(cell)) for cell, w in zip(cells, widths, strict=True))
+
+    out.print(out.render_str(title, style="table.title", highlight=False), width=width, justify="left")
+    out.print(Text(line(headers), style="bold"))
+    out.print(Text("\n".join(line(row) for row in rows)))
 
 
 @admin_app.command("report")
