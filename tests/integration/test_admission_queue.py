@@ -54,6 +54,13 @@ def stamp(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def both_slices_taken(lab: Lab) -> None:
+    """frank and grace each run a workspace on one of the node's two 1g.10gb slices."""
+    lab.apply(workspace("slice", "frank", profile="1g.10gb"), workspace("slice", "grace", profile="1g.10gb"))
+    lab.wait_phase("slice", "frank", "Running")
+    lab.wait_phase("slice", "grace", "Running")
+
+
 def clear(lab: Lab) -> None:
     lab.kubectl("delete", "workspaces", "--all", "-A", "--wait=false")
     wait_for(lambda: not lab.items("pods", "-A", "-l", "labkeeper.io/role=workspace")
@@ -61,9 +68,7 @@ def clear(lab: Lab) -> None:
 
 
 def test_a_held_slice_is_not_given_to_a_queued_rival_and_its_holder_gets_it_back(lab: Lab):
-    lab.apply(workspace("slice", "frank", profile="1g.10gb"), workspace("slice", "grace", profile="1g.10gb"))
-    lab.wait_phase("slice", "frank", "Running")
-    lab.wait_phase("slice", "grace", "Running")
+    both_slices_taken(lab)
     lab.apply(workspace("slice", "ivan", profile="1g.10gb"))
     waiting = wait_for(lambda: (s := lab.status("workspace", "slice", "lab-ivan")).get("reason") == "WaitingForDevice"
                        and s, what="ivan waiting for a device")
@@ -107,9 +112,7 @@ def test_a_held_slice_is_not_given_to_a_queued_rival_and_its_holder_gets_it_back
 
 
 def test_waiting_workspaces_start_in_the_order_they_began_to_wait_across_an_operator_restart(lab: Lab):
-    lab.apply(workspace("slice", "frank", profile="1g.10gb"), workspace("slice", "grace", profile="1g.10gb"))
-    lab.wait_phase("slice", "frank", "Running")
-    lab.wait_phase("slice", "grace", "Running")
+    both_slices_taken(lab)
     # yvonne begins to wait first; xavier after her (and before her in the alphabet)
     lab.apply(workspace("slice", "yvonne", profile="1g.10gb"))
     first = wait_for(lambda: lab.status("workspace", "slice", "lab-yvonne").get("waitingSince"), what="yvonne waiting")
@@ -134,9 +137,7 @@ def test_waiting_workspaces_start_in_the_order_they_began_to_wait_across_an_oper
 
 
 def test_a_hold_taken_by_a_pod_the_lab_did_not_admit_is_reported_lost_with_a_warning(lab: Lab):
-    lab.apply(workspace("slice", "frank", profile="1g.10gb"), workspace("slice", "grace", profile="1g.10gb"))
-    lab.wait_phase("slice", "frank", "Running")
-    lab.wait_phase("slice", "grace", "Running")
+    both_slices_taken(lab)
     set_state(lab, "frank", "Stopped")
     assert lab.wait_phase("slice", "frank", "Stopped").get("holdNode") == "h100"
     wait_for(lambda: not pods_of(lab, "frank"), what="frank's pod gone")
