@@ -17,18 +17,10 @@ from pathlib import Path
 
 from labkeeper.agent.model import HostUser, LabHost, Members, SharedTree
 from labkeeper.agent.recovery import Host, reconcile_host
+from labkeeper.testing.processes import seed_host_etc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchBenchBenchBenchBenchBenchBenchBench000{i:03d} u{i}@lab"
-
-
-def seed_etc(root: Path) -> None:
-    etc = root / "etc"
-    etc.mkdir(parents=True, exist_ok=True)
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (etc / "group").write_text("root:x:0:\n")
-    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-    (etc / "gshadow").write_text("root:*::\n")
 
 
 def the_lab(users: int) -> LabHost:
@@ -73,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root, data = work / "host", work / "host/data"
         data.mkdir(parents=True)
-        seed_etc(root)
+        seed_host_etc(root)
         host = Host(root, data)
         build = time.perf_counter()
         first = reconcile_host(host, lab)
@@ -83,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             shutil.rmtree(root / "home")
             shutil.rmtree(root / "etc")
-            seed_etc(root)
+            seed_host_etc(root)
             started = time.perf_counter()
             host = Host(root, data)
             result = reconcile_host(host, lab)
