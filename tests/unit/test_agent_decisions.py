@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import threading
 
 from labkeeper.agent import accounts, acl, desired
 from labkeeper.agent.model import HostUser
@@ -124,3 +125,17 @@ def test_an_object_the_model_refuses_is_never_acted_on_beyond_keeping_what_is_th
     assert want.lab.trees == (), "the refused tree provisions nothing, and its path stays its own"
     assert "LD_PRELOAD" in want.invalid["SharedCache/old"]
     assert "is already the path of SharedCache old" in want.invalid["SharedCache/new"]
+
+
+def test_the_watch_keeps_a_refused_object_as_a_stand_in_and_says_so_beside_it():
+    from labkeeper.agent.main import Watched
+
+    watched = Watched(list_call=None, args=(), dirty=threading.Event(), model=GPUUser)
+    watched._keep({"metadata": {"name": "alice"}, "spec": {}, "status": {"uid": 20001, "gid": 20001}})
+    watched._keep({"metadata": {"name": "mallory"}, "spec": {"groups": ["sudo"]}, "status": {"uid": 20009}})
+    users, refused = watched.snapshot("GPUUser")
+    assert [u.name for u in users] == ["alice", "mallory"] and list(refused) == ["GPUUser/mallory"]
+    watched._keep({"metadata": {"name": "mallory"}, "spec": {"groups": ["video"]}, "status": {"uid": 20009}})
+    assert watched.snapshot("GPUUser")[1] == {}, "fixed: no longer refused"
+    watched._forget("alice")
+    assert [u.name for u in watched.snapshot("GPUUser")[0]] == ["mallory"]

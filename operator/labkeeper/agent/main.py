@@ -121,9 +121,11 @@ class Watched:
         with self.lock:
             return list(self.objects.values())
 
-    def refusals(self, kind: str) -> dict[str, str]:
+    def snapshot(self, kind: str) -> tuple[list[Any], dict[str, str]]:
+        """The objects and "kind/name" → why of those that are stand-ins, read together: a stand-in that a pass
+        took for a parsed object would be provisioned from the spec's defaults."""
         with self.lock:
-            return {f"{kind}/{name}": why for name, why in self.refused.items()}
+            return list(self.objects.values()), {f"{kind}/{name}": why for name, why in self.refused.items()}
 
 
 class Agent:
@@ -207,10 +209,10 @@ class Agent:
         if self.policy_keeper.paused:
             log.warning("host pass skipped: %s", self.policy_keeper.refused)
             return None
-        users, caches, stores = self.users.items(), self.caches.items(), self.stores.items()
-        refused = self.users.refusals("GPUUser") | self.caches.refusals("SharedCache") | \
-            self.stores.refusals("ModelStore")
-        want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid(), refused)
+        (users, refused_users), (caches, refused_caches), (stores, refused_stores) = (
+            self.users.snapshot("GPUUser"), self.caches.snapshot("SharedCache"), self.stores.snapshot("ModelStore"))
+        want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid(),
+                                     refused_users | refused_caches | refused_stores)
         want.lab = dataclasses.replace(want.lab, toolchains=toolchains.from_policy(self.policy().toolchains))
         started = time.monotonic()
         now = self.clock()
