@@ -52,7 +52,7 @@ def parse(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
-def measure_reaction(count: int, idle: int, check: float) -> dict:
+def measure_reaction(count: int, idle: int, check: float, burst: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp, Lab((NodeSpec(NODE, "h100-balanced"),), policy(idle, check),
                                                    Path(tmp) / "lab") as lab:
         agent = start_agent(lab, Path(tmp) / "host")
@@ -62,10 +62,17 @@ def measure_reaction(count: int, idle: int, check: float) -> dict:
             names = [f"idle-{i}" for i in range(count)]
             for name in names:
                 lab.apply(workspace(name, "idlebench"))
-                time.sleep(0.7)  # deadlines a moment apart, so stops do not all land on one check
+                if not burst:
+                    time.sleep(0.7)  # deadlines a moment apart, so stops do not all land on one check
             wait_for(lambda: all(s.get("phase") in ("Running", "IdleWarning") or s.get("stopReason")
                                  for s in statuses(kube).values()) and len(statuses(kube)) == count,
                      timeout=60, what="all bench workspaces running")
+            if burst:
+                # as after a reboot: idle clocks never count from before the operator's start, so a restarted
+                # operator gives every idle workspace the same deadline
+                assert lab.operator is not None
+                lab.operator.kill()
+                lab.operator.start()
             reactions: dict[str, float] = {}
             give_up = time.monotonic() + idle * 3 + 30
             while len(reactions) < count and time.monotonic() < give_up:
@@ -81,7 +88,8 @@ def measure_reaction(count: int, idle: int, check: float) -> dict:
         raise SystemExit(f"only {len(reactions)} of {count} idle workspaces were stopped: {sorted(reactions)}")
     values = sorted(reactions.values())
     return {"stop_after_deadline_s": round(values[-1], 2), "stop_after_deadline_p50_s": round(statistics.median(values), 2),
-            "workspaces": count, "idle_timeout_s": idle, "check_interval_s": check, "with_agent": agent is not None}
+            "workspaces": count, "idle_timeout_s": idle, "check_interval_s": check, "with_agent": agent is not None,
+            "one_deadline": burst, "load_average": round(os.getloadavg()[0], 1)}
 
 
 def statuses(kube: Kube) -> dict[str, dict]:
@@ -93,13 +101,18 @@ def main() -> None:
     parser.add_argument("--workspaces", type=int, default=6)
     parser.add_argument("--idle", type=int, default=20, help="idle timeout in seconds")
     parser.add_argument("--check-interval", type=float, default=1.0)
+    parser.add_argument("--burst", action="store_true",
+                        help="every deadline at once (the operator restarted after the starts, as after a reboot); "
+                             "only the reaction is measured")
     args = parser.parse_args()
-    reaction = measure_reaction(args.workspaces, args.idle, args.check_interval)
+    reaction = measure_reaction(args.workspaces, args.idle, args.check_interval, args.burst)
     print(f"cull reaction, {args.workspaces} idle workspaces, {args.idle} s idle timeout, "
           f"{args.check_interval:g} s check interval{'' if reaction['with_agent'] else ' (no agent)'}:")
     print(f"  stop seen after the idle deadline: worst {reaction['stop_after_deadline_s']} s, "
           f"median {reaction['stop_after_deadline_p50_s']} s (target <= {args.check_interval:g} s; "
-          "deadlines in status have 1 s resolution, the poll 0.1 s)")
+          f"deadlines in status have 1 s resolution, the poll 0.1 s; load {reaction['load_average']})")
+    if args.burst:
+        return
     sampler = culling_sampler.measure()
     culling_sampler.report(sampler)
     RESULTS.mkdir(exist_ok=True)

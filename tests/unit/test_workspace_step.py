@@ -83,6 +83,22 @@ def test_a_start_reads_once_creates_the_pod_then_writes_the_status_once():
     assert outcome.requeue_after is None
 
 
+def test_a_pass_without_the_users_lock_creates_no_pod_and_asks_for_the_lock():
+    kube = RecordingKube({("GPUUser", "alice"): user()})
+    outcome = reconciler(kube).reconcile(workspace(), user_locked=False)
+    assert outcome.needs_user_lock and writes(kube) == []  # nothing applied: the pass runs again under the lock
+
+
+def test_a_stop_needs_no_users_lock():
+    running = {"phase": "Running", "podUID": "p-1", "node": "n1", "runningSince": "2026-12-01T08:00:00Z",
+               "lastSeenRunning": "2026-12-01T08:59:00Z", "lastActivity": "2026-12-01T08:20:00Z"}
+    kube = RecordingKube({("GPUUser", "alice"): user(), ("Pod", "ws-nb"): pod()})
+    step = reconciler(kube)
+    step.started_at = T0 - dt.timedelta(hours=2)
+    outcome = step.reconcile(workspace(status=running), user_locked=False)
+    assert not outcome.needs_user_lock and ("patch", "Workspace", "nb") in writes(kube)  # culled, unlocked
+
+
 def test_a_pod_the_api_refuses_leaves_its_words_and_no_starting_event():
     kube = RecordingKube({("GPUUser", "alice"): user()}, refuse_create=403)
     outcome = reconciler(kube).reconcile(workspace())

@@ -45,7 +45,7 @@ from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
 from labkeeper.controller.uids import UidLedger, UidRange
 from labkeeper.controller.usage import UsageWriter
 from labkeeper.controller.users import UserReconciler
-from labkeeper.controller.workspaces import WorkspaceReconciler, clear_stale_handovers
+from labkeeper.controller.workspaces import Outcome, WorkspaceReconciler, clear_stale_handovers
 from labkeeper.kube.client import Kube
 
 log = logging.getLogger("labkeeper.operator")
@@ -245,26 +245,17 @@ class Operator:
 
     async def reconcile_workspace(self, namespace: str, name: str) -> None:
         key = ("Workspace", f"{namespace}/{name}")
-        # one lock per user: the weighted-quota check and the pod creation are one step
-        async with self.requeue.lock(("user", namespace)):
+        # one pass at a time per Workspace; the user's lock only for a pass that creates a pod (workspaces.py)
+        async with self.requeue.lock(key):
             # from here on an event needs a pass of its own: this one may already have read past it
             self._queued.discard((namespace, name))
             lost_pod = self._lost_pods.pop((namespace, name), None)
-            body = None
-            try:
-                # always a fresh read: a body from an event or a list may predate what the pass that held
-                # the lock just wrote (a stale spec.state would restart a stopped workspace)
-                body = await asyncio.to_thread(self.kube.get, "Workspace", name, namespace)
-                if body is None:
-                    self.requeue.cancel(key)
-                    return
-                outcome = await asyncio.to_thread(self.workspaces.reconcile, body, lost_pod=lost_pod)
-            except Exception as err:  # a failed pass is retried; it must never kill the watch
-                log_failure(err, "Workspace %s/%s: reconcile failed: %s", namespace, name, err)
-                if body is not None:
-                    await asyncio.to_thread(self.workspaces.record_failure, body, err)
-                self.requeue.retry(key, lambda: self.workspace_changed(namespace, name))
-                return
+            outcome = await self._workspace_pass(key, lost_pod, user_locked=False)
+            if outcome is not None and outcome.needs_user_lock:
+                async with self.requeue.lock(("user", namespace)):
+                    outcome = await self._workspace_pass(key, lost_pod, user_locked=True)
+        if outcome is None:
+            return
         self.requeue.succeeded(key)
         if outcome.requeue_after is not None:
             self.requeue.schedule(key, outcome.requeue_after, lambda: self.workspace_changed(namespace, name))
@@ -274,6 +265,27 @@ class Operator:
             self.workspace_changed(namespace_, name_)
         if outcome.freed:
             self.device_freed(namespace, name)
+
+    async def _workspace_pass(self, key: tuple[str, str], lost_pod: dict[str, Any] | None, *,
+                              user_locked: bool) -> Outcome | None:
+        """A pass over a fresh read of the Workspace; None when it is gone or the pass failed (retry scheduled)."""
+        namespace, name = key[1].split("/", 1)
+        body = None
+        try:
+            # always a fresh read: a body from an event or a list may predate what the pass that held the lock
+            # just wrote (a stale spec.state would restart a stopped workspace)
+            body = await asyncio.to_thread(self.kube.get, "Workspace", name, namespace)
+            if body is None:
+                self.requeue.cancel(key)
+                return None
+            return await asyncio.to_thread(self.workspaces.reconcile, body, lost_pod=lost_pod,
+                                           user_locked=user_locked)
+        except Exception as err:  # a failed pass is retried; it must never kill the watch
+            log_failure(err, "Workspace %s/%s: reconcile failed: %s", namespace, name, err)
+            if body is not None:
+                await asyncio.to_thread(self.workspaces.record_failure, body, err)
+            self.requeue.retry(key, lambda: self.workspace_changed(namespace, name))
+            return None
 
     def usage_changed(self, namespace: str) -> None:
         """Queues one usage pass for the namespace's user; the pod and user events of a burst fold into it."""

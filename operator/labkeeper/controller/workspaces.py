@@ -37,6 +37,7 @@ class Outcome:
     requeue_after: float | None = None
     wake: tuple[tuple[str, str], ...] = ()  # (namespace, name) of Workspaces admission let start
     freed: bool = False  # a device came free: whoever waits gets a pass
+    needs_user_lock: bool = False  # nothing was done: the pass would create a pod, so it runs again under the lock
 
 
 class WorkspaceReconciler:
@@ -48,12 +49,17 @@ class WorkspaceReconciler:
         self.liveness = liveness
         self.data_root = data_root.rstrip("/")
         self.lab_users_gid = lab_users_gid
-        # idle clocks never start before this process did: no mass culling after a restart
-        self.started_at = clock()
+        # idle clocks never start before this process did: no mass culling after a restart. Whole seconds, as every
+        # time in a status: a deadline counted from it is then the one status.idleDeadline states, not up to 1 s later
+        self.started_at = clock().replace(microsecond=0)
         self.admissions = Admissions(kube, policy)
 
     # ---- one pass ---------------------------------------------------------------------------------------------
-    def reconcile(self, ws: Body, *, lost_pod: Body | None = None) -> Outcome:
+    def reconcile(self, ws: Body, *, lost_pod: Body | None = None, user_locked: bool = True) -> Outcome:
+        """One pass. The weighted-quota check and the pod creation must be one step for the user, so a pass that
+        does not hold her lock (`user_locked`, the caller's) applies nothing when it would create a pod and says
+        so; every other pass (a stop, a status, a hold) needs no more than the Workspace's own lock, so a burst of
+        one user's deadlines is not served one at a time."""
         scope = self.scope(ws, lost_pod)
         with contextlib.ExitStack() as admission_lock:
             while True:
@@ -62,6 +68,8 @@ class WorkspaceReconciler:
                     break
                 except decisions.Unread as need:
                     scope = self.read(scope, need, admission_lock)
+            if not user_locked and any(isinstance(a, decisions.CreatePod) for a in decision.actions):
+                return Outcome(needs_user_lock=True)
             return self.apply(scope, decision, admission_lock)
 
     def scope(self, ws: Body, lost_pod: Body | None = None) -> decisions.WorkspaceScope:
