@@ -12,14 +12,9 @@ from labkeeper.api.resources import GPUUser, ModelStore, SharedCache, UserNodeSt
 
 
 def read(model, *bodies):
-    """The objects as the agent's watches keep them, and the refusals beside them (api.resources.read_object)."""
-    objects, refused = [], {}
-    for body in bodies:
-        obj, why = read_object(model, body)
-        objects.append(obj)
-        if why:
-            refused[f"{model.__name__}/{obj.name}"] = why
-    return objects, refused
+    """The objects as the agent's watches keep them (api.resources.read_object), and those that are stand-ins."""
+    objects = [read_object(model, body)[0] for body in bodies]
+    return objects, [f"{model.__name__}/{o.name}" for o in objects if o.refused]
 
 TODAY = dt.date(2026, 3, 1)
 BASE = {"passwd": "root:x:0:0:root:/root:/bin/bash\n", "group": "root:x:0:\nvideo:x:44:carol\n",
@@ -54,7 +49,7 @@ def test_users_wait_for_a_uid_and_offboarded_or_deleted_users_depart():
         {"metadata": {"name": "eve"}, "spec": {"state": "Suspended"}, "status": {"uid": 20005, "gid": 20005}},
     ]
     users, refused = read(GPUUser, *users)
-    assert refused == {}
+    assert refused == []
     want = desired.desired_state(users, [], [], {"alice": b"cfg", "eve": b"cfg"}, 2000)
     assert [u.name for u in want.lab.users] == ["alice", "eve"]
     assert want.lab.users[0].kubeconfig == b"cfg" and want.lab.users[1].locked and want.lab.users[1].kubeconfig is None
@@ -78,8 +73,8 @@ def test_the_agent_refuses_env_and_groups_the_api_refuses_even_when_an_older_obj
     users, refused_users = read(GPUUser, sudoer)
     caches, refused_caches = read(SharedCache, preload)
     stores, refused_stores = read(ModelStore, store)
-    assert refused_stores == {} and list(refused_users) == ["GPUUser/mallory"]
-    want = desired.desired_state(users, caches, stores, {}, 2000, refused_users | refused_caches)
+    assert refused_stores == [] and refused_users == ["GPUUser/mallory"] and refused_caches == ["SharedCache/pip"]
+    want = desired.desired_state(users, caches, stores, {}, 2000)
     assert [t.name for t in want.lab.trees] == ["hf"] and want.lab.users == ()
     assert "'LD_PRELOAD' does not point a tool at a cache" in want.invalid["SharedCache/pip"]
     assert "group 'sudo' is a privileged or system group" in want.invalid["GPUUser/mallory"]
@@ -119,23 +114,22 @@ def test_an_object_the_model_refuses_is_never_acted_on_beyond_keeping_what_is_th
            "spec": {"type": "pip", "path": "cache/pip"}}
     users, refused_users = read(GPUUser, mallory)
     caches, refused_caches = read(SharedCache, old, new)
-    assert list(refused_users) == ["GPUUser/mallory"] and list(refused_caches) == ["SharedCache/old"]
-    want = desired.desired_state(users, caches, [], {}, 2000, refused_users | refused_caches)
+    assert refused_users == ["GPUUser/mallory"] and refused_caches == ["SharedCache/old"]
+    want = desired.desired_state(users, caches, [], {}, 2000)
     assert [(d.name, d.data_policy) for d in want.departures] == [("mallory", "Keep")]
     assert want.lab.trees == (), "the refused tree provisions nothing, and its path stays its own"
     assert "LD_PRELOAD" in want.invalid["SharedCache/old"]
     assert "is already the path of SharedCache old" in want.invalid["SharedCache/new"]
 
 
-def test_the_watch_keeps_a_refused_object_as_a_stand_in_and_says_so_beside_it():
+def test_the_watch_keeps_a_refused_object_as_a_stand_in_that_carries_its_refusal():
     from labkeeper.agent.main import Watched
 
     watched = Watched(list_call=None, args=(), dirty=threading.Event(), model=GPUUser)
     watched._keep({"metadata": {"name": "alice"}, "spec": {}, "status": {"uid": 20001, "gid": 20001}})
     watched._keep({"metadata": {"name": "mallory"}, "spec": {"groups": ["sudo"]}, "status": {"uid": 20009}})
-    users, refused = watched.snapshot("GPUUser")
-    assert [u.name for u in users] == ["alice", "mallory"] and list(refused) == ["GPUUser/mallory"]
+    assert [(u.name, bool(u.refused)) for u in watched.items()] == [("alice", False), ("mallory", True)]
     watched._keep({"metadata": {"name": "mallory"}, "spec": {"groups": ["video"]}, "status": {"uid": 20009}})
-    assert watched.snapshot("GPUUser")[1] == {}, "fixed: no longer refused"
+    assert [u.refused for u in watched.items()] == [None, None], "fixed: no longer refused"
     watched._forget("alice")
-    assert [u.name for u in watched.snapshot("GPUUser")[0]] == ["mallory"]
+    assert [u.name for u in watched.items()] == ["mallory"]

@@ -103,27 +103,26 @@ def agent_on(tmp_path: Path, kube: CheckingKube, sizes: dict[str, int]) -> Agent
     return agent
 
 
-def read(model: Any, body: dict[str, Any]) -> tuple[Any, dict[str, str]]:
-    obj, why = read_object(model, body)
-    return obj, ({f"{model.__name__}/{obj.name}": why} if why else {})
+def read(model: Any, body: dict[str, Any]) -> Any:
+    return read_object(model, body)[0]
 
 
 def test_the_agents_user_and_tree_statuses_are_what_the_models_declare(tmp_path):
     kube = CheckingKube()
     agent = agent_on(tmp_path, kube, {"users/alice": 8192, "cache/pip": 600, "models/hf": 2 ** 30})
-    alice, _ = read(GPUUser, {"kind": "GPUUser", "metadata": {"name": "alice", "resourceVersion": "3"},
+    alice = read(GPUUser, {"kind": "GPUUser", "metadata": {"name": "alice", "resourceVersion": "3"},
                               "spec": {"tier": "student"}, "status": {"uid": 20001, "gid": 20001}})
     # stored before the rule that refuses privileged groups: her node entry says why nothing was done
-    mallory, refused = read(GPUUser, {"kind": "GPUUser", "metadata": {"name": "mallory", "resourceVersion": "4"},
+    mallory = read(GPUUser, {"kind": "GPUUser", "metadata": {"name": "mallory", "resourceVersion": "4"},
                                       "spec": {"groups": ["sudo"]}, "status": {"uid": 20009, "gid": 20009}})
-    pip, _ = read(SharedCache, {
+    pip = read(SharedCache, {
         "kind": "SharedCache", "metadata": {"name": "pip", "resourceVersion": "5", "generation": 2,
                                             "annotations": {CLEAN_ANNOTATION: "now-1"}},
         "spec": {"type": "pip", "path": "cache/pip", "cleanup": {"maxAge": "1d"},
                  "alerts": {"sizeLimit": "1Ki", "warnPercent": 50, "criticalPercent": 90}}})
-    hf, _ = read(ModelStore, {"kind": "ModelStore", "metadata": {"name": "hf", "resourceVersion": "6"},
+    hf = read(ModelStore, {"kind": "ModelStore", "metadata": {"name": "hf", "resourceVersion": "6"},
                               "spec": {"type": "huggingface", "path": "models/hf", "sizeAlert": "1Gi"}})
-    want = desired.desired_state([alice, mallory], [pip], [hf], {}, 2000, refused)
+    want = desired.desired_state([alice, mallory], [pip], [hf], {}, 2000)
     result = HostResult(Report(), tree_paths={"cache/pip": "/data/cache/pip"})
     for user in (alice, mallory):
         agent._user_status(user, want, result)

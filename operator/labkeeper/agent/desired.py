@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -50,17 +49,17 @@ def _members(spec: MembersSpec | None) -> Members:
 
 
 def desired_state(users: list[GPUUser], caches: list[SharedCache], stores: list[ModelStore],
-                  kubeconfigs: dict[str, bytes], lab_gid: int, refused: Mapping[str, str] | None = None) -> Desired:
-    """`refused`: "GPUUser/x", "SharedCache/y" → why its model refused what the API holds (api.resources.read_object)."""
-    refused = refused or {}
+                  kubeconfigs: dict[str, bytes], lab_gid: int) -> Desired:
+    """An object its model refuses (a stand-in from api.resources.read_object) is never provisioned: it is invalid,
+    and a leaving user's stand-in departs with the spec's default data policy, Keep."""
     host_users, departures, waiting, invalid = [], [], {}, {}
     for user in sorted(users, key=lambda o: o.name):
         name, spec, status = user.name, user.spec, user.status or GPUUserStatus()
         if user.metadata.get("deletionTimestamp") or spec.state == "Offboarded":
             departures.append(Departure(name, spec.data_policy))
             continue
-        if f"GPUUser/{name}" in refused:
-            invalid[f"GPUUser/{name}"] = refused[f"GPUUser/{name}"]
+        if user.refused is not None:
+            invalid[f"GPUUser/{name}"] = user.refused
             continue
         if not status.uid or not status.gid:
             waiting[name] = "waiting for the operator to allocate a uid"
@@ -83,8 +82,8 @@ def desired_state(users: list[GPUUser], caches: list[SharedCache], stores: list[
             if (kind, obj.name) in conflicts:
                 invalid[key] = conflicts[(kind, obj.name)]
                 continue
-            if key in refused:
-                invalid[key] = refused[key]
+            if obj.refused is not None:
+                invalid[key] = obj.refused
                 continue
             spec = obj.spec
             try:

@@ -63,31 +63,22 @@ def utcnow() -> dt.datetime:
 class Watched:
     """One resource's objects by name, kept current by a list+watch loop in a daemon thread. With a `model`, each
     object is parsed into it as it arrives; one the model refuses is kept as api.resources.read_object's stand-in,
-    and `refused` says why."""
+    whose `refused` says why."""
 
     def __init__(self, list_call: Callable, args: tuple, dirty: threading.Event, selector: str | None = None,
                  model: type[Resource] | None = None) -> None:
         self.list_call, self.args, self.dirty, self.model = list_call, args, dirty, model
         self.kwargs = {"label_selector": selector} if selector else {}
         self.objects: dict[str, Any] = {}
-        self.refused: dict[str, str] = {}
         self.synced = threading.Event()
         self.lock = threading.Lock()
 
     def _keep(self, body: dict) -> None:
         name = body["metadata"]["name"]
-        if self.model is None:
-            self.objects[name] = body
-            return
-        self.objects[name], why = read_object(self.model, body)
-        if why is None:
-            self.refused.pop(name, None)
-        else:
-            self.refused[name] = why
+        self.objects[name] = body if self.model is None else read_object(self.model, body)[0]
 
     def _forget(self, name: str) -> None:
-        for kept in (self.objects, self.refused):
-            kept.pop(name, None)
+        self.objects.pop(name, None)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -96,7 +87,7 @@ class Watched:
 
                 body = json.loads(listing.data)
                 with self.lock:
-                    self.objects, self.refused = {}, {}
+                    self.objects = {}
                     for item in body.get("items", []):
                         self._keep(item)
                 self.synced.set()
@@ -121,11 +112,6 @@ class Watched:
         with self.lock:
             return list(self.objects.values())
 
-    def snapshot(self, kind: str) -> tuple[list[Any], dict[str, str]]:
-        """The objects and "kind/name" → why of those that are stand-ins, read together: a stand-in that a pass
-        took for a parsed object would be provisioned from the spec's defaults."""
-        with self.lock:
-            return list(self.objects.values()), {f"{kind}/{name}": why for name, why in self.refused.items()}
 
 
 class Agent:
@@ -209,10 +195,8 @@ class Agent:
         if self.policy_keeper.paused:
             log.warning("host pass skipped: %s", self.policy_keeper.refused)
             return None
-        (users, refused_users), (caches, refused_caches), (stores, refused_stores) = (
-            self.users.snapshot("GPUUser"), self.caches.snapshot("SharedCache"), self.stores.snapshot("ModelStore"))
-        want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid(),
-                                     refused_users | refused_caches | refused_stores)
+        users, caches, stores = self.users.items(), self.caches.items(), self.stores.items()
+        want = desired.desired_state(users, caches, stores, self.kubeconfigs(), self.lab_gid())
         want.lab = dataclasses.replace(want.lab, toolchains=toolchains.from_policy(self.policy().toolchains))
         started = time.monotonic()
         now = self.clock()

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -323,6 +324,7 @@ class Resource(Model):
     api_version: str = Field(default=API_VERSION, alias="apiVersion", pattern=f"^{re.escape(API_VERSION)}$")
     kind: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    _refused: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -342,6 +344,11 @@ class Resource(Model):
     def namespace(self) -> str | None:
         namespace = self.metadata.get("namespace")
         return str(namespace) if namespace else None
+
+    @property
+    def refused(self) -> str | None:
+        """Why its model refuses what the API holds, on a stand-in made by read_object; None on a parsed object."""
+        return self._refused
 
     def reference(self) -> dict[str, Any]:
         """apiVersion, kind and metadata: what an Event or a patch needs to name the object."""
@@ -646,9 +653,9 @@ def parse_object(model: type[R], body: Mapping[str, Any]) -> R:
 
 def read_object(model: type[R], body: Mapping[str, Any]) -> tuple[R, str | None]:
     """The object as its model, and None; or, for one its model refuses (stored before a rule existed), a stand-in
-    and why. A stand-in has the object's metadata, its status where that parses, and the spec's defaults with only
-    the spec's required fields as the API holds them (a tree's raw path still claims its directory): enough to show
-    it and to say why it is refused, never enough to act on it."""
+    and why (also its `refused`). A stand-in has the object's metadata, its status where that parses, and the spec's
+    defaults with only the spec's required fields as the API holds them (a tree's raw path still claims its
+    directory): enough to show it and to say why it is refused, never enough to act on it."""
     try:
         return parse_object(model, body), None
     except InvalidObject as err:
@@ -664,7 +671,9 @@ def read_object(model: type[R], body: Mapping[str, Any]) -> tuple[R, str | None]
         status = None  # a status no writer of this version made
     fields: dict[str, Any] = {"kind": model.__name__, "metadata": dict(body.get("metadata") or {}),
                               "spec": spec_model.model_construct(**required), "status": status}
-    return typing.cast(R, model.model_construct(**fields)), why
+    stand_in = typing.cast(R, model.model_construct(**fields))
+    stand_in._refused = why
+    return stand_in, why
 
 
 def wire(model: BaseModel) -> dict[str, Any]:
