@@ -21,7 +21,7 @@ def test_a_refusal_names_the_object_each_field_its_value_and_the_rule():
 def test_an_object_the_model_accepts_is_read_as_it_is():
     body = {"metadata": {"name": "nb", "namespace": "lab-alice"}, "spec": {"image": "busybox"}, "status": RUNNING}
     ws, why = read_object(Workspace, body)
-    assert why is None and ws == Workspace.model_validate(body)
+    assert why is None and ws.refused is None and ws == Workspace.model_validate(body)
 
 
 def test_a_refused_workspace_keeps_its_name_and_status_and_only_its_specs_required_fields():
@@ -29,7 +29,7 @@ def test_a_refused_workspace_keeps_its_name_and_status_and_only_its_specs_requir
     body = {"metadata": {"name": "nb", "namespace": "lab-alice"},
             "spec": {"image": "busybox", "idleTimeout": "999h", "gpu": {"profile": "1g.10gb"}}, "status": RUNNING}
     ws, why = read_object(Workspace, body)
-    assert why is not None and why.startswith("Workspace nb: spec.idleTimeout:")
+    assert why is not None and why.startswith("Workspace nb: spec.idleTimeout:") and ws.refused == why
     assert (ws.name, ws.namespace, ws.status.phase, ws.status.pod_uid) == ("nb", "lab-alice", "Running", "0b8f3a4e")
     assert ws.spec.image == "busybox" and ws.spec.gpu.profile == "none", "the stand-in asks for no device"
 
