@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from labkeeper.api.resources import GPUUser, InvalidObject, Workspace, parse_object, read_object
+from labkeeper.api.resources import GPUUser, InvalidObject, Workspace, parse_object, read_object, wire
 
 RUNNING = {"phase": "Running", "node": "node-a", "podUID": "0b8f3a4e", "runtimeSeconds": 60}
 
@@ -39,3 +39,16 @@ def test_a_status_no_writer_made_leaves_the_stand_in_without_one():
             "status": {"queue": {"position": 0}}}
     ws, why = read_object(Workspace, body)
     assert why is not None and "status.queue.position" in why and ws.status is None
+
+
+def test_a_newer_crds_spec_fields_are_left_out_and_a_newer_agents_status_fields_kept():
+    # during a rolling upgrade the CRD already has fields this agent or labctl does not know
+    body = {"metadata": {"name": "alice"}, "spec": {"tier": "student", "quotaClass": "gold",
+                                                    "limits": {"cpu": "4", "maxGpuHours": 100}},
+            "status": {"uid": 20001, "nodes": [{"node": "node-b", "state": "Provisioned", "scratchBytes": 7}]}}
+    user, why = read_object(GPUUser, body)
+    assert why is None and user.spec.tier == "student" and user.spec.limits.cpu == "4"
+    assert wire(user.status) == {"uid": 20001, "nodes": [{"node": "node-b", "state": "Provisioned",
+                                                          "scratchBytes": 7}]}
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        GPUUser.model_validate(body)  # a manifest a person writes is still held to this version's fields

@@ -643,7 +643,12 @@ def _problem(error: Any) -> str:
 
 
 def parse_object(model: type[R], body: Mapping[str, Any]) -> R:
-    """The object as its model; InvalidObject names the object, each refused field, its value and the rule."""
+    """The object as its model; InvalidObject names the object, each refused field, its value and the rule. Spec
+    fields the model does not declare are left out, not refused: a newer CRD's, which this version does not act on
+    (a manifest a person writes is checked with model_validate, which refuses them)."""
+    spec, spec_model = body.get("spec"), model.model_fields["spec"].annotation
+    if isinstance(spec, Mapping) and isinstance(spec_model, type) and issubclass(spec_model, BaseModel):
+        body = {**body, "spec": declared_only(spec_model, spec)}
     try:
         return model.model_validate(body)
     except ValidationError as err:
@@ -695,6 +700,25 @@ def _models_in(annotation: Any) -> list[tuple[str, type[BaseModel]]]:
     if origin is dict and len(args) == 2:
         return [("{}", m) for shape, m in _models_in(args[1]) if not shape]
     return []
+
+
+def declared_only(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` (camelCase, as the API holds it) without the fields `model` does not declare, at every depth."""
+    fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        for shape, inner in _models_in(field.annotation):
+            if shape == "" and isinstance(value, Mapping):
+                value = declared_only(inner, value)
+            elif shape == "[]" and isinstance(value, list):
+                value = [declared_only(inner, item) if isinstance(item, Mapping) else item for item in value]
+            elif shape == "{}" and isinstance(value, Mapping):
+                value = {k: declared_only(inner, item) if isinstance(item, Mapping) else item for k, item in value.items()}
+        out[key] = value
+    return out
 
 
 def undeclared_fields(model: type[BaseModel], data: Any, where: str = "") -> list[str]:
