@@ -52,3 +52,28 @@ def test_a_new_policys_shorter_sample_interval_counts_at_once_not_after_the_old_
     finally:
         stop.set()
         runner.join(timeout=5)
+
+
+def test_a_workspace_is_parsed_again_only_when_its_resource_version_moved(monkeypatch):
+    from labkeeper.agent import activity_loop
+
+    parsed: list[str] = []
+    real = activity_loop.read_object
+
+    def counting(model, body):
+        parsed.append(body["metadata"]["name"])
+        return real(model, body)
+
+    monkeypatch.setattr(activity_loop, "read_object", counting)
+    loop = ActivityLoop(None, "node-a", None, LabPolicy, lambda: dt.datetime.now(dt.UTC))
+
+    def body(name, version, phase="Running"):
+        return {"metadata": {"namespace": "lab-alice", "name": name, "resourceVersion": version},
+                "spec": {"image": "x"}, "status": {"node": "node-a", "phase": phase, "podUID": "p"}}
+
+    first = loop._read([body("a", "1"), body("b", "1")])
+    again = loop._read([body("a", "1"), body("b", "2", phase="IdleWarning")])
+    assert parsed == ["a", "b", "b"]  # a kept, b read again
+    assert again[0] is first[0] and again[1].status is not None and again[1].status.phase == "IdleWarning"
+    loop._read([body("a", "1")])
+    assert ("lab-alice", "b") not in loop._parsed  # gone from the list, gone from the table

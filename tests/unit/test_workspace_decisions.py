@@ -14,7 +14,7 @@ from pydantic.alias_generators import to_camel
 
 from labkeeper.api import admission as api_admission
 from labkeeper.api.policy import load_policy
-from labkeeper.api.resources import WorkspaceSpec, WorkspaceStatus
+from labkeeper.api.resources import WorkspaceSpec, WorkspaceStatus, check_status
 from labkeeper.api.units import format_time
 from labkeeper.controller.admission import LabView
 from labkeeper.controller.policy import PolicyStore
@@ -119,7 +119,11 @@ def decided(s: WorkspaceScope) -> Decision:
     if first.status is not None:
         unknown = set(first.status) - STATUS_FIELDS
         assert not unknown, f"the reconciler writes status fields the api model does not declare: {unknown}"
-        WorkspaceStatus.model_validate({k: v for k, v in first.status.items() if v is not None})
+        # nested too: the queue, the meter, the warnings and conditions, field by field
+        check_status("Workspace", {k: v for k, v in first.status.items() if v is not None})
+    for action in first.actions:
+        if isinstance(action, RecordHold):
+            check_status("Workspace", action.record)
     return first
 
 

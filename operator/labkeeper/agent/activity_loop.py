@@ -56,6 +56,8 @@ class ActivityLoop:
         self.notices = notices
         self.notices_error: str | None = None
         self.refused: dict[tuple[str, str], str] = {}  # workspaces whose model refuses them → why, said once
+        # (namespace, name) → (resourceVersion, model, why refused) of the last list
+        self._parsed: dict[tuple[str, str], tuple[str | None, Workspace, str | None]] = {}
         self.throttle = PublishThrottle(policy().report_interval)
         self.writes = 0
 
@@ -95,16 +97,22 @@ class ActivityLoop:
 
     def _read(self, bodies: list[dict]) -> list[Workspace]:
         """The Workspaces as their models; one its model refuses is read from its stand-in (its status, where that
-        parses, is all the sampling and the notices need), and said once."""
-        read, refused = [], {}
+        parses, is all the sampling and the notices need), and said once. An object is parsed again only when its
+        resourceVersion moved: a sample every second of a department's workspaces must not parse them all."""
+        read, refused, parsed = [], {}, {}
         for body in bodies:
-            ws, why = read_object(Workspace, body)
+            meta = body.get("metadata") or {}
+            key = (meta.get("namespace") or "", meta.get("name") or "")
+            version = meta.get("resourceVersion")
+            kept = self._parsed.get(key)
+            ws, why = kept[1:] if kept is not None and version and kept[0] == version else read_object(Workspace, body)
+            parsed[key] = (version, ws, why)
             read.append(ws)
             if why is not None:
-                refused[(ws.namespace or "", ws.name)] = why
-                if self.refused.get((ws.namespace or "", ws.name)) != why:
+                refused[key] = why
+                if self.refused.get(key) != why:
                     log.warning("%s", why)
-        self.refused = refused
+        self.refused, self._parsed = refused, parsed
         return read
 
     def run(self, stop: threading.Event, *, recheck: float = 1.0) -> None:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
+from labkeeper.api import devices as api_devices
 from labkeeper.api import policy as api_policy
 from labkeeper.api import runs as api_runs
 from labkeeper.api.conditions import (
@@ -222,12 +223,6 @@ def waiting_reason(pod_status: Body) -> tuple[str, str] | None:
 
 def pod_equivalents(pod: Body, weights: Mapping[str, float]) -> float:
     return sum(api_admission.equivalents(r, n, dict(weights)) for r, n in api_admission.pod_devices(pod))
-
-
-def device_list(pod: Body) -> list[str]:
-    return [f"{qty} x {resource}" for container in pod["spec"].get("containers", [])
-            for resource, qty in ((container.get("resources") or {}).get("limits") or {}).items()
-            if resource.startswith("nvidia.com/")]
 
 
 def held_words(status: Mapping[str, Any]) -> str:
@@ -566,7 +561,7 @@ class _Pass:
             return self.set(Phase.FAILED, pod_status.get("reason") or Reason.CONTAINER_EXITED,
                             pod_status.get("message") or f"pod {phase.lower()}")
         if phase == "Running":
-            self.desired["devices"] = device_list(pod)
+            self.desired["devices"] = api_devices.device_list(pod)
             return self.enforce(node)
         if not node:
             unschedulable = next((c for c in pod_status.get("conditions") or []
