@@ -200,3 +200,22 @@ def test_the_operators_usage_accounting_pruning_and_failure_writes_are_what_the_
     record_failure(kube, "Workspace", nb, RuntimeError("the API went away"), NOW)  # type: ignore[arg-type]
     assert [sorted(s) for _, s in kube.statuses] == [
         ["usage"], ["accounting"], ["nodes"], ["conditions", "nodes", "phase", "size", "sizeBytes"], ["conditions"]]
+
+
+def test_the_client_holds_a_lab_kinds_status_patch_to_its_model_before_it_writes(monkeypatch):
+    from labkeeper.kube.client import Kube
+
+    kube = Kube.__new__(Kube)  # no API server: a patch that gets through is recorded, not sent
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(kube, "patch", lambda kind, name, body, namespace=None, **_: sent.append(body))
+    ws = {"metadata": {"name": "nb", "namespace": "lab-alice"},
+          "status": {"phase": "Running", "runningSince": "2026-12-01T08:00:00Z"}}
+    with pytest.raises(ValueError, match="lastSeenRuning"):
+        kube.patch_status("Workspace", ws, {"phase": "Stopped", "lastSeenRuning": "2026-12-01T09:00:00Z"})
+    with pytest.raises(ValueError):
+        kube.patch_status("Workspace", ws, {"runtimeSeconds": "a while"})
+    assert sent == []
+    assert kube.patch_status("Workspace", ws, {"phase": "Stopped", "runningSince": None})
+    assert sent == [{"status": {"phase": "Stopped", "runningSince": None}}]
+    # kinds with no model of labkeeper's are written as given
+    assert kube.patch_status("Pod", {"metadata": {"name": "p"}}, {"anything": 1})

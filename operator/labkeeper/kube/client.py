@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api.conditions import condition as condition  # defined in api: the tree summary there uses it
 from labkeeper.api.kinds import KINDS
+from labkeeper.api.resources import STATUS_MODELS, check_status
 
 FIELD_MANAGER = "labkeeper"
 Body = dict[str, Any]  # an object as the API sends it
@@ -150,11 +151,15 @@ class Kube:
             raise
 
     def patch_status(self, kind: str, obj: Body, desired: Body) -> bool:
-        """Merge `desired` into the object's status; writes nothing when every field already matches."""
+        """Merge `desired` into the object's status; writes nothing when every field already matches. A lab kind's
+        status patch is held to its api model first (api.resources.check_status): a field the model lacks, or a
+        value it refuses, fails the pass instead of reaching the API server."""
         current = obj.get("status") or {}
         changed = {key: value for key, value in desired.items() if current.get(key) != value}
         if not changed:
             return False
+        if kind in STATUS_MODELS:
+            check_status(kind, {key: value for key, value in changed.items() if value is not None})
         meta = obj["metadata"]
         self.patch(kind, meta["name"], {"status": changed}, meta.get("namespace"), subresource="status")
         return True
