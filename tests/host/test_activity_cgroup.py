@@ -114,8 +114,8 @@ def test_a_process_burning_cpu_in_its_pod_cgroup_keeps_the_workspace_active_unti
     print(f"after it stopped: {stopped.reason}")
     assert not stopped.active
     assert stopped.reason.startswith("cpu 0.00 cores")
-    assert any(p["activityReason"] == burning.reason for _, p in published), "becoming active was published"
+    assert any(p.activity_reason == burning.reason for _, p in published), "becoming active was published"
     # going idle is published once, at the first idle sample: the one right after the kill may hold the loop's
     # last moments (still active, on a quiet machine) or already be idle (a slow one); later idle ones are not news
     active, last = published[-1]
-    assert not active and last["activityReason"].startswith("cpu 0.0"), f"going idle was published: {published}"
+    assert not active and (last.activity_reason or "").startswith("cpu 0.0"), f"going idle was published: {published}"
