@@ -1,9 +1,11 @@
-"""Runtime across a power cut (issue 17, point 4): a run that ended while no operator watched ends at
-status.lastSeenRunning, the operator's last sight of its pod running, not when the operator came back.
+"""Runtime across a power cut (issue 17, point 4): a run that ended while no operator watched ends where the
+operator before last knew it alive, not when the operator came back. No heartbeat is written per workspace: the
+operator records in its leader Lease, at each renewal, until when it watched the lab (controller/liveness.py), and
+its successor reads that record.
 
-The operator runs as a process against the real control plane and is SIGKILLed; kwok plays the node. The
-heartbeat is due every reportInterval (2s here), so a run loses at most that much at a power cut and gains
-nothing of the outage."""
+The operator runs as a process against the real control plane and is SIGKILLed; kwok plays the node. Its Lease
+lasts 3 s and is renewed every second, so a run loses at most that much at a power cut and gains nothing of the
+outage."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 
 import pytest
 
+from labkeeper.controller.leader import RECORD_ANNOTATION
 from labkeeper.testing.cluster import NodeSpec
 from labkeeper.testing.lab import Lab, example_policy, gpuuser, workspace
 from labkeeper.testing.processes import wait_for
@@ -20,7 +23,8 @@ from labkeeper.testing.processes import wait_for
 pytestmark = pytest.mark.integration
 
 NODE = "outage-node"
-REPORT = 2  # seconds: the policy's reportInterval, how old the heartbeat may be
+REPORT = 2  # seconds: the policy's reportInterval
+RENEWAL = 1  # seconds between the operator's Lease renewals (a third of its 3 s)
 OUTAGE = 10  # seconds without an operator
 
 
@@ -56,12 +60,27 @@ def ran_a_while(lab: Lab, name: str) -> dict:
                     timeout=60, what=f"{name} running for 5 s")
 
 
-def assert_counted_up_to_the_kill(closed: int, before: dict, killed_at: dt.datetime) -> None:
-    """All it was seen to run, to within a heartbeat, and nothing of the outage."""
+def lease_record(lab: Lab) -> dict:
+    """What the operator recorded in its Lease at its last renewal."""
+    lease = lab.get("lease", "labkeeper-operator", "labkeeper-system") or {}
+    return json.loads(((lease.get("metadata") or {}).get("annotations") or {}).get(RECORD_ANNOTATION) or "{}")
+
+
+def watched_until(lab: Lab) -> dt.datetime:
+    """Until when the operator watched the lab, believing every node's kubelet, as it last recorded."""
+    record = lease_record(lab)
+    assert record["away"] == {}, record  # it believed every node's kubelet then
+    return parse(record["watchedUntil"])
+
+
+def assert_counted_up_to_the_kill(closed: int, before: dict, killed_at: dt.datetime, until: dt.datetime) -> None:
+    """All it was seen to run, to within a renewal of the operator's Lease, and nothing of the outage."""
     ran = (killed_at - parse(before["runningSince"])).total_seconds()
-    assert ran - REPORT - 3 <= closed <= ran + 1, (closed, ran, before)
-    # exactly up to the last heartbeat
-    assert closed == int((parse(before["lastSeenRunning"]) - parse(before["runningSince"])).total_seconds()), before
+    assert ran - RENEWAL - 3 <= closed <= ran + 1, (closed, ran, before)
+    # exactly up to the last moment it was known alive: what the killed operator last recorded, or a status write
+    # of the run's that came after it
+    known = max(until, parse(before["lastSeenRunning"]))
+    assert closed == int((known - parse(before["runningSince"])).total_seconds()), (closed, until, before)
 
 
 def test_a_pod_lost_in_an_outage_counts_its_runtime_up_to_the_last_heartbeat_not_to_the_operators_return(outage_lab):
@@ -69,6 +88,7 @@ def test_a_pod_lost_in_an_outage_counts_its_runtime_up_to_the_last_heartbeat_not
     ran_a_while(lab, "train")
     lab.operator.kill()
     killed_at = dt.datetime.now(dt.UTC)
+    until = watched_until(lab)
     before = lab.status("workspace", "train", "lab-ada")
     # the power cut takes the node's pods with it
     old_uid = before["podUID"]
@@ -79,7 +99,7 @@ def test_a_pod_lost_in_an_outage_counts_its_runtime_up_to_the_last_heartbeat_not
 
     after = wait_for(lambda: (s := lab.status("workspace", "train", "lab-ada")).get("podUID") not in (None, old_uid)
                      and s.get("phase") == "Running" and s, timeout=60, what="train running in a new pod")
-    assert_counted_up_to_the_kill(after["runtimeSeconds"], before, killed_at)
+    assert_counted_up_to_the_kill(after["runtimeSeconds"], before, killed_at, until)
     assert parse(after["runningSince"]) >= restarted.replace(microsecond=0), after
 
 
@@ -88,6 +108,7 @@ def test_containers_restarted_while_no_operator_watched_end_the_old_run_at_the_l
     ran_a_while(lab, "notebook")
     lab.operator.kill()
     killed_at = dt.datetime.now(dt.UTC)
+    until = watched_until(lab)
     before = lab.status("workspace", "notebook", "lab-ada")
     time.sleep(OUTAGE)
     # after a reboot the kubelet starts the same pod's containers again: the pod object never left
@@ -105,7 +126,7 @@ def test_containers_restarted_while_no_operator_watched_end_the_old_run_at_the_l
                      != before["runningSince"] and s, timeout=60, what="notebook's run counted from its new start")
     assert after["podUID"] == before["podUID"]
     assert parse(after["runningSince"]) == rebooted_at, (after, rebooted_at)
-    assert_counted_up_to_the_kill(after["runtimeSeconds"], before, killed_at)
-    # and the heartbeat goes on from the new operator
-    wait_for(lambda: parse(lab.status("workspace", "notebook", "lab-ada")["lastSeenRunning"]) >= rebooted_at,
-             timeout=30, what="a heartbeat from the restarted operator")
+    assert_counted_up_to_the_kill(after["runtimeSeconds"], before, killed_at, until)
+    # and the restarted operator records what it watches in its turn
+    wait_for(lambda: (r := lease_record(lab)).get("watchedUntil") and parse(r["watchedUntil"]) >= rebooted_at
+             and r["away"] == {}, timeout=30, what="the restarted operator's record, its node's kubelet believed")

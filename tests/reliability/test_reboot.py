@@ -118,7 +118,7 @@ def test_after_a_power_cut_running_workspaces_return_homes_are_intact_and_nothin
     assert lab.status("workspace", "parked", "lab-grace")["phase"] == "Stopped"
 
     # within one idle timeout of the restart nobody is culled, and runtime only grows; the run the power cut
-    # ended counts up to the operator's last heartbeat (status.lastSeenRunning, due every reportInterval)
+    # ended counts up to where the operator last recorded it watched (its Lease, renewed every second here)
     seen = {ws: t - REPORT for ws, t in before.items()}
     while time.time() - restarted < IDLE - 2:
         for user, ws in RUNNING:
@@ -133,5 +133,5 @@ def test_after_a_power_cut_running_workspaces_return_homes_are_intact_and_nothin
         stopped = wait_for(lambda u=user, w=ws: (s := lab.status("workspace", w, f"lab-{u}")).get("stopReason") and s,
                            timeout=IDLE + 20, what=f"{ws} culled once idle long enough")
         assert stopped["stopReason"] == "Idle", stopped
-        # the power cut may cost up to a reportInterval, as above, and a second of timestamp resolution
+        # the power cut may cost up to a Lease renewal (less than a reportInterval), and a second of resolution
         assert stopped["runtimeSeconds"] >= before[ws] - REPORT - 1, (ws, before[ws], stopped["runtimeSeconds"])

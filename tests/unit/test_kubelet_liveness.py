@@ -9,12 +9,11 @@ import datetime as dt
 import pytest
 
 from labkeeper.api.units import format_time
-from labkeeper.controller.liveness import KubeletLiveness
+from labkeeper.controller.liveness import KubeletLiveness, Sight
 from labkeeper.controller.workspace_decisions import running_time
 
 T0 = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
 S = dt.timedelta(seconds=1)
-REPORT = dt.timedelta(minutes=1)
 
 
 class Clocks:
@@ -98,6 +97,50 @@ def test_a_lease_already_stale_when_first_seen_is_not_believed_until_it_renews_a
     assert live.trusted_from("n1") is None
 
 
+# ---- what a run is known by ----------------------------------------------------------------------------------------
+def test_a_run_watched_in_a_stretch_is_alive_while_it_lasts_and_until_its_last_renewal_after():
+    clocks = Clocks()
+    live = liveness(clocks)
+    live.observe(lease("n1", clocks.wall()))
+    renewals(live, clocks, "n1", 30)
+    stretch = live.trusted_from("n1")
+    assert live.sight("n1", stretch) == Sight(stretch, True, None)
+    clocks.t = 75  # the renewals stopped after 30 s
+    assert live.sight("n1", stretch) == Sight(None, False, T0 + 30 * S)
+    live.observe(lease("n1", clocks.wall()))  # back: a new stretch; the old one ended at its last renewal
+    renewals(live, clocks, "n1", 100)
+    assert live.sight("n1", stretch) == Sight(T0 + 100 * S, False, T0 + 30 * S)
+
+
+def test_a_run_this_process_never_saw_is_known_alive_until_the_previous_operator_last_watched_its_node():
+    clocks = Clocks()
+    live = liveness(clocks)
+    assert live.sight("n1", None) == Sight(None, False, None)  # nothing recorded: nothing known
+    live.set_prior({"watchedUntil": format_time(T0 - 5 * S), "away": {"n2": format_time(T0 - 90 * S)}})
+    assert live.sight("n1", None).alive_until == T0 - 5 * S
+    assert live.sight("n2", None).alive_until == T0 - 90 * S  # it did not believe n2 then
+    live.set_prior({"watchedUntil": "not a time", "away": ["n2"]})  # a record it cannot read is no record
+    assert live.sight("n1", None) == Sight(None, False, None)
+
+
+def test_the_record_names_the_nodes_not_believed_now_with_their_last_known_moment():
+    clocks = Clocks()
+    live = liveness(clocks)
+    live.set_prior({"watchedUntil": format_time(T0 - 5 * S), "away": {"gone": format_time(T0 - 90 * S)}})
+    live.observe(lease("n1", clocks.wall()))
+    live.observe(lease("n2", clocks.wall()))
+    assert live.record() == {"watchedUntil": format_time(T0), "away": {
+        "gone": format_time(T0 - 90 * S), "n1": format_time(T0 - 5 * S), "n2": format_time(T0 - 5 * S)}}  # settling
+    for t in range(10, 40, 10):
+        clocks.t = t
+        live.observe(lease("n1", clocks.wall()))
+        live.observe(lease("n2", clocks.wall()))
+    assert live.trusted_from("n1") and live.trusted_from("n2")
+    renewals(live, clocks, "n1", 75)  # n2 renews no more
+    assert live.record() == {"watchedUntil": format_time(T0 + 75 * S), "away": {
+        "gone": format_time(T0 - 90 * S), "n2": format_time(T0 + 30 * S)}}
+
+
 # ---- runtime -----------------------------------------------------------------------------------------------------
 def pod(started: dt.datetime | None = T0 - 30 * 60 * S, phase: str = "Running") -> dict:
     state = {"running": {"startedAt": format_time(started)}} if started else {"waiting": {"reason": "ContainerCreating"}}
@@ -105,44 +148,36 @@ def pod(started: dt.datetime | None = T0 - 30 * 60 * S, phase: str = "Running") 
 
 
 BEFORE_CUT = {"runtimeSeconds": 100, "runningSince": format_time(T0 - 30 * 60 * S),
-              "lastSeenRunning": format_time(T0 - 20 * 60 * S)}  # last seen 20 min ago, then the cut
+              "lastSeenRunning": format_time(T0 - 30 * 60 * S)}
+CUT = T0 - 20 * 60 * S  # the operator before this one last watched the node then
+UNWATCHED = Sight(None, False, CUT)
+SETTLED = Sight(T0 - 10 * S, False, CUT)
 
 
-@pytest.mark.parametrize(("case", "current_pod", "trusted_from", "runtime", "since", "seen"), [
-    # the operator is back before the kubelet: the stale "Running" gives no heartbeat and ends nothing
-    ("stale Running, kubelet not believed", pod(), None, 100, T0 - 30 * 60 * S, T0 - 20 * 60 * S),
-    # the kubelet restarted the containers: the old run ends when last seen, the new one counts from its start
-    ("restarted, not yet believed", pod(T0 - 60 * S), None, 100 + 600, T0 - 60 * S, T0 - 60 * S),
-    ("restarted, believed", pod(T0 - 60 * S), T0 - 10 * S, 100 + 600, T0 - 60 * S, T0),
-    # the pod went while nobody watched: the run ends when last seen
-    ("pod gone", None, T0 - 10 * S, 100 + 600, None, None),
-    ("pod not running", pod(None, phase="Pending"), None, 100 + 600, None, None),
-    # the kubelet has been believed for its settle and says the same containers run: they ran all along
-    ("same containers, believed", pod(), T0 - 10 * S, 100, T0 - 30 * 60 * S, T0),
+@pytest.mark.parametrize(("case", "current_pod", "sight", "runtime", "since", "seen"), [
+    # the operator is back before the kubelet: the stale "Running" ends nothing
+    ("stale Running, kubelet not believed", pod(), UNWATCHED, 100, T0 - 30 * 60 * S, CUT),
+    # the kubelet restarted the containers: the old run ends when last known alive, the new one counts from its start
+    ("restarted, not yet believed", pod(T0 - 60 * S), UNWATCHED, 100 + 600, T0 - 60 * S, T0 - 60 * S),
+    ("restarted, believed", pod(T0 - 60 * S), SETTLED, 100 + 600, T0 - 60 * S, T0 - 60 * S),
+    # the pod went while nobody watched: the run ends when last known alive
+    ("pod gone", None, SETTLED, 100 + 600, None, None),
+    ("pod not running", pod(None, phase="Pending"), UNWATCHED, 100 + 600, None, None),
+    # nothing known of it: it ends where its status last said it was seen
+    ("pod gone, nothing recorded", None, Sight(None, False, None), 100, None, None),
+    # the kubelet believed for its settle says the same containers run: they ran all along
+    ("same containers, believed", pod(), SETTLED, 100, T0 - 30 * 60 * S, CUT),
+    # a run this process watched ends when its pod goes
+    ("watched, pod gone", None, Sight(T0 - 3600 * S, True, None), 100 + 1800, None, None),
 ])
-def test_a_run_last_seen_before_the_kubelet_was_believed_ends_where_it_was_last_seen(
-        case, current_pod, trusted_from, runtime, since, seen):
-    got = running_time(BEFORE_CUT, current_pod, T0, trusted_from, REPORT)
+def test_a_run_nobody_watched_ends_where_it_was_last_known_alive(case, current_pod, sight, runtime, since, seen):
+    got = running_time(BEFORE_CUT, current_pod, T0, sight)
     assert got == {"runtimeSeconds": runtime, "runningSince": format_time(since) if since else None,
                    "lastSeenRunning": format_time(seen) if seen else None}, case
 
 
-@pytest.mark.parametrize(("case", "seen_ago", "trusted_from", "seen"), [
-    ("due after a report interval", 61, T0 - 3600 * S, T0),
-    ("not due within it", 30, T0 - 3600 * S, T0 - 30 * S),
-    ("not while the kubelet is not believed", 61, None, T0 - 61 * S),
-])
-def test_the_heartbeat_is_written_once_a_report_interval_and_only_for_a_believed_kubelet(
-        case, seen_ago, trusted_from, seen):
+@pytest.mark.parametrize("sight", [Sight(T0 - 3600 * S, True, None), SETTLED, UNWATCHED])
+def test_a_running_workspace_writes_no_heartbeat(sight):
     status = {"runtimeSeconds": 0, "runningSince": format_time(T0 - 600 * S),
-              "lastSeenRunning": format_time(T0 - seen_ago * S)}
-    got = running_time(status, pod(T0 - 600 * S), T0, trusted_from, REPORT)
-    assert got["lastSeenRunning"] == format_time(seen), case
-    assert got["runningSince"] == format_time(T0 - 600 * S) and got["runtimeSeconds"] == 0
-
-
-def test_a_run_watched_all_along_ends_when_its_pod_goes():
-    status = {"runtimeSeconds": 0, "runningSince": format_time(T0 - 600 * S),
-              "lastSeenRunning": format_time(T0 - 30 * S)}
-    assert running_time(status, None, T0, T0 - 3600 * S, REPORT) == {
-        "runtimeSeconds": 600, "runningSince": None, "lastSeenRunning": None}
+              "lastSeenRunning": format_time(T0 - 600 * S)}
+    assert running_time(status, pod(T0 - 600 * S), T0, sight) == status

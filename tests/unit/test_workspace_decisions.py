@@ -17,6 +17,7 @@ from labkeeper.api.policy import load_policy
 from labkeeper.api.resources import WorkspaceSpec, WorkspaceStatus, check_status
 from labkeeper.api.units import format_time
 from labkeeper.controller.admission import LabView
+from labkeeper.controller.liveness import Sight
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.controller.workspace_decisions import (
     CreateFailed,
@@ -93,7 +94,7 @@ def scope(ws: dict[str, Any], owner: dict[str, Any] | None = None, *, current_po
     return WorkspaceScope(body=ws, spec=WorkspaceSpec.model_validate(ws["spec"]), user=owner or None,
                           entitlement=entitlement, pod=current_pod, hold=facts.pop("hold", None), policy=POLICY,
                           now=now, started_at=T0 - 60 * MIN,
-                          kubelet_trusted_from=facts.pop("kubelet_trusted_from", T0 - 60 * MIN), **facts)
+                          sight=facts.pop("sight", Sight(T0 - 60 * MIN, True, None)), **facts)
 
 
 def nothing_near(*pods: dict[str, Any], workspaces: tuple[dict[str, Any], ...] = ()) -> Neighbourhood:

@@ -4,10 +4,12 @@ only the holder reconciles; a holder that cannot renew in time exits and its pod
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from kubernetes.client.exceptions import ApiException
 
@@ -16,10 +18,22 @@ from labkeeper.kube.client import Kube, is_conflict
 
 log = logging.getLogger("labkeeper.leader")
 LEASE_NAME = "labkeeper-operator"
+# what the holder knew of the lab when it last renewed (controller/liveness.py KubeletLiveness.record), as JSON
+RECORD_ANNOTATION = "labkeeper.io/watched"
 
 
 def _stamp(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _record_of(lease: dict[str, object]) -> dict[str, object] | None:
+    meta = lease.get("metadata")
+    text = ((meta.get("annotations") or {}) if isinstance(meta, dict) else {}).get(RECORD_ANNOTATION)
+    try:
+        record = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class LeaderLease:
@@ -29,6 +43,11 @@ class LeaderLease:
         self.identity = identity
         self.duration = duration
         self._stop = threading.Event()
+        # what the holder before this process recorded, read when this one took the lease (None: nothing)
+        self.previous: dict[str, object] | None = None
+        self._taken = False
+        # what this process records at each renewal; None keeps the record it found
+        self.record: Callable[[], dict[str, object]] | None = None
 
     def _try_acquire(self) -> bool:
         now = dt.datetime.now(dt.UTC)
@@ -41,6 +60,12 @@ class LeaderLease:
                                   "metadata": {"name": LEASE_NAME, "namespace": self.namespace}, "spec": spec})
                 return True
             held = lease.get("spec") or {}
+            if not self._taken:
+                self.previous = _record_of(lease)
+            if self.record is not None:
+                annotations = lease.setdefault("metadata", {}).setdefault("annotations", {}) or {}
+                annotations[RECORD_ANNOTATION] = json.dumps(self.record(), sort_keys=True)
+                lease["metadata"]["annotations"] = annotations
             renewed = parse_time(held.get("renewTime"))
             expired = renewed is None or now > renewed + dt.timedelta(seconds=held.get("leaseDurationSeconds") or 0)
             if held.get("holderIdentity") not in (None, "", self.identity) and not expired:
@@ -49,6 +74,7 @@ class LeaderLease:
                 spec["acquireTime"] = held.get("acquireTime") or spec["acquireTime"]
             lease["spec"] = {**held, **spec}
             self.kube.replace(lease)  # carries resourceVersion: two candidates cannot both win
+            self._taken = True
             return True
         except ApiException as err:
             if is_conflict(err):

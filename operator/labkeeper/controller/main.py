@@ -462,6 +462,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         if event.get("type") == "DELETED":
             operator.workspaces.admissions.changed()  # a waiter or a hold went with it
             operator.workspace_seen(namespace, name, None)
+            operator.workspaces.forget(namespace, name)
             operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
             operator.usage_changed(namespace)
             if (body.get("status") or {}).get("holdNode"):
@@ -621,14 +622,20 @@ def main(argv: list[str] | None = None) -> int:
     kube = Kube.from_kubeconfig(args.kubeconfig, field_manager="labkeeper-operator")
     if args.metrics_port:
         serve_metrics(kube, args.metrics_port)
+    lease = None
     if not args.no_leader_elect:
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        lease = LeaderLease(kube, args.namespace, identity, args.lease_duration)
         # a standby replica is alive while it waits, so its liveness probe must not restart it
         with standby_health(args.liveness):
-            LeaderLease(kube, args.namespace, identity, args.lease_duration).acquire()
+            lease.acquire()
     operator = Operator(kube, args.namespace, endpoint_from(kube), require_host=not args.no_require_host,
                         data_root=args.data_root, clock=args.accelerated_clock or utcnow,
                         kubelet_settle=args.kubelet_settle)
+    if lease is not None:
+        # runs nobody watched end where the operator before this one last knew them alive (controller/liveness.py)
+        operator.liveness.set_prior(lease.previous)
+        lease.record = operator.liveness.record
     if args.metrics_port:
         from prometheus_client import REGISTRY
 

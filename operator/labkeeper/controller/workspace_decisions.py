@@ -36,6 +36,7 @@ from labkeeper.api.trees import TREE_KINDS, tree_conflicts
 from labkeeper.api.units import format_time, parse_time
 from labkeeper.controller.admission import LabView, owner_key
 from labkeeper.controller.enforcement import enforcement_clock, status_message
+from labkeeper.controller.liveness import Sight
 from labkeeper.controller.policy import UserEntitlement
 from labkeeper.kube.client import owner_reference
 from labkeeper.render import pod as render_pod
@@ -68,6 +69,9 @@ class CreateFailed(NamedTuple):
     message: str
 
 
+NOTHING_SEEN = Sight(None, False, None)
+
+
 @dataclass(frozen=True)
 class WorkspaceScope:
     """Everything one pass decides from, read once: the Workspace (its spec parsed into the api model), its user
@@ -85,8 +89,8 @@ class WorkspaceScope:
     data_root: str = "/data"
     lab_users_gid: int | None = None
     lost_pod: Body | None = None  # a deleted pod's last body, from its watch event
-    # since when the pod's node's kubelet is believed (controller/liveness.py); None: not now
-    kubelet_trusted_from: dt.datetime | None = None
+    # what this process knows of the run on the pod's node (controller/liveness.py); by default: nothing
+    sight: Sight = NOTHING_SEEN
     # read only when a decision asks for them (see Unread)
     preempted_event: bool | None = None  # the scheduler's Preempted Event names the gone pod
     neighbourhood: Neighbourhood | None = None
@@ -108,6 +112,9 @@ class WorkspaceScope:
     @property
     def username(self) -> str | None:
         return self.namespace.removeprefix(NAMESPACE_PREFIX) if self.namespace.startswith(NAMESPACE_PREFIX) else None
+
+
+UNWATCHED_RECHECK = 5.0  # seconds between passes over a running workspace this process has not watched yet
 
 
 class Unread(Exception):
@@ -229,23 +236,25 @@ def held_words(status: Mapping[str, Any]) -> str:
     return api_admission.device_words(status.get("holdResource") or "nvidia.com/gpu", int(status.get("holdCount") or 1))
 
 
-def running_time(status: Mapping[str, Any], pod: Body | None, now: dt.datetime, trusted_from: dt.datetime | None,
-                 report_interval: dt.timedelta) -> Body:
+def running_time(status: Mapping[str, Any], pod: Body | None, now: dt.datetime, sight: Sight) -> Body:
     """Cumulative runtime: closed segments in runtimeSeconds, the open one from runningSince.
 
-    lastSeenRunning is the last moment an operator saw the pod running while it believed the node's kubelet
-    (`trusted_from`, controller/liveness.py: the kubelet alive and settled since then in this process; None while
-    it is not). A segment last seen before that (it ran while nobody watched, or while the node was away) ends
-    there if its containers started again or its pod is gone: a power cut that took the pod, or restarted its
-    containers, is no runtime. A status the kubelet may not have rewritten yet gives no heartbeat: after a power
-    cut the API server still says "Running" for pods that are dead."""
+    A run this process has watched alive while it believed the node's kubelet (`sight.watched`, controller/
+    liveness.py) ends when its pod goes. Any other run ends, if its containers started again or its pod went,
+    at the last moment it was known alive: `sight.alive_until` (the end of the stretch it was watched in, or what
+    the operator before this one recorded in its Lease) or status.lastSeenRunning, whichever is later. A power
+    cut that took the pod, or restarted its containers, while nobody watched is no runtime; and a status the
+    kubelet may not have rewritten yet proves nothing: after a cut the API server still says "Running" for pods
+    that are dead. No heartbeat is written for it: lastSeenRunning is set when a run starts and rides on the
+    status writes a watched run makes anyway."""
     total = int(status.get("runtimeSeconds") or 0)
     since = parse_time(status.get("runningSince"))
     seen = parse_time(status.get("lastSeenRunning")) or since  # a run is at least seen when it starts
+    if since is not None and sight.alive_until is not None and (seen is None or sight.alive_until > seen):
+        seen = sight.alive_until.replace(microsecond=0)
     running = pod is not None and (pod.get("status") or {}).get("phase") == "Running" \
         and not pod["metadata"].get("deletionTimestamp")
-    trusted = trusted_from.replace(microsecond=0) if trusted_from is not None else None
-    unseen = since is not None and seen is not None and (trusted is None or seen < trusted)
+    unseen = since is not None and not sight.watched
     if running and unseen and seen is not None and since is not None and pod is not None:
         restarted = containers_started(pod)
         if restarted is not None and restarted > seen:
@@ -258,10 +267,6 @@ def running_time(status: Mapping[str, Any], pod: Body | None, now: dt.datetime, 
     if not running and since is not None:
         total += max(0, int(((seen if unseen and seen is not None else now) - since).total_seconds()))
         since = None
-    if running and trusted is not None:
-        # a heartbeat: written when a report interval old, or when this stretch has not written one yet
-        due = seen is None or seen < trusted or now - seen >= report_interval
-        seen = now if due else seen
     return {"runtimeSeconds": total, "runningSince": format_time(since),
             "lastSeenRunning": format_time(seen) if running else None}
 
@@ -294,7 +299,7 @@ class _Pass:
                         "gpuEquivalents": round(gpu_equivalents(s.spec, policy.gpu_weights), 4),
                         # kept only by a pass that finds the workspace still waiting for a device
                         "waitingSince": None, "queue": None}
-        self.desired.update(running_time(self.status, s.pod, s.now, s.kubelet_trusted_from, policy.report_interval))
+        self.desired.update(running_time(self.status, s.pod, s.now, s.sight))
         if meta.get("deletionTimestamp"):
             return Decision(None)
         batch = s.spec.mode == api_runs.BATCH
@@ -611,7 +616,8 @@ class _Pass:
         turns_idle = (seen + policy.report_interval + policy.check_interval - now).total_seconds() if seen else 0
         if turns_idle > 0:
             requeue = min(requeue, turns_idle + 0.2)
-        requeue = min(requeue, policy.report_interval.total_seconds())  # the heartbeat (lastSeenRunning) is due then
+        if not s.sight.watched:
+            requeue = min(requeue, UNWATCHED_RECHECK)  # until this process has watched it (its kubelet settling)
         return self.set(Phase.IDLE_WARNING if idle else Phase.RUNNING,
                         Reason.IDLE_WARNING if idle else Reason.POD_RUNNING, status_message(node, clock),
                         ready=True, extra_conditions=[capped], requeue=requeue)
@@ -760,7 +766,7 @@ class _Pass:
         desired.update({"phase": phase, "reason": reason, "message": message, "conditions": conditions})
         if phase != status.get("phase") and phase in (Phase.RUNNING, Phase.STOPPED, Phase.FAILED, Phase.SUCCEEDED):
             self.event(phase, message, "Warning" if phase == Phase.FAILED else "Normal")
-        if desired.get("lastSeenRunning") and self.scope.kubelet_trusted_from is not None \
+        if desired.get("lastSeenRunning") and self.scope.sight.watched \
                 and any(status.get(k) != v for k, v in desired.items()):
             desired["lastSeenRunning"] = format_time(now)  # status is written anyway: the heartbeat rides on it
         return Decision(desired, tuple(self.actions), requeue_after=requeue)

@@ -25,7 +25,7 @@ from labkeeper.api.trees import TREE_KINDS
 from labkeeper.controller import workspace_decisions as decisions
 from labkeeper.controller.admission import Admissions
 from labkeeper.controller.failures import record_failure
-from labkeeper.controller.liveness import KubeletLiveness
+from labkeeper.controller.liveness import KubeletLiveness, Sight
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, api_error_message, is_conflict
 
@@ -47,6 +47,8 @@ class WorkspaceReconciler:
         self.policy = policy
         self.clock = clock
         self.liveness = liveness
+        # (namespace, name) → (runningSince, the stretch it was seen alive in) of each run this process watched
+        self._watched: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
         self.data_root = data_root.rstrip("/")
         self.lab_users_gid = lab_users_gid
         # idle clocks never start before this process did: no mass culling after a restart. Whole seconds, as every
@@ -88,7 +90,20 @@ class WorkspaceReconciler:
             body=ws, spec=WorkspaceSpec.model_validate(ws.get("spec") or {}), user=user, entitlement=entitlement,
             pod=pod, hold=hold, policy=policy, now=self.clock(), started_at=self.started_at,
             data_root=self.data_root, lab_users_gid=self.lab_users_gid, lost_pod=lost_pod,
-            kubelet_trusted_from=self.liveness.trusted_from((pod or {}).get("spec", {}).get("nodeName")))
+            sight=self.sight(ws, pod))
+
+    def sight(self, ws: Body, pod: Body | None) -> Sight:
+        """What this process knows of the Workspace's run (controller/liveness.py): watched, if it saw this run
+        alive in the stretch its node's kubelet is still believed in."""
+        meta, status = ws["metadata"], ws.get("status") or {}
+        node = ((pod or {}).get("spec") or {}).get("nodeName") or status.get("node")
+        watched = self._watched.get((meta["namespace"], meta["name"]))
+        since = status.get("runningSince")
+        return self.liveness.sight(node, watched[1] if watched is not None and since and watched[0] == since
+                                   else None)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._watched.pop((namespace, name), None)
 
     def read(self, scope: decisions.WorkspaceScope, need: decisions.Unread,
              admission_lock: contextlib.ExitStack) -> decisions.WorkspaceScope:
@@ -152,6 +167,12 @@ class WorkspaceReconciler:
             except ApiException as err:
                 if err.status != 404:
                     raise
+        # the run as this pass leaves it, watched from now on if the node's kubelet is believed
+        since = {**current, **(status or {})}.get("runningSince")
+        if since and scope.sight.trusted_from is not None:
+            self._watched[(namespace, name)] = (since, scope.sight.trusted_from)
+        elif not since:
+            self._watched.pop((namespace, name), None)
         for action in decision.after:
             self.act(ws, action)
         return Outcome(decision.requeue_after, decision.wake, decision.freed)
