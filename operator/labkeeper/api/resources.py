@@ -570,8 +570,9 @@ class WorkspaceStatus(Status):
     runtime_seconds: int | None = None
     running_since: dt.datetime | None = None
     last_seen_running: dt.datetime | None = Field(
-        default=None, description="the last moment the operator saw its pod running (at most a reportInterval old); "
-                                  "a run that ended while no operator watched ends here, so an outage is no runtime")
+        default=None, description="a moment the run was known alive: its start, the last status write while the "
+                                  "operator watched it, or where the operator before last recorded its node alive; "
+                                  "a run that ended while no operator watched ends at the latest such moment")
     last_activity: dt.datetime | None = None
     activity_reason: str | None = None
     idle_since: dt.datetime | None = None
