@@ -114,7 +114,7 @@ class WorkspaceScope:
         return self.namespace.removeprefix(NAMESPACE_PREFIX) if self.namespace.startswith(NAMESPACE_PREFIX) else None
 
 
-UNWATCHED_RECHECK = 5.0  # seconds between passes over a running workspace this process has not watched yet
+UNWATCHED_RECHECK = 10.0  # seconds between passes over a running workspace whose kubelet is not believed yet
 
 
 class Unread(Exception):
@@ -616,8 +616,10 @@ class _Pass:
         turns_idle = (seen + policy.report_interval + policy.check_interval - now).total_seconds() if seen else 0
         if turns_idle > 0:
             requeue = min(requeue, turns_idle + 0.2)
-        if not s.sight.watched:
-            requeue = min(requeue, UNWATCHED_RECHECK)  # until this process has watched it (its kubelet settling)
+        if s.sight.trusted_from is None:
+            # its node's kubelet is not believed yet (settling after a start, or away): look again, as the first
+            # pass after it is believed starts watching the run
+            requeue = min(requeue, UNWATCHED_RECHECK)
         return self.set(Phase.IDLE_WARNING if idle else Phase.RUNNING,
                         Reason.IDLE_WARNING if idle else Reason.POD_RUNNING, status_message(node, clock),
                         ready=True, extra_conditions=[capped], requeue=requeue)
