@@ -52,6 +52,7 @@ from labkeeper.api.admission import device_words
 from labkeeper.api.conditions import condition
 from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY, MANAGED_SELECTOR
 from labkeeper.api.policy import load_policy
+from labkeeper.api.resources import QUEUE_AHEAD_LISTED
 from labkeeper.api.units import format_time
 from labkeeper.controller.admission import Admissions
 from labkeeper.kube.client import Kube, owner_reference
@@ -314,7 +315,7 @@ def lab_at_rest(users: list[dict], node_specs: list[NodeSpec], stopped: int, cpu
                           else "you are next"))
             status = {"phase": "Pending", "reason": "WaitingForDevice", "message": message,
                       "waitingSince": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "gpuEquivalents": eq,
-                      "queue": {"position": len(ahead) + 1, "ahead": list(ahead), "reason": message,
+                      "queue": {"position": len(ahead) + 1, "ahead": list(ahead)[:QUEUE_AHEAD_LISTED], "reason": message,
                                 "relativeUsage": round(rng.uniform(0, 3), 2)},
                       "meter": [{"state": "waiting", "since": t(since), "gpuEquivalents": eq}],
                       "conditions": workspace_conditions(now, ready=False, reason="WaitingForDevice", message=message),

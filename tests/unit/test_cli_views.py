@@ -179,6 +179,15 @@ def test_status_puts_each_limit_beside_its_use():
     assert rows[-2:] == [["maxWorkspaces", "3", "override"], ["keepAliveMax", "24h", "default"]]
 
 
+def test_a_long_queue_names_the_first_few_ahead_and_counts_the_rest_from_the_position():
+    queue = {"position": 9, "ahead": ["a/w", "b/w", "c/w", "d/w", "e/w"], "reason": "no free 1g.10gb slice (7 in use)"}
+    waiting = ws("slice", "Pending", reason="WaitingForDevice", waitingSince="2026-03-01T11:50:00.000000Z",
+                 queue=queue)
+    assert views.queue_text(waiting, NOW).startswith("#9 in the queue behind a/w, b/w, c/w and 5 more: ")
+    _headers, rows = views.queue_rows([waiting], NOW)
+    assert rows[0][2] == "a/w, b/w, c/w, d/w, e/w ..."
+
+
 def test_a_waiting_workspace_shows_its_place_who_is_ahead_why_and_when_it_may_start():
     queue = {"position": 2, "ahead": ["bob/slice"], "reason": "no free 1g.10gb slice (2 in use); 1 workspace ahead of you",
              "relativeUsage": 1.5, "estimatedStart": "2026-03-01T12:12:00Z",

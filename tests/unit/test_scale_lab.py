@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import scale
 
 from labkeeper.api.policy import DEFAULT_WEIGHTS
+from labkeeper.api.resources import QUEUE_AHEAD_LISTED
 from labkeeper.cli import board
 from labkeeper.render.pod import PodInputs, workspace_pod
 from labkeeper.testing.cluster import NODE_PROFILES
@@ -66,4 +67,4 @@ def test_a_lab_at_rest_uses_every_device_once_and_queues_the_rest_in_order():
         for position, ws in enumerate(line, 1):
             assert ws["status"]["queue"]["position"] == position
             assert ws["status"]["queue"]["ahead"] == [f"{w['metadata']['namespace'][4:]}/{w['metadata']['name']}"
-                                                       for w in line[:position - 1]]
+                                                       for w in line[:position - 1]][:QUEUE_AHEAD_LISTED]

@@ -452,3 +452,15 @@ def test_a_pod_the_node_rejected_at_admission_is_replaced_not_failed(mode):
     d = decided(scope(ws, current_pod=ran))
     assert d.status is not None and d.status["phase"] == "Failed"
     assert not [a for a in d.actions if isinstance(a, DeletePod)]
+
+
+def test_a_queue_place_names_the_first_few_ahead_and_counts_them_all():
+    from labkeeper.api.resources import QUEUE_AHEAD_LISTED
+    from labkeeper.controller.admission import LabView
+    from labkeeper.controller.workspace_decisions import queue_place
+
+    owners = tuple(f"lab-u{i}/ws" for i in range(12))
+    wait = api_admission.Wait("lab-me/ws", "nvidia.com/mig-1g.10gb", 1, 7, 7, (), len(owners), owners)
+    place = queue_place(wait, LabView({}, frozenset(), [], [], frozenset()), "no free 1g.10gb slice (7 in use)")
+    assert place["position"] == 13 and place["ahead"] == [f"u{i}/ws" for i in range(QUEUE_AHEAD_LISTED)]
+    check_status("Workspace", {"queue": place})

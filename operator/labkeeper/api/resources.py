@@ -546,11 +546,15 @@ class MeterMark(Status):
     reason: str | None = Field(default=None, description="the stop that began this state")
 
 
+QUEUE_AHEAD_LISTED = 5  # the rest are counted by position: a list of all grew with the square of the queue
+
+
 class QueuePlace(Status):
     """A waiting workspace's place in the lab's queue for its device, as admission last decided it."""
 
     position: int = Field(ge=1, description="1: next in line for this kind of device")
-    ahead: list[str] = Field(default_factory=list, description="user/workspace of those ahead, first first")
+    ahead: list[str] = Field(default_factory=list, description=f"user/workspace of the first {QUEUE_AHEAD_LISTED} of "
+                             "those ahead, first first (position says how many there are)")
     reason: str = ""
     relative_usage: float | None = Field(default=None, description="her decayed GPU-equivalent-hours divided by her "
                                          "tier's share: within a tier, lower goes first")

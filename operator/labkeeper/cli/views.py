@@ -177,8 +177,9 @@ def queue_text(ws: Workspace, now: dt.datetime) -> str:
     queue = status.queue
     place = f"#{queue.position if queue else '?'} in the queue"
     ahead = queue.ahead if queue else []
-    if ahead:
-        place += f" behind {', '.join(ahead[:3])}" + (f" and {len(ahead) - 3} more" if len(ahead) > 3 else "")
+    if queue and ahead:
+        more = queue.position - 1 - min(3, len(ahead))  # the status lists the first few; position counts them all
+        place += f" behind {', '.join(ahead[:3])}" + (f" and {more} more" if more > 0 else "")
     text = f"{place}: {(queue and queue.reason) or status.message or 'waiting for a device'}"
     start = queue.estimated_start if queue else None
     if queue and start is not None:
@@ -195,7 +196,8 @@ def queue_rows(workspaces: Iterable[Workspace], now: dt.datetime) -> tuple[list[
         if queue is None or not waiting_in_queue(ws):
             continue
         usage = queue.relative_usage
-        rows.append([ws.name, str(queue.position), ", ".join(queue.ahead) or "-",
+        listed = ", ".join(queue.ahead) + (" ..." if queue.position - 1 > len(queue.ahead) else "")
+        rows.append([ws.name, str(queue.position), listed or "-",
                      f"{usage:g}" if usage is not None else "-", queue_text(ws, now)])
     return ["WAITING", "PLACE", "AHEAD", "YOUR USAGE", "WHY"], rows
 

@@ -31,7 +31,7 @@ from labkeeper.api.conditions import (
 )
 from labkeeper.api.names import LABEL_ROLE, LABEL_WORKSPACE, NAMESPACE_PREFIX, pod_name
 from labkeeper.api.phases import ENDED_PHASES, UserState, WorkspaceEvent, WorkspacePhase, WorkspaceReason
-from labkeeper.api.resources import WorkspaceSpec
+from labkeeper.api.resources import QUEUE_AHEAD_LISTED, WorkspaceSpec
 from labkeeper.api.trees import TREE_KINDS, tree_conflicts
 from labkeeper.api.units import format_time, parse_time
 from labkeeper.controller.admission import LabView, owner_key
@@ -792,7 +792,7 @@ def queue_place(wait: api_admission.Wait, view: LabView, message: str) -> Body:
     mine = next((w for w in view.waiters if w.owner == wait.owner), None)
     release = api_admission.estimated_start(wait, view.releases, view.closed)
     return {"position": wait.ahead + 1,
-            "ahead": [o.removeprefix(NAMESPACE_PREFIX) for o in wait.ahead_owners],
+            "ahead": [o.removeprefix(NAMESPACE_PREFIX) for o in wait.ahead_owners[:QUEUE_AHEAD_LISTED]],
             "reason": message,
             "relativeUsage": round(mine.usage, 2) if mine is not None else None,
             "estimatedStart": format_time(release.at) if release is not None else None,
