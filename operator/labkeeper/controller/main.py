@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -93,6 +94,7 @@ def log_failure(err: Exception, message: str, *args: object) -> None:
 
 RETRY_FIRST = 0.5  # seconds before the first retry of a failed pass; doubled with each failure in a row
 RETRY_CAP = 30.0  # ... up to this
+PASS_THREADS = 16  # passes (and other blocking API calls) in flight at once
 
 
 class Requeue:
@@ -419,6 +421,10 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.posting.level = logging.WARNING
+        # a pass mostly waits on the API server: with the default pool (cores + 4 threads) a burst of passes, as
+        # when every workspace idle since a boot meets its deadline at once, was served six at a time
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(PASS_THREADS, thread_name_prefix="pass"))
         await asyncio.to_thread(operator.policy.apply_priority_classes)
         await asyncio.to_thread(clear_stale_handovers, operator.kube)
         await operator.prune_gone_nodes()  # nodes deleted while no operator watched
