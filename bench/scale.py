@@ -405,14 +405,19 @@ def write_all(kube: Kube, work: list, write, threads: int = 16) -> None:
         list(pool.map(one, work))
 
 
-def create_with_status(kube: Kube, doc: dict) -> dict:
+def create_or_get(kube: Kube, doc: dict) -> dict:
+    """The object without its status, created, or as it is if it exists already (a bench run again)."""
     body = {k: v for k, v in doc.items() if k != "status"}
     try:
-        created = kube.create(body)
+        return kube.create(body)
     except client.exceptions.ApiException as err:
         if err.status != 409:
             raise
-        created = kube.get(doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace")) or {}
+        return kube.get(doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace")) or {}
+
+
+def create_with_status(kube: Kube, doc: dict) -> dict:
+    created = create_or_get(kube, doc)
     kube.patch(doc["kind"], doc["metadata"]["name"], {"status": doc["status"]}, doc["metadata"].get("namespace"),
                subresource="status")
     return created
@@ -420,13 +425,7 @@ def create_with_status(kube: Kube, doc: dict) -> dict:
 
 def write_workspace(kube: Kube, doc: dict, uids: dict[str, int], lab_gid: int) -> None:
     """The workspace; a running one's pod on its node (built as the operator builds it), then the status."""
-    body = {k: v for k, v in doc.items() if k != "status"}
-    try:
-        created = kube.create(body)
-    except client.exceptions.ApiException as err:
-        if err.status != 409:
-            raise
-        created = kube.get("Workspace", doc["metadata"]["name"], doc["metadata"]["namespace"]) or {}
+    created = create_or_get(kube, doc)
     status = dict(doc["status"])
     if status["phase"] in ("Running", "IdleWarning"):
         user = doc["metadata"]["namespace"].removeprefix("lab-")
