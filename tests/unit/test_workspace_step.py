@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 from kubernetes.client.exceptions import ApiException
 from test_workspace_decisions import POLICY, T0, pod, user, workspace
 
 from labkeeper.controller.liveness import KubeletLiveness
 from labkeeper.controller.policy import PolicyStore
-from labkeeper.controller.workspaces import WorkspaceReconciler
+from labkeeper.controller.workspaces import WorkspaceReconciler, may_start
 
 
 class RecordingKube:
@@ -141,3 +142,16 @@ def test_nothing_is_written_when_nothing_changed():
     first.reconcile(workspace(state="Stopped", status=settled))
     assert writes(kube) == [("patch_status", "Workspace")]  # asked, and the client found no field to change
 
+
+
+@pytest.mark.parametrize(("state", "phase", "starts"), [
+    ("Running", None, True), ("Running", "Pending", True), ("Running", "Stopped", True),
+    ("Running", "Running", False), ("Running", "IdleWarning", False), ("Running", "Succeeded", False),
+    ("Stopped", "Running", False), ("Stopped", None, False),
+])
+def test_a_pass_that_may_start_a_pod_asks_for_the_users_lock_before_it_reads_anything(state, phase, starts):
+    ws = workspace(state=state, status={"phase": phase} if phase else {})
+    assert may_start(ws) is starts
+    if starts:
+        kube = RecordingKube({("GPUUser", "alice"): user()})
+        assert reconciler(kube).reconcile(ws, user_locked=False).needs_user_lock and kube.calls == []

@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api.names import MANAGED_SELECTOR, hold_name, pod_name, username_of
+from labkeeper.api.phases import ENDED_PHASES, RUNNING_PHASES
 from labkeeper.api.resources import WorkspaceSpec
 from labkeeper.api.trees import TREE_KINDS
 from labkeeper.controller import workspace_decisions as decisions
@@ -62,6 +63,8 @@ class WorkspaceReconciler:
         does not hold her lock (`user_locked`, the caller's) applies nothing when it would create a pod and says
         so; every other pass (a stop, a status, a hold) needs no more than the Workspace's own lock, so a burst of
         one user's deadlines is not served one at a time."""
+        if not user_locked and may_start(ws):
+            return Outcome(needs_user_lock=True)  # asked before anything is read: most such passes create a pod
         scope = self.scope(ws, lost_pod)
         with contextlib.ExitStack() as admission_lock:
             while True:
@@ -69,6 +72,8 @@ class WorkspaceReconciler:
                     decision = decisions.decide(scope)
                     break
                 except decisions.Unread as need:
+                    if not user_locked and need.what == "lab" and need.my_since is not None:
+                        return Outcome(needs_user_lock=True)  # admission for a start: not twice over
                     scope = self.read(scope, need, admission_lock)
             if not user_locked and any(isinstance(a, decisions.CreatePod) for a in decision.actions):
                 return Outcome(needs_user_lock=True)
@@ -188,6 +193,12 @@ class WorkspaceReconciler:
     def record_failure(self, ws: Body, err: Exception) -> None:
         """A pass that raised leaves Reconciled=False with its error and a Warning Event (controller/failures.py)."""
         record_failure(self.kube, "Workspace", ws, err, self.clock())
+
+
+def may_start(ws: Body) -> bool:
+    """A Workspace that wants to run and is not running yet: its pass is likely to create a pod."""
+    spec, status = ws.get("spec") or {}, ws.get("status") or {}
+    return spec.get("state") != "Stopped" and status.get("phase") not in (*RUNNING_PHASES, *ENDED_PHASES)
 
 
 HANDOVER_PREFIX = "handover.labkeeper.io/"
