@@ -62,10 +62,6 @@ class LeaderLease:
             held = lease.get("spec") or {}
             if not self._taken:
                 self.previous = _record_of(lease)
-            if self.record is not None:
-                annotations = lease.setdefault("metadata", {}).setdefault("annotations", {}) or {}
-                annotations[RECORD_ANNOTATION] = json.dumps(self.record(), sort_keys=True)
-                lease["metadata"]["annotations"] = annotations
             renewed = parse_time(held.get("renewTime"))
             expired = renewed is None or now > renewed + dt.timedelta(seconds=held.get("leaseDurationSeconds") or 0)
             if held.get("holderIdentity") not in (None, "", self.identity) and not expired:
@@ -73,6 +69,10 @@ class LeaderLease:
             if held.get("holderIdentity") == self.identity:
                 spec["acquireTime"] = held.get("acquireTime") or spec["acquireTime"]
             lease["spec"] = {**held, **spec}
+            if self.record is not None:  # only once this process holds it: a candidate's record would be thrown away
+                meta = lease["metadata"]
+                meta["annotations"] = {**(meta.get("annotations") or {}),
+                                       RECORD_ANNOTATION: json.dumps(self.record(), sort_keys=True)}
             self.kube.replace(lease)  # carries resourceVersion: two candidates cannot both win
             self._taken = True
             return True

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from labkeeper.api.units import format_time, parse_time
 
@@ -60,7 +60,13 @@ class _Node:
     alive_since: float  # monotonic: the start of the stretch without a gap that this process saw
     trusted_from: dt.datetime | None = None  # operator clock: when this stretch became trusted
     last_alive: dt.datetime | None = None  # operator clock: the last renewal seen in this stretch
-    ended: dict[dt.datetime, dt.datetime] | None = None  # trusted_from of an ended stretch → its last_alive
+    ended: dict[dt.datetime, dt.datetime] = field(default_factory=dict)  # trusted_from of an ended stretch → last_alive
+
+    def stretch_ends(self) -> dict[dt.datetime, dt.datetime]:
+        """Each trusted stretch's last renewal seen, this one's included."""
+        if self.trusted_from is None or self.last_alive is None:
+            return dict(self.ended)
+        return {**self.ended, self.trusted_from: self.last_alive}
 
 
 class KubeletLiveness:
@@ -105,10 +111,7 @@ class KubeletLiveness:
             log.info("node %s: kubelet %s (Lease renewed %s, %.0f s ago); its pods' statuses are believed %s",
                      name, "seen" if seen is None else "back after a gap", spec.get("renewTime"), age,
                      f"in {self.settle:g} s" if fresh_at_sight else "once it renews")
-            ended = dict(seen.ended or {}) if seen is not None else {}
-            if seen is not None and seen.trusted_from is not None and seen.last_alive is not None:
-                ended[seen.trusted_from] = seen.last_alive
-            ended = dict(sorted(ended.items())[-KEPT_STRETCHES:])
+            ended = dict(sorted(seen.stretch_ends().items())[-KEPT_STRETCHES:]) if seen is not None else {}
             self._nodes[name] = _Node(renewed, duration, now if fresh_at_sight else now - duration - 1,
                                       now if fresh_at_sight else float("inf"),
                                       last_alive=self.clock() if fresh_at_sight else None, ended=ended)
@@ -125,7 +128,7 @@ class KubeletLiveness:
         now = self.monotonic()
         with self._lock:
             seen = self._nodes.get(node)
-            if seen is None or not self._alive(seen, now) or now - seen.alive_since < self.settle:
+            if seen is None or not self._believed(seen, now):
                 return None
             if seen.trusted_from is None:
                 seen.trusted_from = self.clock()
@@ -146,7 +149,7 @@ class KubeletLiveness:
                 return Sight(trusted, False, None)
             if seen.trusted_from == watched_from:
                 return Sight(trusted, False, seen.last_alive)  # the stretch lapsed: no renewal since
-            return Sight(trusted, False, (seen.ended or {}).get(watched_from))
+            return Sight(trusted, False, seen.ended.get(watched_from))
 
     def set_prior(self, record: dict[str, object] | None) -> None:
         """The record the process before this one left in the leader Lease (None: there is none)."""
@@ -170,12 +173,10 @@ class KubeletLiveness:
             away: dict[str, dt.datetime] = {}
             for name in set(self._nodes) | set(self._prior_away):
                 seen = self._nodes.get(name)
-                if seen is not None and self._alive(seen, now) and now - seen.alive_since >= self.settle:
+                if seen is not None and self._believed(seen, now):
                     continue  # believed now: watched until now
-                ends = [*(seen.ended or {}).values()] if seen is not None else []
-                if seen is not None and seen.trusted_from is not None and seen.last_alive is not None:
-                    ends.append(seen.last_alive)
-                last = max(ends) if ends else self._prior_away.get(name, self._prior_until)
+                ends = seen.stretch_ends().values() if seen is not None else ()
+                last = max(ends, default=None) or self._prior_away.get(name, self._prior_until)
                 if last is not None:
                     away[name] = last
             return {"watchedUntil": format_time(self.clock()),
@@ -184,3 +185,7 @@ class KubeletLiveness:
     @staticmethod
     def _alive(seen: _Node, now: float) -> bool:
         return now - seen.observed <= seen.duration
+
+    def _believed(self, seen: _Node, now: float) -> bool:
+        """Alive, and without a gap for the settle."""
+        return self._alive(seen, now) and now - seen.alive_since >= self.settle

@@ -252,10 +252,10 @@ class Operator:
             # from here on an event needs a pass of its own: this one may already have read past it
             self._queued.discard((namespace, name))
             lost_pod = self._lost_pods.pop((namespace, name), None)
-            outcome = await self._workspace_pass(key, lost_pod, user_locked=False)
+            outcome = await self._workspace_pass(namespace, name, lost_pod, user_locked=False)
             if outcome is not None and outcome.needs_user_lock:
                 async with self.requeue.lock(("user", namespace)):
-                    outcome = await self._workspace_pass(key, lost_pod, user_locked=True)
+                    outcome = await self._workspace_pass(namespace, name, lost_pod, user_locked=True)
         if outcome is None:
             return
         self.requeue.succeeded(key)
@@ -268,10 +268,10 @@ class Operator:
         if outcome.freed:
             self.device_freed(namespace, name)
 
-    async def _workspace_pass(self, key: tuple[str, str], lost_pod: dict[str, Any] | None, *,
+    async def _workspace_pass(self, namespace: str, name: str, lost_pod: dict[str, Any] | None, *,
                               user_locked: bool) -> Outcome | None:
         """A pass over a fresh read of the Workspace; None when it is gone or the pass failed (retry scheduled)."""
-        namespace, name = key[1].split("/", 1)
+        key = ("Workspace", f"{namespace}/{name}")
         body = None
         try:
             # always a fresh read: a body from an event or a list may predate what the pass that held the lock
