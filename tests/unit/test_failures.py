@@ -20,7 +20,7 @@ class Recorder:
     def event(self, obj: dict[str, Any], reason: str, message: str, *, type_: str = "Normal") -> None:
         self.events.append((reason, type_, message))
 
-    def patch_status(self, kind: str, obj: dict[str, Any], desired: dict[str, Any]) -> bool:
+    def patch_status(self, kind: str, obj: dict[str, Any], desired: dict[str, Any], **_: Any) -> bool:
         self.patches.append(desired)
         obj["status"] = {**(obj.get("status") or {}), **desired}
         return True

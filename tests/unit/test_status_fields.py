@@ -207,7 +207,7 @@ def test_the_client_holds_a_lab_kinds_status_patch_to_its_model_before_it_writes
 
     kube = Kube.__new__(Kube)  # no API server: a patch that gets through is recorded, not sent
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(kube, "patch", lambda kind, name, body, namespace=None, **_: sent.append(body))
+    monkeypatch.setattr(kube, "patch", lambda kind, name, body, namespace=None, **_: sent.append(body) or body)
     ws = {"metadata": {"name": "nb", "namespace": "lab-alice"},
           "status": {"phase": "Running", "runningSince": "2026-12-01T08:00:00Z"}}
     with pytest.raises(ValueError, match="lastSeenRuning"):

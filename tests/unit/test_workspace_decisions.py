@@ -67,7 +67,8 @@ def workspace(name: str = "nb", owner: str = "alice", *, profile: str | None = N
         body["mode"] = mode
         body.setdefault("command", ["python", "train.py"])
     return {"apiVersion": "labkeeper.io/v1alpha1", "kind": "Workspace",
-            "metadata": {"name": name, "namespace": f"lab-{owner}", "uid": f"w-{name}", "generation": 3},
+            "metadata": {"name": name, "namespace": f"lab-{owner}", "uid": f"w-{name}", "generation": 3,
+                         "resourceVersion": "7"},
             "spec": body, "status": status or {}}
 
 
@@ -404,7 +405,8 @@ def test_a_running_workspace_is_stopped_at_its_deadline_as_desired_state(extra, 
     ws = workspace(status={**RUNNING, **extra}, **spec)
     d = decided(scope(ws, current_pod=pod()))
     assert d.status == {"stopReason": stop, "message": d.status["message"]} if d.status else False
-    assert d.after == (StopSpec(),) and (event, "Warning") in events(d)
+    # the Event says the stop once it is made, and only onto the Workspace as this verdict read it
+    assert d.after == (StopSpec(), PostEvent(event, d.status["message"], "Warning")) and d.if_unchanged
 
 
 def test_a_running_workspace_is_warned_before_it_is_culled():

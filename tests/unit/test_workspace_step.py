@@ -22,6 +22,8 @@ class RecordingKube:
         self.objects = objects
         self.calls: list[tuple[str, ...]] = []
         self.refuse_create = refuse_create
+        self.versions: list[str] = []  # the resourceVersions writes were held to
+        self.refuse_versions: set[str] = set()
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         self.calls.append(("get", kind, name))
@@ -47,16 +49,29 @@ class RecordingKube:
     def event(self, obj: dict[str, Any], reason: str, message: str, *, type_: str = "Normal") -> None:
         self.calls.append(("event", reason))
 
-    def patch_status(self, kind: str, obj: dict[str, Any], desired: dict[str, Any]) -> bool:
+    def patch_status(self, kind: str, obj: dict[str, Any], desired: dict[str, Any], *,
+                     if_unchanged: bool = False) -> dict[str, Any] | None:
         current = obj.get("status") or {}
         changed = {k: v for k, v in desired.items() if current.get(k) != v}
+        if changed and if_unchanged:
+            self.versions.append(obj["metadata"]["resourceVersion"])
+            self._written_since(obj["metadata"]["resourceVersion"])
         self.calls.append(("patch_status", kind, *sorted(changed)))
         self.last_status = changed
-        return bool(changed)
+        return {**obj, "metadata": {**obj["metadata"], "resourceVersion": "written"}} if changed else None
 
     def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None, **_: Any) -> dict[str, Any]:
+        version = (patch.get("metadata") or {}).get("resourceVersion")
+        if version is not None:
+            self.versions.append(version)
+            self._written_since(version)
         self.calls.append(("patch", kind, name))
         return {}
+
+    def _written_since(self, version: str) -> None:
+        """A write held to `version` is refused when the test says the object was written after that version."""
+        if version in self.refuse_versions:
+            raise ApiException(status=409, reason="Conflict")
 
 
 def reconciler(kube: RecordingKube) -> WorkspaceReconciler:
@@ -128,9 +143,44 @@ def test_a_cull_records_why_then_stops_the_workspace_as_desired_state():
     step.started_at = T0 - dt.timedelta(hours=2)  # the operator ran all along
     outcome = step.reconcile(workspace(status=running))
     # the warnings it never got are said on the way; the reason is written, then the stop is desired state
-    assert writes(kube) == [("event", "IdleWarning"), ("event", "IdleWarning"), ("event", "Culled"),
-                            ("patch_status", "Workspace", "message", "stopReason"), ("patch", "Workspace", "nb")]
+    assert writes(kube) == [("event", "IdleWarning"), ("event", "IdleWarning"),
+                            ("patch_status", "Workspace", "message", "stopReason"), ("patch", "Workspace", "nb"),
+                            ("event", "Culled")]
+    # both writes only onto what the verdict was read from: the status as read, the spec as the status left it
+    assert kube.versions == ["7", "written"]
     assert outcome.requeue_after == 0.2
+
+
+IDLE_PAST_DEADLINE = {"phase": "Running", "podUID": "p-1", "node": "n1", "runningSince": "2026-12-01T08:00:00Z",
+                      "lastSeenRunning": "2026-12-01T08:59:00Z", "lastActivity": "2026-12-01T08:20:00Z"}
+
+
+@pytest.mark.parametrize("refused, writes_made", [
+    # the agent reported activity after the pass read the Workspace: nothing of the stop is written
+    ("7", []),
+    # ... between the reason and the stop: the reason is there, the spec still says Running, no Culled Event
+    ("written", [("patch_status", "Workspace", "message", "stopReason")]),
+])
+def test_a_cull_is_refused_when_the_workspace_was_written_since_its_verdict_was_read(refused, writes_made):
+    kube = RecordingKube({("GPUUser", "alice"): user(), ("Pod", "ws-nb"): pod()})
+    kube.refuse_versions = {refused}
+    step = reconciler(kube)
+    step.started_at = T0 - dt.timedelta(hours=2)
+    outcome = step.reconcile(workspace(status=IDLE_PAST_DEADLINE))
+    assert [w for w in writes(kube) if w[0] != "event" or w[1] == "Culled"] == writes_made
+    assert outcome.requeue_after == 0.2  # decided again from what was written
+
+
+def test_a_workspace_that_runs_on_after_a_refused_cull_loses_the_stop_reason():
+    """The pass after a refused spec write: the agent's report says active, so the recorded reason goes."""
+    kube = RecordingKube({("GPUUser", "alice"): user(), ("Pod", "ws-nb"): pod()})
+    step = reconciler(kube)
+    step.started_at = T0 - dt.timedelta(hours=2)
+    active = {**IDLE_PAST_DEADLINE, "lastActivity": "2026-12-01T08:59:30Z", "stopReason": "Idle",
+              "message": "stopped: idle for 40m"}
+    step.reconcile(workspace(status=active))
+    assert "stopReason" in kube.last_status and kube.last_status["stopReason"] is None
+    assert ("patch", "Workspace", "nb") not in kube.calls and ("event", "Culled") not in kube.calls
 
 
 def test_nothing_is_written_when_nothing_changed():

@@ -176,6 +176,9 @@ class Decision:
     requeue_after: float | None = None
     wake: tuple[tuple[str, str], ...] = ()  # (namespace, name) of Workspaces admission let start or moved
     freed: bool = False  # a device came free: whoever waits gets a pass
+    # the status write and what follows it hold only on the Workspace exactly as this pass read it: a write since
+    # (the agent's report of new activity) refuses them and the pass decides again from it
+    if_unchanged: bool = False
 
 
 # ---- rules ----------------------------------------------------------------------------------------------------------
@@ -601,10 +604,14 @@ class _Pass:
         stop = clock.stop_reason()
         if stop:
             message = clock.stop_message(stop)
-            self.event(WorkspaceEvent.CULLED if stop == Reason.IDLE else WorkspaceEvent.MAX_RUNTIME, message, "Warning")
-            # the reason is written first; the stop itself is desired state, so a restart cannot undo it
-            return Decision({"stopReason": stop, "message": message}, tuple(self.actions), (StopSpec(),),
-                            requeue_after=0.2)
+            culled = PostEvent(WorkspaceEvent.CULLED if stop == Reason.IDLE else WorkspaceEvent.MAX_RUNTIME, message,
+                               "Warning")
+            # the reason is written first; the stop itself is desired state, so a restart cannot undo it. Both only
+            # on the status this verdict was read from: activity the agent reported since then cancels the stop
+            return Decision({"stopReason": stop, "message": message}, tuple(self.actions), (StopSpec(), culled),
+                            requeue_after=0.2, if_unchanged=True)
+        # it runs on: a stop whose reason was written but whose spec write was refused (if_unchanged) is no stop
+        self.desired["stopReason"] = None
         idle = any(w["key"].startswith("idle-") for w in warnings)
         capped = condition(KEEP_ALIVE_CAPPED, bool(clock.keep_alive_refused),
                            "Capped" if clock.keep_alive_refused else "WithinCap",

@@ -166,12 +166,18 @@ class WorkspaceReconciler:
                 self.act(ws, action)
         if not created:
             admission_lock.close()  # the status of a pass that admitted no pod is written outside the lock
+        version = meta.get("resourceVersion")
         if status is not None:
             try:
-                self.kube.patch_status("Workspace", {**ws, "status": current}, status)
+                written = self.kube.patch_status("Workspace", {**ws, "status": current}, status,
+                                                 if_unchanged=decision.if_unchanged)
             except ApiException as err:
+                if decision.if_unchanged and is_conflict(err):
+                    return Outcome(requeue_after=0.2)  # written since this pass read it: decide again from that
                 if err.status != 404:
                     raise
+            else:
+                version = (written or {}).get("metadata", {}).get("resourceVersion", version)
         # the run as this pass leaves it, watched from now on if the node's kubelet is believed
         since = {**current, **(status or {})}.get("runningSince")
         if since and scope.sight.trusted_from is not None:
@@ -179,13 +185,24 @@ class WorkspaceReconciler:
         elif not since:
             self._watched.pop((namespace, name), None)
         for action in decision.after:
-            self.act(ws, action)
+            try:
+                self.act(ws, action, version if decision.if_unchanged else None)
+            except ApiException as err:
+                if not (decision.if_unchanged and is_conflict(err)):
+                    raise
+                return Outcome(requeue_after=0.2)  # the status was written, then the Workspace: decide again
         return Outcome(decision.requeue_after, decision.wake, decision.freed)
 
-    def act(self, ws: Body, action: object) -> None:
+    def act(self, ws: Body, action: object, version: str | None = None) -> None:
+        """A step that follows the status write; `version`: only onto the Workspace at that resourceVersion."""
         meta = ws["metadata"]
         if isinstance(action, decisions.StopSpec):
-            self.kube.patch("Workspace", meta["name"], {"spec": {"state": "Stopped"}}, meta["namespace"])
+            patch: Body = {"spec": {"state": "Stopped"}}
+            if version is not None:
+                patch["metadata"] = {"resourceVersion": version}
+            self.kube.patch("Workspace", meta["name"], patch, meta["namespace"])
+        elif isinstance(action, decisions.PostEvent):
+            self.kube.event(ws, action.reason, action.message, type_=action.type_)
         else:
             raise TypeError(f"no step applies {action!r}")
 

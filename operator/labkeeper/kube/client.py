@@ -150,19 +150,23 @@ class Kube:
                 return False
             raise
 
-    def patch_status(self, kind: str, obj: Body, desired: Body) -> bool:
-        """Merge `desired` into the object's status; writes nothing when every field already matches. A lab kind's
-        status patch is held to its api model first (api.resources.check_status): a field the model lacks, or a
-        value it refuses, fails the pass instead of reaching the API server."""
+    def patch_status(self, kind: str, obj: Body, desired: Body, *, if_unchanged: bool = False) -> Body | None:
+        """Merge `desired` into the object's status; writes nothing (None) when every field already matches, else
+        returns the object as written. A lab kind's status patch is held to its api model first
+        (api.resources.check_status): a field the model lacks, or a value it refuses, fails the pass instead of
+        reaching the API server. `if_unchanged`: only onto `obj` as it was read (its resourceVersion); a write since
+        refuses it with 409."""
         current = obj.get("status") or {}
         changed = {key: value for key, value in desired.items() if current.get(key) != value}
         if not changed:
-            return False
+            return None
         if kind in STATUS_MODELS:
             check_status(kind, {key: value for key, value in changed.items() if value is not None})
         meta = obj["metadata"]
-        self.patch(kind, meta["name"], {"status": changed}, meta.get("namespace"), subresource="status")
-        return True
+        patch: Body = {"status": changed}
+        if if_unchanged:
+            patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+        return self.patch(kind, meta["name"], patch, meta.get("namespace"), subresource="status")
 
     def event(self, obj: Body, reason: str, message: str, *, type_: str = "Normal",
               component: str = "labkeeper-operator") -> None:
