@@ -70,6 +70,8 @@ DS01_RETRY = 600.0  # a DS01 user whose request found no free slot tries again t
 ACTIVE_WINDOW = 300.0  # a stop "while active": the workspace computed at the stop or this long before it
 HOLD = 15 * MINUTE  # gpuHoldAfterStop, DS01's and the example policy's
 MAX_RUNTIME = {"student": 24 * HOUR, "researcher": 48 * HOUR, "faculty": 72 * HOUR}
+# the example policy's idle timeouts (DESIGN's defaults): idle held past them is what a cull at the deadline saves
+IDLE_TIMEOUT = {"student": 30 * MINUTE, "researcher": HOUR, "faculty": 2 * HOUR}
 # the two boxes: node -> resource -> devices (kwok profiles h100-balanced and full-gpus)
 DEVICES: dict[str, dict[str, int]] = {
     "h100": {"nvidia.com/mig-1g.10gb": 2, "nvidia.com/mig-2g.20gb": 1, "nvidia.com/mig-3g.40gb": 1},
@@ -230,6 +232,8 @@ class Holding:
     computing: bool
     equivalents: float
     present: bool = True  # its owner is at the lab (between arriving and leaving that day)
+    owner: str = ""  # user/workspace: an idle stretch is this assignment's
+    idle_timeout: float = math.inf  # its owner's tier's; a batch run or a hold has none
 
 
 @dataclass
@@ -237,6 +241,8 @@ class Tally:
     held: float = 0.0  # device-seconds
     idle: float = 0.0
     idle_absent: float = 0.0  # of which its owner had left (or not come): what an idle rule can take back
+    idle_late: float = 0.0  # of which past its tier's idle timeout: what a stop at the idle deadline would not hold
+    stretches: dict[str, float] = field(default_factory=dict)  # owner -> seconds idle in the stretch up to now
     equivalent_seconds: dict[str, float] = field(default_factory=dict)
     waits: list[float] = field(default_factory=list)
     active_stops: int = 0
@@ -244,14 +250,20 @@ class Tally:
     asked: set[str] = field(default_factory=set)
 
     def step(self, seconds: float, holdings: Iterable[Holding]) -> None:
+        stretches = {}
         for h in holdings:
             self.held += h.count * seconds
             if not h.computing:
                 self.idle += h.count * seconds
                 if not h.present:
                     self.idle_absent += h.count * seconds
+                if h.owner and not h.hold:
+                    before = self.stretches.get(h.owner, 0.0)
+                    stretches[h.owner] = before + seconds
+                    self.idle_late += h.count * max(0.0, before + seconds - max(before, h.idle_timeout))
             if not h.hold:
                 self.equivalent_seconds[h.user] = self.equivalent_seconds.get(h.user, 0.0) + h.equivalents * seconds
+        self.stretches = stretches  # a stretch ends when its assignment computes or goes
 
     def figures(self) -> dict:
         received = [self.equivalent_seconds.get(u, 0.0) / HOUR for u in sorted(self.asked)]
@@ -261,6 +273,9 @@ class Tally:
             "idle_share_percent": round(100 * self.idle / self.held, 1) if self.held else None,
             "idle_owner_present_slice_hours": round((self.idle - self.idle_absent) / HOUR, 1),
             "idle_owner_away_slice_hours": round(self.idle_absent / HOUR, 1),
+            "idle_past_timeout_slice_hours": round(self.idle_late / HOUR, 1),
+            "idle_within_timeout_share_percent": round(100 * (self.idle - self.idle_late) / self.held, 1)
+            if self.held else None,
             "wait_p50_min": round(percentile(self.waits, 0.5) / MINUTE, 1) if self.waits else None,
             "wait_p95_min": round(percentile(self.waits, 0.95) / MINUTE, 1) if self.waits else None,
             "waits": len(self.waits),
@@ -370,7 +385,8 @@ def simulate_ds01(trace: Trace, step: float = STEP) -> dict:
             if computing:
                 c.last_computing = t
             holdings.append(Holding(c.user, c.slot[1], 1, False, computing, WEIGHT[people[c.user].profile],
-                                    behaviour.present(c.user, t) is not None))
+                                    behaviour.present(c.user, t) is not None, c.owner,
+                                    math.inf if c.run_end is not None else IDLE_TIMEOUT[people[c.user].tier]))
         for slot, (owner, _until) in holds.items():
             user = owner.split("/", 1)[0]
             holdings.append(Holding(user, slot[1], 1, True, False, 0.0, behaviour.present(user, t) is not None))
@@ -384,7 +400,7 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
     """The real operator on a real control plane; this process plays the people and each node's agent."""
     from labkeeper.agent.activity import ActivityMonitor, FileSampler, HostReader
     from labkeeper.agent.activity_loop import ActivityLoop, thresholds_of
-    from labkeeper.api.policy import load_policy
+    from labkeeper.api.policy import load_policy, parse_duration
     from labkeeper.controller.main import ScaledClock
     from labkeeper.kube.client import Kube
     from labkeeper.render import pod as render_pod
@@ -396,6 +412,10 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
     import yaml
 
     policy = load_policy(yaml.safe_dump(policy_doc))
+    timeouts = {tier: parse_duration(policy.effective_limits("anyone", tier)["idleTimeout"].value).total_seconds()
+                for tier in policy.tiers}
+    if timeouts != IDLE_TIMEOUT:
+        raise SystemExit(f"the example policy's idle timeouts {timeouts} are not the ones the figures assume")
     people = {p.name: p for p in trace.people}
     # the week starts a minute of wall time from now: the lab starts and the users are provisioned before
     anchor = time.time() + 90.0
@@ -406,6 +426,7 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
     lag: list[float] = []
     cull_lag: list[float] = []
     preempted: set[str] = set()
+    active_stops: list[dict] = []
     with lab:
         lab.add_users(*(gpuuser(p.name, p.tier) for p in trace.people), timeout=300)
         kube = Kube.from_kubeconfig(str(lab.cluster.kubeconfig))
@@ -502,6 +523,13 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
                     tally.stops[reason] += 1
                     if last_computing.get(owner, -1e18) >= t - ACTIVE_WINDOW:
                         tally.active_stops += 1
+                        # what the operator had to go on: the agent's last report against the trace's last compute
+                        active_stops.append({
+                            "owner": owner, "reason": reason, "seen_at": _clock_text(t),
+                            "last_computing": _clock_text(last_computing[owner]),
+                            "last_activity": status.get("lastActivity"), "idle_deadline": status.get("idleDeadline"),
+                            "runtime_deadline": status.get("runtimeDeadline"), "message": status.get("message"),
+                            "driver_step_behind_s": round(lag[-1], 1)})
                     deadline = status.get("idleDeadline")
                     if reason == "Idle" and deadline:
                         cull_lag.append(t - (_parse(deadline) - EPOCH).total_seconds())
@@ -528,7 +556,8 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
                     last_computing[owner] = t
                 if assigned:
                     holdings.append(Holding(user, resource, 1, False, computing, WEIGHT[profile],
-                                            behaviour.present(user, t) is not None))
+                                            behaviour.present(user, t) is not None, owner,
+                                            math.inf if owner in runs else IDLE_TIMEOUT[people[user].tier]))
                     pod_uid = status["podUID"]
                     device = f"MIG-{pod_uid}" if profile != "full" else f"GPU-{pod_uid}"
                     util = 60 if computing else 0
@@ -556,6 +585,7 @@ def replay_labkeeper(trace: Trace, scale: float, workdir: Path) -> dict:
         figures["cull_after_idle_deadline_p50_s"] = round(statistics.median(cull_lag), 1) if cull_lag else None
         figures["cull_after_idle_deadline_p95_s"] = round(percentile(cull_lag, 0.95), 1) if cull_lag else None
         figures["agent_writes"] = sum(a.writes for a in agents)
+        figures["stopped_while_active_details"] = active_stops
     return figures
 
 
@@ -571,6 +601,11 @@ class _StepKube:
 
     def __getattr__(self, name: str):
         return getattr(self.kube, name)
+
+
+def _clock_text(t: float) -> str:
+    """A trace time as the lab's clock read it."""
+    return (EPOCH + dt.timedelta(seconds=t)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse(text: str) -> dt.datetime:
@@ -610,6 +645,8 @@ ROWS = [
     ("idle_share_percent", "idle share of held slice-hours (%)", "labkeeper <= 5 %"),
     ("idle_owner_present_slice_hours", "  of it, owner at the lab (gaps, lunch)", "-"),
     ("idle_owner_away_slice_hours", "  of it, owner gone (nights, forgotten)", "-"),
+    ("idle_past_timeout_slice_hours", "  of it, past the tier's idle timeout", "-"),
+    ("idle_within_timeout_share_percent", "idle within the timeouts, share of held (%)", "-"),
     ("wait_p50_min", "wait for a slice p50 (min)", "-"),
     ("wait_p95_min", "wait for a slice p95 (min)", "labkeeper < DS01"),
     ("jain_gpu_hours", "Jain's index of GPU-hours (users who asked)", "-"),
@@ -655,6 +692,8 @@ def main() -> int:
               f"{labkeeper['driver_lag_p50_s']}/{labkeeper['driver_lag_p95_s']} s of lab time; cull after the idle "
               f"deadline p50/p95 {labkeeper['cull_after_idle_deadline_p50_s']}/"
               f"{labkeeper['cull_after_idle_deadline_p95_s']} s of lab time; load average {os.getloadavg()[0]:.1f}")
+        for stop in labkeeper["stopped_while_active_details"]:
+            print(f"  stopped while computing: {stop}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "labweek.json").write_text(json.dumps(
         {"seed": args.seed, "trace": trace.digest(), "scale": args.scale, "ds01": ds01, "labkeeper": labkeeper},

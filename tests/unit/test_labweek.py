@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -62,6 +63,21 @@ def test_ds01_stops_a_forgotten_workspace_at_the_third_hourly_idle_reading_and_h
     assert figures["idle_held_slice_hours"] == pytest.approx(2.8, abs=0.05)  # 10:30 -> 13:15
     assert figures["system_stops"] == {"Idle": 1} and figures["stopped_while_active"] == 0
     assert figures["wait_p95_min"] == 0 and figures["jain_gpu_hours"] == 1.0
+    # of the idle, 10:30 -> 11:00 is within a student's 30 min timeout and the hold is policy: 11:00 -> 13:00 is late
+    assert figures["idle_past_timeout_slice_hours"] == pytest.approx(2.0, abs=0.05)
+    assert figures["idle_within_timeout_share_percent"] == pytest.approx(100 * 0.75 / 3.25, abs=1.0)
+
+
+def test_an_idle_stretch_is_late_past_its_owners_timeout_and_ends_when_the_assignment_computes():
+    tally = labweek.Tally()
+    idle = labweek.Holding("ann", "nvidia.com/mig-1g.10gb", 1, False, False, 1 / 7, owner="ann/ws", idle_timeout=600)
+    for _ in range(30):  # 15 min idle: the last 5 past the timeout
+        tally.step(30, [idle])
+    tally.step(30, [dataclasses.replace(idle, computing=True)])
+    for _ in range(10):  # a new stretch of 5 min: within the timeout again
+        tally.step(30, [idle])
+    tally.step(30, [dataclasses.replace(idle, hold=True, owner="ann/ws")])  # a hold is policy, never late
+    assert tally.idle_late == pytest.approx(300) and tally.idle == pytest.approx(15 * 60 + 5 * 60 + 30)
 
 
 def test_ds01_takes_the_first_free_slot_without_a_queue_and_a_retry_waits_its_interval():
