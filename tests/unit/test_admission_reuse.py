@@ -91,3 +91,62 @@ def test_a_change_a_newcomer_other_devices_or_time_make_the_next_pass_read_the_l
     admissions.view(T0 + REUSE_FOR, me=other, my_since=since(other))
     assert admissions.views_read == 5
     assert admissions.views_reused == 0
+
+
+def member(name: str, tier: str = "student") -> dict:
+    return {"metadata": {"name": name}, "spec": {"tier": tier, "state": "Active"}}
+
+
+def newcomer(user: str, name: str, minutes: int, profile: str = "1g.10gb") -> dict:
+    return waiting(user, minutes, profile) | {"metadata": {"name": name, "namespace": f"lab-{user}"}}
+
+
+def test_a_newcomer_extends_the_kept_view_and_those_it_admitted_stay_admitted_without_a_read():
+    admissions, kube = lab()
+    bob, _cy, big = kube.items["Workspace"]
+    admissions.view(T0, me=bob, my_since=since(bob))
+    read = kube.calls
+    more = newcomer("ann", "more", 5)
+    ext = admissions.view(T0 + dt.timedelta(seconds=1), me=more, my_since=since(more), my_user=member("ann"))
+    assert kube.calls == read and (admissions.views_read, admissions.views_extended) == (1, 1)
+    decision = ext.decide()
+    # cy's big run keeps the 3g.40gb slice it was given, now counted as taken; ann queues behind bob and cy
+    assert decision.admitted == {"lab-cy/big": "h100"} and "lab-cy/big" in ext.pods_of
+    assert decision.waiting["lab-ann/more"].ahead == 2 and ext.moved(decision) == []
+    # big's own pass finds its admission in the view as extended, with nothing read
+    again = admissions.view(T0 + dt.timedelta(seconds=2), me=big, my_since=since(big))
+    assert again.decide().admitted["lab-cy/big"] == "h100" and kube.calls == read
+    # and so does the next newcomer's, behind ann
+    last = newcomer("bob", "last", 6)
+    after = admissions.view(T0 + dt.timedelta(seconds=3), me=last, my_since=since(last), my_user=member("bob"))
+    assert after.decide().waiting["lab-bob/last"].ahead == 3 and kube.calls == read
+
+
+def test_a_newcomer_ahead_in_the_queue_cannot_take_what_the_kept_decision_gave_and_those_behind_it_move():
+    admissions, kube = lab()
+    bob, _cy, _big = kube.items["Workspace"]
+    admissions.view(T0, me=bob, my_since=since(bob))
+    # a researcher (a higher tier, no preemption) asks for the 3g.40gb slice big was just given
+    eve = newcomer("ann", "eve", 6, profile="3g.40gb")
+    ext = admissions.view(T0 + dt.timedelta(seconds=1), me=eve, my_since=since(eve), my_user=member("ann", "researcher"))
+    decision = ext.decide()
+    assert decision.admitted == {"lab-cy/big": "h100"} and decision.waiting["lab-ann/eve"].ahead == 0
+    # another asks for a 1g.10gb slice: she goes ahead of bob and cy, who each get a pass to say so
+    ivy = newcomer("ann", "ivy", 7)
+    ext = admissions.view(T0 + dt.timedelta(seconds=2), me=ivy, my_since=since(ivy), my_user=member("ann", "researcher"))
+    decision = ext.decide()
+    assert decision.waiting["lab-ann/ivy"].ahead == 0
+    assert sorted(ext.moved(decision)) == ["lab-bob/ws", "lab-cy/ws"]
+    assert admissions.views_read == 1 and admissions.views_extended == 2
+
+
+def test_a_newcomer_who_may_preempt_or_whose_user_the_read_did_not_see_reads_the_lab():
+    admissions, kube = lab()
+    bob, _cy, _big = kube.items["Workspace"]
+    admissions.view(T0, me=bob, my_since=since(bob))
+    boss = newcomer("ann", "boss", 6)
+    admissions.view(T0 + dt.timedelta(seconds=1), me=boss, my_since=since(boss), my_user=member("ann", "faculty"))
+    assert admissions.views_read == 2
+    dee = newcomer("dee", "ws", 7)
+    admissions.view(T0 + dt.timedelta(seconds=1), me=dee, my_since=since(dee), my_user=member("dee"))
+    assert (admissions.views_read, admissions.views_extended) == (3, 0)

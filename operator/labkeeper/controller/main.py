@@ -582,6 +582,7 @@ class AdmissionViews:
                                      labels=["how"])
         family.add_metric(["read"], self.admissions.views_read)
         family.add_metric(["reused"], self.admissions.views_reused)
+        family.add_metric(["extended"], self.admissions.views_extended)
         yield family
 
 

@@ -128,7 +128,7 @@ class WorkspaceReconciler:
             # one decision (and the pod it admits) at a time, for the whole lab: held until the pod exists
             admission_lock.enter_context(self.admissions.lock)
             view = self.admissions.view(scope.now, me=scope.body if need.my_since else None,
-                                        my_since=need.my_since, policy=scope.policy)
+                                        my_since=need.my_since, my_user=scope.user, policy=scope.policy)
             return dataclasses.replace(scope, lab=view)
         raise RuntimeError(f"a decision asked for {need.what!r}, which no read provides")
 
