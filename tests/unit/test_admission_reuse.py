@@ -150,3 +150,21 @@ def test_a_newcomer_who_may_preempt_or_whose_user_the_read_did_not_see_reads_the
     dee = newcomer("dee", "ws", 7)
     admissions.view(T0 + dt.timedelta(seconds=1), me=dee, my_since=since(dee), my_user=member("dee"))
     assert (admissions.views_read, admissions.views_extended) == (3, 0)
+
+
+def test_a_newcomer_counts_its_own_hold_as_its_status_says_now_not_as_the_read_found_it():
+    held = {"metadata": {"name": "slice", "namespace": "lab-cy"}, "spec": {"state": "Stopped"},
+            "status": {"phase": "Stopped", "holdNode": "h100", "holdResource": "nvidia.com/mig-1g.10gb",
+                       "holdCount": 1, "holdUntil": "2026-03-01T11:15:00Z"}}
+    bob = waiting("bob", 1)
+    kube = Lists(Node=[node()], Pod=[], GPUUser=[member("bob"), member("cy")], Workspace=[bob, held])
+    admissions = Admissions(kube, SimpleNamespace(current=POLICY))  # type: ignore[arg-type]
+    first = admissions.view(T0, me=bob, my_since=since(bob))
+    assert first.decide().waiting["lab-bob/ws"].held_until  # the only 1g.10gb slice is cy's, held
+    # cy's hold was lost meanwhile (its record cleared), and she asks again: no hold of hers counts any more
+    back = {**held, "spec": {"state": "Running", "gpu": {"profile": "1g.10gb", "count": 1}},
+            "status": {"phase": "Pending", "waitingSince": "2026-03-01T11:02:00.000000Z"}}
+    ext = admissions.view(T0 + dt.timedelta(seconds=2), me=back, my_since=since(back), my_user=member("cy"))
+    decision = ext.decide()
+    assert admissions.views_extended == 1 and decision.lost_holds == []
+    assert decision.admitted == {"lab-bob/ws": "h100"} and decision.waiting["lab-cy/slice"].ahead == 0

@@ -74,14 +74,17 @@ class LabView:
             decided.admitted = {**self.carried, **decided.admitted}
         return decided
 
-    def extended(self, newcomer: api_admission.Waiter) -> LabView | None:
+    def extended(self, newcomer: api_admission.Waiter, own_hold: api_admission.Claim | None) -> LabView | None:
         """This view with `newcomer` waiting too and everyone its decision admitted counted as taking the devices it
-        was given; None where that would not be the lab as it is (see the module's words)."""
+        was given; None where that would not be the lab as it is (see the module's words). `own_hold`: the hold the
+        newcomer's status records now, which replaces the one the read saw (its record may have gone since: lost)."""
         decision = self.decision
         if decision.preempting:
             return None  # a preemption's devices are the scheduler's to free: they are no plain claim
         by_owner = {w.owner: w for w in self.waiters}
-        claims = list(self.claims)
+        claims = [c for c in self.claims if not (c.is_hold and c.owner == newcomer.owner)]
+        if own_hold is not None:
+            claims.append(own_hold)
         for owner, node in decision.admitted.items():
             if owner not in self.carried:
                 waiter = by_owner[owner]
@@ -192,7 +195,7 @@ class Admissions:
         newcomer = self.waiter(me, my_user, my_since, kept.view.usages[username], policy)
         if newcomer is None or newcomer.may_preempt or owner_key(me) in kept.view.carried:
             return None  # whom a preemption would take from is for a view read now to say
-        view = kept.view.extended(newcomer)
+        view = kept.view.extended(newcomer, api_admission.hold_claim(me, now))
         if view is not None:
             kept.view = view
         return view
