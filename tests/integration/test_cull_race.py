@@ -28,16 +28,18 @@ def kube(tmp_path_factory):
     local = LocalCluster(tmp_path_factory.mktemp("cull-race"), (NodeSpec("race-node", "cpu-only"),),
                          preload=[REPO_ROOT / "crds"])
     local.start()
-    for namespace in (SYSTEM_NAMESPACE, NAMESPACE):
-        local.kubectl("create", "namespace", namespace)
-    client = Kube.from_kubeconfig(str(local.kubeconfig))
-    local.kubectl("apply", "-f", "-", input=json.dumps(NVIDIA_RUNTIME_CLASS))  # the chart's: workspace pods name it
-    client.create(gpuuser(USER))
-    client.patch("GPUUser", USER, {"status": {"uid": 2001, "gid": 2001, "namespace": NAMESPACE}},
-                 subresource="status")
-    PolicyStore(client, SYSTEM_NAMESPACE).apply_priority_classes()  # a workspace pod names its tier's class
-    yield client
-    local.stop()
+    try:
+        for namespace in (SYSTEM_NAMESPACE, NAMESPACE):
+            local.kubectl("create", "namespace", namespace)
+        client = Kube.from_kubeconfig(str(local.kubeconfig))
+        local.kubectl("apply", "-f", "-", input=json.dumps(NVIDIA_RUNTIME_CLASS))  # the chart's: pods name it
+        client.create(gpuuser(USER))
+        client.patch("GPUUser", USER, {"status": {"uid": 2001, "gid": 2001, "namespace": NAMESPACE}},
+                     subresource="status")
+        PolicyStore(client, SYSTEM_NAMESPACE).apply_priority_classes()  # a workspace pod names its tier's class
+        yield client
+    finally:
+        local.stop()
 
 
 class Clock:
