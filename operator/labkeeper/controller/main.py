@@ -36,7 +36,7 @@ from labkeeper.api.names import (
     namespace_for,
     username_of,
 )
-from labkeeper.api.phases import WAITING_PHASES
+from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES, WorkspacePhase
 from labkeeper.controller.accounting import Accountant
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.leader import LeaderLease
@@ -347,9 +347,13 @@ class Operator:
         if queued:
             self.queued_for_device.add((namespace, name))
         elif (queued is not None or phase is None) and (namespace, name) in self.queued_for_device:
-            # it started, stopped or went away: everyone behind it is one place further up, and the kind of
-            # device it blocked may now go to the next in line
             self.queued_for_device.discard((namespace, name))
+            if phase in (WorkspacePhase.STARTING, *RUNNING_PHASES):
+                # it got its device: the decision that admitted it counted that device taken and it ahead of nobody,
+                # and the pass that made that decision woke everyone whose place it changed
+                return
+            # it stopped or went away waiting: everyone behind it is one place further up, and the kind of device
+            # it blocked may now go to the next in line
             self.wake_waiting()
 
     def wake_waiting(self) -> None:
