@@ -163,8 +163,27 @@ def test_relative_usage_decays_and_is_divided_by_the_share():
     prof = {"metadata": {"name": "prof"}, "spec": {"tier": "faculty"},
             "status": {"accounting": {"through": format_time(T0), "decayedGpuHours": 8.0}}}
     shares = {"student": 2.0, "faculty": 4.0}
-    usages = acc.relative_usages([heavy, prof], [], T0 + DAY, DAY, lambda tier: shares[tier])
+    usages = acc.relative_usages([heavy, prof], T0 + DAY, DAY, lambda tier: shares[tier])
     assert usages == {"heavy": pytest.approx(2.0), "prof": pytest.approx(1.0)}
+
+
+def test_the_queue_weighs_usage_as_folded_so_its_order_holds_between_folds():
+    """Two users folded at different moments keep their order as both decay; what runs since a fold is not weighed
+    until the next fold (the report still counts it)."""
+    early = {"metadata": {"name": "early"}, "spec": {"tier": "student"},
+             "status": {"accounting": {"through": format_time(T0), "decayedGpuHours": 4.0}}}
+    late = {"metadata": {"name": "late"}, "spec": {"tier": "student"},
+            "status": {"accounting": {"through": format_time(T0 + DAY / 2), "decayedGpuHours": 2.9}}}
+    orders = []
+    for hours in (12, 13, 30, 100):
+        usages = acc.relative_usages([early, late], T0 + dt.timedelta(hours=hours), DAY, lambda tier: 2.0)
+        orders.append(sorted(usages, key=usages.__getitem__))
+    assert orders == [["early", "late"]] * 4  # 4 h decayed by half a day is 2.83: below late's 2.9, at every moment
+    running = [acc.Mark("active", T0, 1.0).as_status()]
+    ws = {"metadata": {"name": "ws", "namespace": "lab-early"}, "status": {"meter": running}}
+    later = T0 + dt.timedelta(hours=2)
+    assert acc.relative_usages([early], later, DAY, lambda tier: 2.0)["early"] \
+        < acc.decayed_usage(early, [ws], later, DAY) / 2.0
 
 
 def test_the_report_adds_live_marks_after_the_last_fold_and_gives_wait_percentiles():

@@ -238,11 +238,17 @@ def user_accounting(user: Mapping[str, Any]) -> dict[str, Any]:
     return dict((user.get("status") or {}).get("accounting") or {})
 
 
-def decayed_usage(user: Mapping[str, Any], workspaces: Iterable[Mapping[str, Any]], now: dt.datetime, half_life: dt.timedelta) -> float:
-    """Her decayed GPU-equivalent-hours now: what was folded, decayed from `through`, plus the marks since."""
+def folded_usage(user: Mapping[str, Any], now: dt.datetime, half_life: dt.timedelta) -> float:
+    """Her decayed GPU-equivalent-hours as her accounting last folded them (`through`), decayed to now."""
     acc = user_accounting(user)
     through = parse_time(acc.get("through"))
-    value = decay(float(acc.get("decayedGpuHours") or 0), through, now, half_life) if through else 0.0
+    return decay(float(acc.get("decayedGpuHours") or 0), through, now, half_life) if through else 0.0
+
+
+def decayed_usage(user: Mapping[str, Any], workspaces: Iterable[Mapping[str, Any]], now: dt.datetime, half_life: dt.timedelta) -> float:
+    """Her decayed GPU-equivalent-hours now: what was folded, decayed from `through`, plus the marks since."""
+    through = parse_time(user_accounting(user).get("through"))
+    value = folded_usage(user, now, half_life)
     for ws in workspaces:
         value += decayed_hours(fold(marks_of(ws), through, now).segments, now, half_life)
     return value
@@ -348,18 +354,16 @@ def report(users: Iterable[Mapping[str, Any]], workspaces: Iterable[Mapping[str,
     return out
 
 
-def relative_usages(users: Iterable[Mapping[str, Any]], workspaces: Iterable[Mapping[str, Any]], now: dt.datetime,
-                    half_life: dt.timedelta, share_of: Callable[[str | None], float]) -> dict[str, float]:
-    """username → decayed usage relative to her tier's share (`share_of(tier)`), as the queue weighs it."""
-    by_ns: dict[str, list[Mapping[str, Any]]] = {}
-    for ws in workspaces:
-        by_ns.setdefault(ws["metadata"]["namespace"], []).append(ws)
-    out = {}
-    for user in users:
-        name = user["metadata"]["name"]
-        decayed = decayed_usage(user, by_ns.get(namespace_for(name), []), now, half_life)
-        out[name] = relative_usage(decayed, share_of((user.get("spec") or {}).get("tier")))
-    return out
+def relative_usages(users: Iterable[Mapping[str, Any]], now: dt.datetime, half_life: dt.timedelta,
+                    share_of: Callable[[str | None], float]) -> dict[str, float]:
+    """username → decayed usage relative to her tier's share (`share_of(tier)`), as the queue weighs it: her usage
+    as her accounting last folded it (every flushInterval), decayed to now. Two users' order by it holds between
+    their folds (every usage decays alike), so the queue does not move, and every waiter's status is not written
+    again, with each second a running workspace accrues; a run weighs from the fold after it (flushInterval plus the
+    settle, minutes, against a half-life of hours)."""
+    return {user["metadata"]["name"]: relative_usage(folded_usage(user, now, half_life),
+                                                     share_of((user.get("spec") or {}).get("tier")))
+            for user in users}
 
 
 def capacity_equivalents(capacity: Mapping[tuple[str, str], int], weights: Mapping[str, float]) -> float:

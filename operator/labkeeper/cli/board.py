@@ -275,7 +275,7 @@ def collect(s: Session, now: dt.datetime | None = None) -> BoardData:
     policy = lab_policy(kube)
     now = now or dt.datetime.now(dt.UTC)
     # fair share sits between tier and waiting time, as admission weighs it
-    usages = accounting.relative_usages(users, workspaces, now, policy.fair_share.half_life, policy.share)
+    usages = accounting.relative_usages(users, now, policy.fair_share.half_life, policy.share)
     return board_model(nodes, pods, workspaces, users, now,
                        {name: tier.priority for name, tier in policy.tiers.items()}, usages)
 

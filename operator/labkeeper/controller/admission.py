@@ -231,8 +231,7 @@ class Admissions:
         users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
         workspaces = self.kube.list("Workspace")
         policy = policy or self.policy.current
-        usages = api_accounting.relative_usages(users.values(), workspaces, now, policy.fair_share.half_life,
-                                                policy.share)
+        usages = api_accounting.relative_usages(users.values(), now, policy.fair_share.half_life, policy.share)
         waiters = []
         places: dict[str, int | None] = {}
         mine = owner_key(me) if me is not None else None
