@@ -116,6 +116,8 @@ class Watcher:
         self.running: dict[tuple[str, str], float] = {}
         self.waiting: dict[tuple[str, str], float] = {}
         self.phase: dict[tuple[str, str], str] = {}
+        self.status: dict[tuple[str, str], dict] = {}
+        self.changed: Counter = Counter()  # status fields (and queue's) seen to change, for what a quiet window writes
         self.started = threading.Event()
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -156,6 +158,14 @@ class Watcher:
             return
         status = obj.get("status") or {}
         now = time.monotonic()
+        before = self.status.get(key, {})
+        for name in set(status) | set(before):
+            if name == "queue" and isinstance(status.get(name), dict) and isinstance(before.get(name), dict):
+                self.changed.update(f"queue.{k}" for k in set(status[name]) | set(before[name])
+                                    if status[name].get(k) != before[name].get(k))
+            elif status.get(name) != before.get(name):
+                self.changed[name] += 1
+        self.status[key] = status
         self.phase[key] = status.get("phase") or ""
         if status.get("phase") == "Running":
             self.running.setdefault(key, now)
@@ -676,8 +686,10 @@ def main() -> int:
         # quiet: nothing changes
         time.sleep(10)
         before = operator_writes(port)
+        watcher.changed.clear()
         time.sleep(args.quiet)
         after = operator_writes(port)
+        figures["quiet_changed_status_fields"] = dict(watcher.changed.most_common())
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
         quiet = sum(v for k, v in delta.items() if 'kind="Lease"' not in k and "admission_views" not in k)
         rss, peak = memory_mib(lab.operator.proc.pid)
@@ -688,7 +700,8 @@ def main() -> int:
             "operator_rss_before_gpu_mib": round(rss_before_gpu, 1),
         })
         print(f"  quiet {args.quiet:.0f} s: {figures['quiet_writes_per_min']} operator writes/min (Lease apart) "
-              f"{delta}; operator RSS {rss:.0f} MiB (peak {peak:.0f} MiB)", flush=True)
+              f"{delta}; operator RSS {rss:.0f} MiB (peak {peak:.0f} MiB); Workspace status fields that changed "
+              f"{figures['quiet_changed_status_fields']}", flush=True)
 
         # bulk free: devices come free at once, the queue takes them
         running_gpu = [k for k in applied if watcher.phase.get(k) == "Running"][:args.free]
