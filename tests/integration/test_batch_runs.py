@@ -170,7 +170,9 @@ def labctl(lab: Lab, user: str, *args: str, popen: bool = False):
     kubeconfig.write_bytes(base64.b64decode(secret["data"]["config"]))
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "COLUMNS": "250", "NO_COLOR": "1"}
     if popen:
-        return subprocess.Popen([str(LABCTL), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # Ctrl-C reaches it as at her terminal, even where the test runs as a background job (which ignores SIGINT)
+        return subprocess.Popen(["env", "--default-signal=INT", str(LABCTL), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
     return subprocess.run([str(LABCTL), *args], capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
