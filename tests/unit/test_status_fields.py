@@ -219,3 +219,24 @@ def test_the_client_holds_a_lab_kinds_status_patch_to_its_model_before_it_writes
     assert sent == [{"status": {"phase": "Stopped", "runningSince": None}}]
     # kinds with no model of labkeeper's are written as given
     assert kube.patch_status("Pod", {"metadata": {"name": "p"}}, {"anything": 1})
+
+
+def test_a_null_inside_a_desired_object_matches_the_field_the_api_server_never_stored(monkeypatch):
+    """A merge patch stores no null: a queue place with no estimate is kept without one, and the next pass that
+    finds the same place writes nothing (it wrote every waiter's status again on every pass)."""
+    from labkeeper.kube.client import Kube
+
+    kube = Kube.__new__(Kube)
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(kube, "patch", lambda kind, name, body, namespace=None, **_: sent.append(body) or body)
+    place = {"position": 2, "ahead": ["bob/ws"], "reason": "no free 1g.10gb slice", "relativeUsage": None,
+             "estimatedStart": None, "estimateBasis": None}
+    stored = {"position": 2, "ahead": ["bob/ws"], "reason": "no free 1g.10gb slice"}
+    ws = {"metadata": {"name": "nb", "namespace": "lab-alice"}, "status": {"phase": "Pending", "queue": stored}}
+    assert kube.patch_status("Workspace", ws, {"phase": "Pending", "queue": place}) is None
+    assert sent == []
+    # a field the status has and the desired one drops is still written away, and a moved place is written
+    with_estimate = {"status": {"phase": "Pending", "queue": {**stored, "estimatedStart": "2026-12-07T12:00:00Z"}}}
+    assert kube.patch_status("Workspace", {**ws, **with_estimate}, {"queue": place})
+    assert kube.patch_status("Workspace", ws, {"queue": {**place, "position": 1}})
+    assert [body["status"]["queue"]["position"] for body in sent] == [2, 1]

@@ -157,7 +157,7 @@ class Kube:
         reaching the API server. `if_unchanged`: only onto `obj` as it was read (its resourceVersion); a write since
         refuses it with 409."""
         current = obj.get("status") or {}
-        changed = {key: value for key, value in desired.items() if current.get(key) != value}
+        changed = {key: value for key, value in desired.items() if _stored(current.get(key)) != _stored(value)}
         if not changed:
             return None
         if kind in STATUS_MODELS:
@@ -193,6 +193,16 @@ class Kube:
         # an event is best effort; losing one must never fail a reconcile
         with contextlib.suppress(ApiException):
             self.create(event)
+
+
+def _stored(value: Any) -> Any:
+    """A value as the API server keeps it after a merge patch: a null in an object is no field at all (a
+    desired `{"estimatedStart": None}` matches a status without it)."""
+    if isinstance(value, dict):
+        return {key: _stored(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_stored(item) for item in value]
+    return value
 
 
 def owner_reference(obj: Body, *, controller: bool = True, block: bool = True) -> Body:
