@@ -124,3 +124,12 @@ def test_the_board_queue_puts_the_lighter_past_user_first_within_a_tier_as_admis
     assert [line.split()[0] for line in data.queue] == ["light/slice", "heavy/slice"], data.queue
     data = board.board_model([node], [], waiting, users, now, {"student": 10000})
     assert [line.split()[0] for line in data.queue] == ["heavy/slice", "light/slice"], data.queue
+
+
+def test_the_stopped_workspaces_the_read_left_out_are_counted_in_the_header():
+    workspaces = [workspace("grace", "a", "Running", runningSince="2026-03-01T11:00:00Z"),
+                  workspace("frank", "slice", "Stopped", holdNode="gpu-node-1", holdResource="nvidia.com/mig-1g.10gb",
+                            holdCount=1, holdUntil="2026-03-01T12:06:00Z")]
+    data = board.board_model(NODES, [], workspaces, [], NOW, unlisted_stopped=40)
+    header = board.render_lines(data, 120, 24)[0][0]
+    assert "42 workspaces: 1 running, 0 queued, 41 stopped" in header, header

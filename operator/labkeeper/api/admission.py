@@ -324,6 +324,13 @@ def pod_claims(pods: Iterable[dict[str, Any]]) -> list[Claim]:
     return claims
 
 
+# The workspaces admission counts, as a union of field selectors on the Workspace's selectable fields (crds.py):
+# every one not Stopped (it may wait, start, run or stop) and every one holding a device. The rest, most of a lab,
+# are Stopped and keep nothing: their status carries no waitingSince (a pass clears it unless it finds one waiting),
+# no hold and no deadline, so hold_claim, waiting_since and releases_of find nothing in them.
+LIVE_WORKSPACES = ("status.holdNode!=", "status.phase!=Stopped")
+
+
 def hold_claim(ws: dict[str, Any], now: dt.datetime) -> Claim | None:
     """The hold a stopped workspace's status records (holdNode, holdResource, holdCount, holdUntil), if
     it has not expired."""

@@ -24,6 +24,7 @@ class CrdInfo:
     kind: Kind
     model: type[BaseModel]
     columns: tuple[tuple[str, str, str], ...]  # name, type, jsonPath
+    selectable: tuple[str, ...] = ()  # jsonPaths the API server filters a list by (a field selector)
 
 
 CRDS = (
@@ -41,7 +42,10 @@ CRDS = (
     CrdInfo(WORKSPACE, Workspace, (
         ("State", "string", ".spec.state"), ("Phase", "string", ".status.phase"),
         ("GPU", "string", ".spec.gpu.profile"), ("Running For", "date", ".status.runningSince"),
-        ("Idle For", "date", ".status.idleSince"), ("Kept Until", "string", ".status.keepAliveUntil"))),
+        ("Idle For", "date", ".status.idleSince"), ("Kept Until", "string", ".status.keepAliveUntil")),
+        # most of a lab's workspaces are Stopped and keep nothing: admission and the board list only the rest
+        # (api/admission.LIVE_WORKSPACES)
+        selectable=(".status.phase", ".status.holdNode")),
 )
 
 
@@ -112,6 +116,16 @@ def crd(info: CrdInfo) -> dict[str, Any]:
     kind = info.kind
     columns = [{"name": name, "type": type_, "jsonPath": path} for name, type_, path in info.columns]
     columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})
+    version: dict[str, Any] = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": columns,
+    }
+    if info.selectable:
+        version["selectableFields"] = [{"jsonPath": path} for path in info.selectable]
+    version["schema"] = {"openAPIV3Schema": openapi_schema(info.model)}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -123,14 +137,7 @@ def crd(info: CrdInfo) -> dict[str, Any]:
             "names": {"kind": kind.kind, "listKind": f"{kind.kind}List", "plural": kind.plural,
                       "singular": kind.singular, "shortNames": [kind.short_name], "categories": [CATEGORY]},
             "scope": "Namespaced" if kind.namespaced else "Cluster",
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": openapi_schema(info.model)},
-            }],
+            "versions": [version],
         },
     }
 

@@ -24,6 +24,7 @@ from labkeeper.api.policy import POLICY_CONFIGMAP, LabPolicy
 from labkeeper.cli import views
 from labkeeper.cli.doctor import gpu_resources
 from labkeeper.cli.session import SYSTEM_NAMESPACE, Session
+from labkeeper.kube.client import list_union
 
 
 def _user_of(namespace: str) -> str:
@@ -69,8 +70,10 @@ def _pod_devices(pod: dict) -> list[tuple[str, int]]:
 
 def board_model(nodes: list[dict], pods: list[dict], workspaces: list[dict], users: list[dict],
                 now: dt.datetime, tier_priority: dict[str, int] | None = None,
-                usages: dict[str, float] | None = None) -> BoardData:
-    data = BoardData(now=now, users=len(users), workspaces=len(workspaces))
+                usages: dict[str, float] | None = None, unlisted_stopped: int = 0) -> BoardData:
+    """`unlisted_stopped`: workspaces left out of `workspaces` because they are Stopped and hold nothing."""
+    data = BoardData(now=now, users=len(users), workspaces=len(workspaces) + unlisted_stopped,
+                     phases={"Stopped": unlisted_stopped} if unlisted_stopped else {})
     by_key = {(w["metadata"].get("namespace"), w["metadata"]["name"]): w for w in workspaces}
     free: dict[tuple[str, str], list[Slot]] = {}
     for node, resources in sorted(gpu_resources(nodes).items()):
@@ -271,13 +274,16 @@ def collect(s: Session, now: dt.datetime | None = None) -> BoardData:
     # from the API server's watch cache: a board a moment behind is still the board, and at a department's size
     # the reads are most of its time
     nodes, pods = kube.list("Node", cached=True), kube.list("Pod", label_selector=MANAGED_SELECTOR, cached=True)
-    workspaces, users = kube.list("Workspace", cached=True), kube.list("GPUUser", cached=True)
+    # the workspaces that wait, run, stop or hold; the rest (most of a department's) are only counted
+    workspaces = list_union(kube, "Workspace", admission.LIVE_WORKSPACES, cached=True)
+    unlisted = max(0, kube.count("Workspace") - len(workspaces))
+    users = kube.list("GPUUser", cached=True)
     policy = lab_policy(kube)
     now = now or dt.datetime.now(dt.UTC)
     # fair share sits between tier and waiting time, as admission weighs it
     usages = accounting.relative_usages(users, now, policy.fair_share.half_life, policy.share)
     return board_model(nodes, pods, workspaces, users, now,
-                       {name: tier.priority for name, tier in policy.tiers.items()}, usages)
+                       {name: tier.priority for name, tier in policy.tiers.items()}, usages, unlisted_stopped=unlisted)
 
 
 def frame(data: BoardData, width: int, height: int) -> Text:

@@ -37,7 +37,7 @@ from labkeeper.api import admission as api_admission
 from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY, username_of
 from labkeeper.api.policy import LabPolicy
 from labkeeper.controller.policy import PolicyStore
-from labkeeper.kube.client import Kube
+from labkeeper.kube.client import Kube, list_union
 from labkeeper.render.access import gpu_resource
 
 
@@ -229,7 +229,7 @@ class Admissions:
                             if (p["metadata"].get("labels") or {}).get(LABEL_MANAGED) == MANAGED_BY
                             and (p["metadata"].get("labels") or {}).get(api_admission.LABEL_ROLE) == "workspace")
         users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
-        workspaces = self.kube.list("Workspace")
+        workspaces = list_union(self.kube, "Workspace", api_admission.LIVE_WORKSPACES)
         policy = policy or self.policy.current
         usages = api_accounting.relative_usages(users.values(), now, policy.fair_share.half_life, policy.share)
         waiters = []

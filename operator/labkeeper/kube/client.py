@@ -37,6 +37,25 @@ def api_error_message(err: ApiException) -> str:
         return str(err)
 
 
+def list_union(kube: Any, kind: str, field_selectors: tuple[str, ...], namespace: str | None = None, *,
+               cached: bool = False) -> list[Body]:
+    """Every object one of `field_selectors` selects (field selectors only AND), each once, by namespace and name.
+    One list each: an object that moved between them meanwhile is in both (the first read kept) or in neither, as
+    in a list taken a moment earlier or later."""
+    seen: dict[tuple[str, str], Body] = {}
+    try:
+        for selector in field_selectors:
+            for obj in kube.list(kind, namespace, field_selector=selector, cached=cached):
+                seen.setdefault((obj["metadata"].get("namespace") or "", obj["metadata"]["name"]), obj)
+    except ApiException as err:
+        if err.status != 400:
+            raise
+        # a CRD installed before these fields were selectable (labctl newer than the lab): all of them, which
+        # holds the union
+        return kube.list(kind, namespace, cached=cached)  # type: ignore[no-any-return]
+    return [seen[key] for key in sorted(seen)]
+
+
 class Kube:
     """One client for the whole process; counts writes by verb and kind."""
 
@@ -96,6 +115,14 @@ class Kube:
         if field_selector:
             query.append(("fieldSelector", field_selector))
         return cast(list[Body], self._call("GET", KINDS[kind].path(namespace=namespace), query=query)["items"])
+
+    def count(self, kind: str, namespace: str | None = None) -> int:
+        """How many there are, from a list of one: the API server reports how many more it left out."""
+        page = self._call("GET", KINDS[kind].path(namespace=namespace), query=[("limit", "1")])
+        more = (page.get("metadata") or {}).get("remainingItemCount")
+        if more is None and (page.get("metadata") or {}).get("continue"):
+            return len(self.list(kind, namespace))  # a server that does not count: the whole list
+        return len(page["items"]) + int(more or 0)
 
     # ---- writes ------------------------------------------------------------------------------
     def apply(self, obj: Body, *, force: bool = True) -> Body:
