@@ -10,6 +10,7 @@ import json
 import pytest
 
 from labkeeper.api import admission
+from labkeeper.api.names import MANAGED_GPU_SELECTOR
 from labkeeper.kube.client import Kube, list_union
 from labkeeper.testing.lab import workspace
 
@@ -66,3 +67,22 @@ def test_a_crd_from_before_the_selectable_fields_gets_the_whole_list(crds, uniqu
     kube = Kube.from_kubeconfig(str(crds.kubeconfig))
     refused = ("status.unknownField!=",)  # a field the CRD does not select by, as before its selectableFields
     assert [w["metadata"]["name"] for w in list_union(kube, "Workspace", refused, namespace)] == ["nb"]
+
+
+def test_the_board_lists_the_pods_that_may_hold_a_device_and_those_from_before_the_label(crds, unique):
+    namespace = f"lab-pods-{unique}"
+    crds.kubectl("create", "namespace", namespace)
+
+    def pod(name: str, gpu: str | None) -> dict:
+        labels = {"app.kubernetes.io/managed-by": "labkeeper", "labkeeper.io/workspace": name}
+        if gpu is not None:
+            labels["labkeeper.io/gpu"] = gpu
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"ws-{name}", "namespace": namespace,
+                                                                "labels": labels},
+                "spec": {"containers": [{"name": "workspace", "image": "busybox"}]}}
+
+    pods = [pod("cpu", "none"), pod("slice", "1g.10gb"), pod("whole", "full"), pod("older", None)]
+    crds.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": pods}))
+    kube = Kube.from_kubeconfig(str(crds.kubeconfig))
+    listed = kube.list("Pod", namespace, label_selector=MANAGED_GPU_SELECTOR)
+    assert sorted(p["metadata"]["name"] for p in listed) == ["ws-older", "ws-slice", "ws-whole"]

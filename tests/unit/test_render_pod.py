@@ -25,9 +25,11 @@ def test_alices_1g_workspace_pod_snapshot():
     assert pod["metadata"] == {
         "name": "ws-train", "namespace": "lab-alice",
         "labels": {"labkeeper.io/user": "alice", "labkeeper.io/workspace": "train",
-                   "labkeeper.io/role": "workspace", "app.kubernetes.io/managed-by": "labkeeper"},
+                   "labkeeper.io/role": "workspace", "labkeeper.io/gpu": "1g.10gb",
+                   "app.kubernetes.io/managed-by": "labkeeper"},
         "ownerReferences": [OWNER],
     }
+    assert workspace_pod(alice(gpu_profile="none"))["metadata"]["labels"]["labkeeper.io/gpu"] == "none"
     spec = pod["spec"]
     assert spec["securityContext"] == {"runAsUser": 20001, "runAsGroup": 20001, "supplementalGroups": [2000],
                                        "fsGroupChangePolicy": "OnRootMismatch",

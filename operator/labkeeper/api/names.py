@@ -52,9 +52,12 @@ OPERATOR_FINALIZER = "labkeeper.io/operator"
 LABEL_USER = "labkeeper.io/user"
 LABEL_WORKSPACE = "labkeeper.io/workspace"
 LABEL_ROLE = "labkeeper.io/role"  # "workspace" on a workspace's pod
+LABEL_GPU = "labkeeper.io/gpu"  # on a workspace's pod: the GPU profile it asks for, or "none"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGED_BY = "labkeeper"
 MANAGED_SELECTOR = f"{LABEL_MANAGED}={MANAGED_BY}"
+# labkeeper's pods that may hold a device: `!=` also matches a pod without the label (made before it existed)
+MANAGED_GPU_SELECTOR = f"{MANAGED_SELECTOR},{LABEL_GPU}!=none"
 KUBECONFIG_SECRET_PREFIX = "kubeconfig-"
 CLEAN_ANNOTATION = "labkeeper.io/clean-requested"  # on a SharedCache: labctl asks the agents to clean it now
 

@@ -10,6 +10,7 @@ import datetime as dt
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import yaml
@@ -18,7 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from labkeeper.api import accounting, admission
-from labkeeper.api.names import LABEL_ROLE, LABEL_USER, LABEL_WORKSPACE, MANAGED_SELECTOR, username_of
+from labkeeper.api.names import LABEL_ROLE, LABEL_USER, LABEL_WORKSPACE, MANAGED_GPU_SELECTOR, username_of
 from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES
 from labkeeper.api.policy import POLICY_CONFIGMAP, LabPolicy
 from labkeeper.cli import views
@@ -272,13 +273,18 @@ def lab_policy(kube) -> LabPolicy:
 def collect(s: Session, now: dt.datetime | None = None) -> BoardData:
     kube = s.kube
     # from the API server's watch cache: a board a moment behind is still the board, and at a department's size
-    # the reads are most of its time
-    nodes, pods = kube.list("Node", cached=True), kube.list("Pod", label_selector=MANAGED_SELECTOR, cached=True)
-    # the workspaces that wait, run, stop or hold; the rest (most of a department's) are only counted
-    workspaces = list_union(kube, "Workspace", admission.LIVE_WORKSPACES, cached=True)
-    unlisted = max(0, kube.count("Workspace") - len(workspaces))
-    users = kube.list("GPUUser", cached=True)
-    policy = lab_policy(kube)
+    # the reads are most of its time, so they go at once (the server encodes one while labctl parses another)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        reads = (pool.submit(kube.list, "Node", cached=True),
+                 # a CPU workspace's pod holds no slice (most of a department's pods)
+                 pool.submit(kube.list, "Pod", label_selector=MANAGED_GPU_SELECTOR, cached=True),
+                 # the workspaces that wait, run, stop or hold; the rest (most of a department's) are only counted
+                 pool.submit(list_union, kube, "Workspace", admission.LIVE_WORKSPACES, cached=True),
+                 pool.submit(kube.count, "Workspace"),
+                 pool.submit(kube.list, "GPUUser", cached=True),
+                 pool.submit(lab_policy, kube))
+        nodes, pods, workspaces, total, users, policy = (read.result() for read in reads)
+    unlisted = max(0, total - len(workspaces))
     now = now or dt.datetime.now(dt.UTC)
     # fair share sits between tier and waiting time, as admission weighs it
     usages = accounting.relative_usages(users, now, policy.fair_share.half_life, policy.share)

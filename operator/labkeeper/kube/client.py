@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from typing import Any, cast
 
+import orjson
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -93,7 +94,7 @@ class Kube:
         response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
             raise ApiException(http_resp=response)
-        return cast(Body, json.loads(response.data)) if response.data else {}
+        return cast(Body, orjson.loads(response.data)) if response.data else {}
 
     # ---- reads -------------------------------------------------------------------------------
     def get(self, kind: str, name: str, namespace: str | None = None) -> Body | None:

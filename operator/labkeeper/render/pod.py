@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkeeper.api.names import LABEL_MANAGED, LABEL_USER, MANAGED_BY
+from labkeeper.api.names import LABEL_GPU, LABEL_MANAGED, LABEL_USER, MANAGED_BY
 from labkeeper.api.names import LABEL_ROLE as LABEL_ROLE
 from labkeeper.api.names import LABEL_WORKSPACE as LABEL_WORKSPACE
 from labkeeper.api.names import hold_name as hold_name
@@ -63,7 +63,7 @@ class PodInputs:
 
 def _labels(inputs: PodInputs, role: str) -> dict[str, str]:
     return {LABEL_USER: inputs.username, LABEL_WORKSPACE: inputs.workspace, LABEL_ROLE: role,
-            LABEL_MANAGED: MANAGED_BY}
+            LABEL_GPU: inputs.gpu_profile, LABEL_MANAGED: MANAGED_BY}
 
 
 def gpu_limits(profile: str, count: int) -> dict[str, str]:
