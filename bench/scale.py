@@ -8,8 +8,10 @@ The lab is loaded in steps, each timed:
 3. the GPU workspaces (`--gpu`, more than the lab has devices: 1g.10gb, 2g.20gb, 3g.40gb and whole GPUs), applied at
    `--rate` per second: apply -> Running p50/p99 of those admitted (a device was free), apply -> a queue place
    (WaitingForDevice) p50/p99 of the rest;
-4. quiet: nothing applied for `--quiet` seconds; the operator's API writes in that window, by verb and kind
-   (its labkeeper_operator_api_writes counter, the leader Lease apart), and its resident memory;
+4. quiet: once no Workspace status has changed for `--still` seconds (the operator done with what step 3 left it,
+   preemptions and the queue places they move; at most `--still-cap`, and it says so), nothing applied for
+   `--quiet` seconds; the operator's API writes in that window, by verb and kind (its
+   labkeeper_operator_api_writes counter, the leader Lease apart), and its resident memory;
 5. bulk free: `--free` running GPU workspaces deleted at once (a deletion keeps no hold): admission decisions per
    second, as waiting workspaces admitted per second until as many are Running again;
 6. `labctl admin board --once` and `labctl admin report --since 7d`, each timed as a user runs them.
@@ -118,6 +120,7 @@ class Watcher:
         self.phase: dict[tuple[str, str], str] = {}
         self.status: dict[tuple[str, str], dict] = {}
         self.changed: Counter = Counter()  # status fields (and queue's) seen to change, for what a quiet window writes
+        self.last_change = time.monotonic()  # when a status field last changed
         self.started = threading.Event()
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -159,6 +162,8 @@ class Watcher:
         status = obj.get("status") or {}
         now = time.monotonic()
         before = self.status.get(key, {})
+        if status != before:
+            self.last_change = now
         for name in set(status) | set(before):
             if name == "queue" and isinstance(status.get(name), dict) and isinstance(before.get(name), dict):
                 self.changed.update(f"queue.{k}" for k in set(status[name]) | set(before[name])
@@ -585,6 +590,10 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="GPU workspaces applied per second")
     parser.add_argument("--quiet", type=float, default=60.0, help="seconds of the quiet window")
     parser.add_argument("--free", type=int, default=200, help="running GPU workspaces deleted at once")
+    parser.add_argument("--still", type=float, default=15.0,
+                        help="seconds without a Workspace status change before the quiet window opens")
+    parser.add_argument("--still-cap", type=float, default=600.0,
+                        help="the most seconds to wait for that; the window then opens anyway and says so")
     parser.add_argument("--settle", type=float, default=900.0,
                         help="seconds the GPU workspaces get to be Running or in the queue before the figures are taken")
     parser.add_argument("--only", choices=("views",),
@@ -683,8 +692,15 @@ def main() -> int:
               f"{figures['apply_to_running_p99_s']} s; apply -> queue place p50/p99 "
               f"{figures['apply_to_queue_place_p50_s']} / {figures['apply_to_queue_place_p99_s']} s", flush=True)
 
-        # quiet: nothing changes
-        time.sleep(10)
+        # quiet: nothing changes. The operator first finishes what the GPU phase left it (preemptions, queue places
+        # that move with them): the window opens once no Workspace status has changed for --still seconds
+        began_still = time.monotonic()
+        while time.monotonic() - watcher.last_change < args.still and time.monotonic() - began_still < args.still_cap:
+            time.sleep(1)
+        figures["statuses_still_after_s"] = round(time.monotonic() - began_still, 1)
+        figures["statuses_still"] = time.monotonic() - watcher.last_change >= args.still
+        print(f"  Workspace statuses {'unchanged' if figures['statuses_still'] else 'STILL CHANGING'} for "
+              f"{args.still:.0f} s, {figures['statuses_still_after_s']:.0f} s after the GPU phase", flush=True)
         before = operator_writes(port)
         watcher.changed.clear()
         time.sleep(args.quiet)
