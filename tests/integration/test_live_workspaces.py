@@ -21,13 +21,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    local = LocalCluster(tmp_path_factory.mktemp("live"), (NodeSpec("live-node", "cpu-only"),),
-                         preload=[REPO_ROOT / "crds"])
-    local.start()
-    try:
+    with LocalCluster(tmp_path_factory.mktemp("live"), (NodeSpec("live-node", "cpu-only"),),
+                      preload=[REPO_ROOT / "crds"]) as local:
         yield local
-    finally:
-        local.stop()
 
 
 SOON = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
