@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from labkeeper.controller.usage import usage_of
+import pytest
+
+from labkeeper.controller.usage import HoldSightings, usage_of
 
 NOW = dt.datetime(2026, 3, 1, 9, 30, tzinfo=dt.UTC)
 
@@ -43,3 +45,23 @@ def test_terminating_and_finished_pods_hold_nothing():
             pod("workspace", {"nvidia.com/gpu": "1"}, phase="Failed"),
             pod("workspace", {"cpu": "1"}, phase="Pending")]
     assert usage_of(pods, [], WEIGHTS, NOW) == {"gpuEquivalents": 0.0, "workspaces": 1}
+
+
+HELD = {"holdNode": "gpu-1", "holdResource": "nvidia.com/mig-1g.10gb", "holdCount": 1,
+        "holdUntil": "2026-03-01T10:00:00Z"}
+
+
+@pytest.mark.parametrize("sightings, needs_pass", [
+    ([{"phase": "Pending"}], [True]),  # first sight: her usage is recounted
+    ([{"phase": "Pending"}, {"phase": "Pending", "queue": {"position": 3}}], [True, False]),  # a queue place moved
+    ([{"phase": "Running"}, {"phase": "Stopped", **HELD}], [True, True]),  # a hold recorded at a stop
+    ([{"phase": "Stopped", **HELD}, {"phase": "Stopped", **HELD, "message": "held"}], [True, False]),
+    ([{"phase": "Stopped", **HELD}, {"phase": "Stopped", **HELD, "holdUntil": "2026-03-01T11:00:00Z"}],
+     [True, True]),  # a hold extended
+    ([{"phase": "Stopped", **HELD}, {"phase": "Stopped"}], [True, True]),  # a hold released
+    ([{"phase": "Stopped", **HELD}, None], [True, True]),  # the Workspace deleted
+    ([{"phase": "Pending"}, None, {"phase": "Pending"}], [True, True, True]),  # deleted, then made again
+])
+def test_a_workspace_event_costs_a_usage_pass_only_when_its_hold_changed(sightings, needs_pass):
+    seen = HoldSightings()
+    assert [seen.changed("lab-alice", "w", status) for status in sightings] == needs_pass

@@ -20,6 +20,7 @@ from labkeeper.controller.admission import LabView
 from labkeeper.controller.liveness import Sight
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.controller.workspace_decisions import (
+    WAITER_RECHECK,
     CreateFailed,
     CreatePod,
     Decision,
@@ -32,6 +33,8 @@ from labkeeper.controller.workspace_decisions import (
     Unread,
     WorkspaceScope,
     decide,
+    queue_place,
+    to_wake,
     within,
 )
 from labkeeper.render.access import gpu_resource
@@ -208,7 +211,7 @@ def test_a_gpu_workspace_waits_in_the_queue_then_starts_on_the_node_admission_gi
     waiting = decided(scope(ws, neighbourhood=nothing_near(), lab=lab(ws, capacity={slot: 1}, claims=busy)))
     assert waiting.status is not None and waiting.status["reason"] == "WaitingForDevice"
     assert waiting.status["waitingSince"] == api_admission.format_waiting_since(T0) and waiting.status["queue"]["position"] == 1
-    assert events(waiting) == [("Waiting", "Normal")] and waiting.requeue_after == 30.0
+    assert events(waiting) == [("Waiting", "Normal")] and waiting.requeue_after == WAITER_RECHECK
     assert conditions(waiting)["WithinQuota"] == "True"
     free = decided(scope(ws, neighbourhood=nothing_near(), lab=lab(ws, capacity={slot: 1})))
     created = [a for a in free.actions if isinstance(a, CreatePod)]
@@ -466,3 +469,41 @@ def test_a_queue_place_names_the_first_few_ahead_and_counts_them_all():
     place = queue_place(wait, LabView({}, frozenset(), [], [], frozenset()), "no free 1g.10gb slice (7 in use)")
     assert place["position"] == 13 and place["ahead"] == [f"u{i}/ws" for i in range(QUEUE_AHEAD_LISTED)]
     check_status("Workspace", {"queue": place})
+
+
+SLOT = ("n1", "nvidia.com/mig-1g.10gb")
+
+
+def three_waiters(queues: dict[str, dict[str, Any]] | None = None, *, reused: bool = False) -> LabView:
+    """One free slice of two and three waiters, a first: a is let start, b is next, c behind b."""
+    waiters = [api_admission.Waiter(f"lab-{u}/ws", SLOT[1], 1, 10000, T0 + i * MIN) for i, u in enumerate("abc")]
+    taken = [api_admission.Claim("lab-z/ws", SLOT[0], SLOT[1], 1)]
+    places = {owner: queue.get("position") for owner, queue in (queues or {}).items()}
+    # handed again, as Admissions hands a view: those its decision admitted count as having their pods
+    pods_of = frozenset({"lab-z/ws", *(["lab-a/ws"] if reused else [])})
+    return LabView({SLOT: 2}, frozenset(), taken, waiters, pods_of, places=places, queues=queues or {}, reused=reused)
+
+
+def as_shown(**edits: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The queue each waiter's status shows after its pass wrote it from this decision, with `edits` made."""
+    view = three_waiters()
+    decision = view.decide()
+    shown = {o: queue_place(w, view, w.message()) for o, w in decision.waiting.items()}
+    for user, edit in edits.items():
+        shown[f"lab-{user}/ws"] = {**shown[f"lab-{user}/ws"], **edit}
+    return shown
+
+
+@pytest.mark.parametrize("queues, reused, woken", [
+    (as_shown(), False, {"lab-a/ws"}),  # the one it lets start; every status as the passes wrote it
+    ({}, False, {"lab-a/ws", "lab-b/ws", "lab-c/ws"}),  # no pass wrote a place yet
+    (as_shown(c={"ahead": ["x/ws"]}), False, {"lab-a/ws", "lab-c/ws"}),  # another ahead, the same place
+    (as_shown(b={"reason": "no free 1g.10gb slice (1 in use, 1 held until 09:30:00 UTC); you are next"}), False,
+     {"lab-a/ws", "lab-b/ws"}),  # a hold ran out since b's pass: its words are stale
+    (as_shown(b={"position": 3}), False, {"lab-a/ws", "lab-b/ws"}),  # its place moved
+    (as_shown(b={"estimatedStart": None}), False, {"lab-a/ws"}),  # a null is no field: nothing to write
+    (as_shown(c={"ahead": ["x/ws"]}), True, set()),  # handed again: the pass that read it woke them
+])
+def test_the_labs_own_decision_wakes_only_those_whose_status_it_changes(queues, reused, woken):
+    view = three_waiters(queues, reused=reused)
+    assert to_wake(view, view.decide()) == woken

@@ -331,6 +331,9 @@ def pod_claims(pods: Iterable[dict[str, Any]]) -> list[Claim]:
 LIVE_WORKSPACES = ("status.holdNode!=", "status.phase!=Stopped")
 
 
+HOLD_FIELDS = ("holdNode", "holdResource", "holdCount", "holdUntil")  # a hold after a stop, in a Workspace's status
+
+
 def hold_claim(ws: dict[str, Any], now: dt.datetime) -> Claim | None:
     """The hold a stopped workspace's status records (holdNode, holdResource, holdCount, holdUntil), if
     it has not expired."""

@@ -50,6 +50,7 @@ class LabView:
     pods_of: frozenset[str]  # owners with a workspace pod
     releases: tuple[api_admission.Release, ...] = ()  # when devices are known to come free
     places: dict[str, int | None] = field(default_factory=dict)  # waiter → queue position its status shows
+    queues: dict[str, dict[str, Any]] = field(default_factory=dict)  # waiter → its status.queue, as read
     reused: bool = False  # handed again after the pass that read it: the moves it found were told then
     usages: dict[str, float] = field(default_factory=dict)  # username → relative usage, as read
     carried: dict[str, str] = field(default_factory=dict)  # admitted before an extension (owner → node), now claims
@@ -93,7 +94,7 @@ class LabView:
         waiters = [w for w in self.waiters if w.owner not in decision.admitted]
         return dataclasses.replace(
             self, claims=claims, waiters=[*waiters, newcomer], pods_of=self.pods_of | frozenset(decision.admitted),
-            places={}, reused=False, carried=dict(decision.admitted), before=decision)
+            places={}, queues={}, reused=False, carried=dict(decision.admitted), before=decision)
 
     def decide(self) -> api_admission.Admission:
         return self.decision
@@ -132,15 +133,15 @@ class Admissions:
         self.epoch += 1
 
     def view(self, now: dt.datetime, *, me: dict[str, Any] | None = None, my_since: dt.datetime | None = None,
-             my_user: dict[str, Any] | None = None, policy: LabPolicy | None = None) -> LabView:
+             my_user: dict[str, Any] | None = None, policy: LabPolicy | None = None, fresh: bool = False) -> LabView:
         """The whole lab as admission sees it (see the module's words on a view kept); under the lock. `my_user`:
-        the GPUUser of `me`, as its pass read her."""
+        the GPUUser of `me`, as its pass read her; `fresh`: read now, whatever is kept (then kept in its place)."""
         policy = policy or self.policy.current
-        kept = self._reusable(now, me, my_since, policy)
+        kept = None if fresh else self._reusable(now, me, my_since, policy)
         if kept is not None:
             self.views_reused += 1
             return kept
-        extended = self._extension(now, me, my_since, my_user, policy)
+        extended = None if fresh else self._extension(now, me, my_since, my_user, policy)
         if extended is not None:
             self.views_extended += 1
             return extended
@@ -234,6 +235,7 @@ class Admissions:
         usages = api_accounting.relative_usages(users.values(), now, policy.fair_share.half_life, policy.share)
         waiters = []
         places: dict[str, int | None] = {}
+        queues: dict[str, dict[str, Any]] = {}
         mine = owner_key(me) if me is not None else None
         for ws in workspaces:
             key = owner_key(ws)
@@ -254,10 +256,11 @@ class Admissions:
             if waiter is not None:
                 waiters.append(waiter)
                 places[key] = (((ws.get("status") or {}).get("queue")) or {}).get("position")
+                queues[key] = ((ws.get("status") or {}).get("queue")) or {}
         if me is not None and my_since is not None:
             username = username_of(me["metadata"]["namespace"]) or ""
             waiter = self.waiter(me, users.get(username), my_since, usages.get(username, 0.0), policy)
             if waiter is not None:
                 waiters.append(waiter)
         return LabView(capacity, closed, claims, waiters, pods_of, tuple(api_admission.releases_of(workspaces, now)),
-                       places, usages=usages)
+                       places, queues, usages=usages)

@@ -44,7 +44,7 @@ from labkeeper.controller.liveness import DEFAULT_SETTLE, NODE_LEASE_NAMESPACE, 
 from labkeeper.controller.nodes import NodePruner
 from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
 from labkeeper.controller.uids import UidLedger, UidRange
-from labkeeper.controller.usage import UsageWriter
+from labkeeper.controller.usage import HoldSightings, UsageWriter
 from labkeeper.controller.users import UserReconciler
 from labkeeper.controller.workspaces import Outcome, WorkspaceReconciler, clear_stale_handovers
 from labkeeper.kube.client import Kube
@@ -95,6 +95,10 @@ def log_failure(err: Exception, message: str, *args: object) -> None:
 RETRY_FIRST = 0.5  # seconds before the first retry of a failed pass; doubled with each failure in a row
 RETRY_CAP = 30.0  # ... up to this
 PASS_THREADS = 16  # passes (and other blocking API calls) in flight at once
+# while anyone waits for a device, admission decides for the whole lab at least this often (seconds of the
+# operator's clock): a device that came free where no watch of the lab's sees it (a pod of someone else's) is found
+SWEEP_EVERY = 30.0
+SWEEP = ("Admission", "lab")
 
 
 class Requeue:
@@ -144,6 +148,10 @@ class Requeue:
         self.schedule(key, delay, callback)
         return delay
 
+    def pending(self, key: tuple[str, str]) -> bool:
+        """Whether a re-check of `key` is scheduled."""
+        return key in self._handles
+
     def succeeded(self, key: tuple[str, str]) -> None:
         self._failures.pop(key, None)
 
@@ -192,6 +200,8 @@ class Operator:
         self.nodes = NodePruner(kube, clock)
         self._accounting: set[str] = set()  # users with a fold scheduled
         self._usage_queued: set[str] = set()
+        self._sweep_queued = False
+        self.holds_seen = HoldSightings()
         self.requeue = Requeue(clock.wall if isinstance(clock, ScaledClock) else (lambda seconds: seconds))
         # Workspaces with a pass queued but not yet started: events that arrive meanwhile fold into it
         self._queued: set[tuple[str, str]] = set()
@@ -346,6 +356,8 @@ class Operator:
             self.waiting.discard((namespace, name))
         if queued:
             self.queued_for_device.add((namespace, name))
+            if not self.requeue.pending(SWEEP):
+                self.requeue.schedule(SWEEP, SWEEP_EVERY, self.admission_due)
         elif (queued is not None or phase is None) and (namespace, name) in self.queued_for_device:
             self.queued_for_device.discard((namespace, name))
             if phase in (WorkspacePhase.STARTING, *RUNNING_PHASES):
@@ -354,19 +366,43 @@ class Operator:
                 return
             # it stopped or went away waiting: everyone behind it is one place further up, and the kind of device
             # it blocked may now go to the next in line
-            self.wake_waiting()
-
-    def wake_waiting(self) -> None:
-        """Every waiting Workspace gets a pass, and with it the admission step."""
-        self.workspaces.admissions.changed()
-        for namespace, name in sorted(self.queued_for_device | self.waiting):
-            self.workspace_changed(namespace, name)
+            self.workspaces.admissions.changed()
+            self.admission_due()
 
     def device_freed(self, namespace: str, workspace: str) -> None:
-        """A deleted pod may free a device or quota: every waiting Workspace, of any user, gets a pass."""
+        """A deleted pod may free a device, or room under its user's quota: admission decides again for the whole
+        lab (and wakes whom that lets start, or moves), and her other waiting Workspaces get a pass."""
         self.workspaces.admissions.changed()
+        self.admission_due()
         for namespace_, name in sorted(self.waiting - {(namespace, workspace)}):
-            self.workspace_changed(namespace_, name)
+            if namespace_ == namespace:
+                self.workspace_changed(namespace_, name)
+
+    def admission_due(self) -> None:
+        """Queues one admission decision for the whole lab (WorkspaceReconciler.sweep); a burst folds into it."""
+        if self._sweep_queued:
+            return
+        self._sweep_queued = True
+        task = asyncio.get_running_loop().create_task(self.sweep_admission(), context=contextvars.Context())
+        self._passes.add(task)
+        task.add_done_callback(self._passes.discard)
+
+    async def sweep_admission(self) -> None:
+        async with self.requeue.lock(SWEEP):
+            self._sweep_queued = False
+            try:
+                wake = await asyncio.to_thread(self.workspaces.sweep)
+            except Exception as err:  # retried; a sweep must never kill the watch
+                log_failure(err, "admission for the lab failed: %s", err)
+                self.requeue.retry(SWEEP, self.admission_due)
+                return
+        self.requeue.succeeded(SWEEP)
+        if self.queued_for_device:
+            self.requeue.schedule(SWEEP, SWEEP_EVERY, self.admission_due)
+        else:
+            self.requeue.cancel(SWEEP)
+        for namespace, name in wake:
+            self.workspace_changed(namespace, name)
 
     async def policy_changed(self, body: dict[str, Any]) -> None:
         changed = await quietly("loading the policy", self.policy.load_configmap, body)
@@ -441,6 +477,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
 
     @kopf.on.event(GROUP, VERSION, GPUUSER.plural, registry=registry)
     async def _user_event(event: kopf.RawEvent, body: kopf.Body, name: str, **_: Any) -> None:
+        operator.workspaces.user_seen(name, dict(body) if event.get("type") != "DELETED" else None)
         if event.get("type") == "DELETED":
             users_seen.pop(name, None)
             operator.users.forget(name)
@@ -474,6 +511,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             operator.workspace_seen(namespace, name, None)
             operator.workspaces.forget(namespace, name)
             operator.requeue.cancel(("Workspace", f"{namespace}/{name}"))
+            operator.holds_seen.changed(namespace, name, None)
             operator.usage_changed(namespace)
             if (body.get("status") or {}).get("holdNode"):
                 operator.device_freed(namespace, name)  # its hold went with it
@@ -481,7 +519,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         status = body.get("status") or {}
         operator.workspace_seen(namespace, name, status.get("phase"), bool(status.get("waitingSince")))
         operator.workspace_changed(namespace, name)
-        operator.usage_changed(namespace)  # a hold after a stop is recorded in the Workspace's status
+        if operator.holds_seen.changed(namespace, name, status):
+            operator.usage_changed(namespace)  # a hold after a stop is recorded in the Workspace's status
 
     @kopf.on.event("", "v1", "pods", registry=registry, labels={LABEL_MANAGED: MANAGED_BY})
     async def _pod_event(event: kopf.RawEvent, body: kopf.Body, labels: kopf.Labels, namespace: str | None,
@@ -492,6 +531,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         if not workspace:
             return
         lost = dict(body) if event.get("type") == "DELETED" and labels.get(LABEL_ROLE) == "workspace" else None
+        if labels.get(LABEL_ROLE) == "hold":
+            operator.workspaces.hold_pod_seen(namespace, workspace, present=event.get("type") != "DELETED")
         if event.get("type") == "DELETED" or (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             operator.workspaces.admissions.changed()  # its devices are free
         operator.workspace_changed(namespace, workspace, lost_pod=lost)
@@ -557,7 +598,7 @@ def standby_health(liveness: str | None) -> Iterator[None]:
 
 
 class WritesCollector:
-    """Exposes every API write this operator made, by verb and kind, as a Prometheus counter."""
+    """Exposes every API write and read this operator made, by verb and kind, as Prometheus counters."""
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
@@ -571,6 +612,12 @@ class WritesCollector:
             verb, kind = key.split(" ", 1)
             family.add_metric([verb, kind], value)
         yield family
+        reads = CounterMetricFamily("labkeeper_operator_api_reads", "API reads (gets and lists) made by the operator",
+                                    labels=["verb", "kind"])
+        for key, value in sorted(self.kube.reads.items()):
+            verb, kind = key.split(" ", 1)
+            reads.add_metric([verb, kind], value)
+        yield reads
 
 
 class AdmissionViews:

@@ -38,7 +38,7 @@ from labkeeper.controller.admission import LabView, owner_key
 from labkeeper.controller.enforcement import enforcement_clock, status_message
 from labkeeper.controller.liveness import Sight
 from labkeeper.controller.policy import UserEntitlement
-from labkeeper.kube.client import owner_reference
+from labkeeper.kube.client import owner_reference, stored
 from labkeeper.render import pod as render_pod
 from labkeeper.render.access import gpu_resource, priority_class_for
 from labkeeper.render.toolchains import toolchain_mounts
@@ -48,18 +48,18 @@ Phase, Reason = WorkspacePhase, WorkspaceReason
 
 FAILED_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                           "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
-NO_HOLD: dict[str, Any] = {"holdNode": None, "holdResource": None, "holdCount": None, "holdUntil": None}
+NO_HOLD: dict[str, Any] = dict.fromkeys(api_admission.HOLD_FIELDS)
 
 
 # ---- the scope ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Neighbourhood:
-    """What a start needs beyond the workspace: labkeeper's pods and the Workspaces in her namespace, and the
-    lab's SharedCaches and ModelStores (kind → objects)."""
+    """What a start needs beyond the workspace: labkeeper's pods and the Workspaces in her namespace, and, once
+    a pod is to be made, the lab's SharedCaches and ModelStores (kind → objects)."""
 
     pods: tuple[Body, ...]
     workspaces: tuple[Body, ...]
-    trees: Mapping[str, list[Body]]
+    trees: Mapping[str, list[Body]] | None = None  # read only for a pod about to be made (Unread "trees")
 
 
 class CreateFailed(NamedTuple):
@@ -114,11 +114,12 @@ class WorkspaceScope:
         return self.namespace.removeprefix(NAMESPACE_PREFIX) if self.namespace.startswith(NAMESPACE_PREFIX) else None
 
 
+WAITER_RECHECK = 300.0  # seconds between passes over a workspace waiting for a device
 UNWATCHED_RECHECK = 10.0  # seconds between passes over a running workspace whose kubelet is not believed yet
 
 
 class Unread(Exception):
-    """A decision needs a fact the scope does not hold yet: `what` is "preemption", "neighbourhood" or "lab"
+    """A decision needs a fact the scope does not hold yet: `what` is "preemption", "neighbourhood", "trees" or "lab"
     (with `my_since`: admission's view with this workspace waiting since then; None: the view as it is)."""
 
     def __init__(self, what: str, *, my_since: dt.datetime | None = None, pod: Body | None = None) -> None:
@@ -411,10 +412,9 @@ class _Pass:
             return self.set(Phase.PENDING, Reason.QUOTA_EXCEEDED, message, within_quota=False)
 
         self.within_quota = True
-        inputs = self.pod_inputs(near)
         profile, count = s.spec.gpu.profile, s.spec.gpu.count
         if profile == "none":
-            return self.create(inputs)
+            return self.create(self.pod_inputs(near))
         me = owner_key(s.body)
         freed = False
         if self.status.get("holdNode") and (self.status.get("holdResource"), self.status.get("holdCount")) \
@@ -438,7 +438,7 @@ class _Pass:
         lost = self.lost_hold(admission, view)
         node = admission.admitted.get(me)
         if node is not None:
-            decision = self.create(dataclasses.replace(inputs, node_name=node))
+            decision = self.create(dataclasses.replace(self.pod_inputs(near), node_name=node))
             return dataclasses.replace(decision, wake=wake, freed=freed)
         wait = admission.waiting[me]
         message = wait.message()
@@ -450,8 +450,10 @@ class _Pass:
             self.event(WorkspaceEvent.WAITING, f"waiting for a device: {message}")
         self.desired["waitingSince"] = api_admission.format_waiting_since(since)
         self.desired["queue"] = queue_place(wait, view, message)
-        # level-based: a missed wake-up costs at most this long
-        decision = self.set(Phase.PENDING, Reason.WAITING_FOR_DEVICE, message, requeue=30.0)
+        # a device that comes free is found by the operator's admission for the whole lab (every SWEEP_EVERY at
+        # the latest), which wakes whom it lets start or moves; this pass again refreshes what only its own status
+        # shows (an estimate whose basis aged)
+        decision = self.set(Phase.PENDING, Reason.WAITING_FOR_DEVICE, message, requeue=WAITER_RECHECK)
         return dataclasses.replace(decision, wake=wake, freed=freed)
 
     def create(self, inputs: render_pod.PodInputs) -> Decision:
@@ -499,6 +501,8 @@ class _Pass:
         spec, policy = s.spec, s.policy
         username = str(s.user["metadata"]["name"])
         ustatus = s.user.get("status") or {}
+        if near.trees is None:
+            raise Unread("trees")  # a waiter's pass makes no pod: the lab's trees are read for the one that does
         # two trees on one path would give every pod a duplicate mountPath, which the API refuses
         trees = {kind: list(near.trees.get(kind) or []) for kind in TREE_KINDS}
         left_out = tree_conflicts(trees)
@@ -792,6 +796,19 @@ class _Pass:
                                            hold_after_stop=policy.gpu_hold_after_stop,
                                            previous=marks[-1] if marks else None)
         return api_accounting.next_meter(status.get("meter") or [], mark, self.scope.now)
+
+
+def to_wake(view: LabView, decision: api_admission.Admission) -> set[str]:
+    """Whom the lab's own admission decision (no pass asking) gives a pass: the waiters it lets start, the holders
+    whose hold it finds lost, the waiters whose place moved, and, where the view was read just now (so it holds the
+    statuses as shown), every waiter whose queue its pass would write otherwise: who is ahead, why, the estimate,
+    which a device freed, held or taken changes with no place moving."""
+    owners = {*(o for o in decision.admitted if o not in view.pods_of),
+              *(c.owner for c in decision.lost_holds), *view.moved(decision)}
+    if not view.reused and view.before is None:
+        owners.update(owner for owner, wait in decision.waiting.items()
+                      if stored(view.queues.get(owner)) != stored(queue_place(wait, view, wait.message())))
+    return owners
 
 
 def queue_place(wait: api_admission.Wait, view: LabView, message: str) -> Body:

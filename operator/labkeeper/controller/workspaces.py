@@ -56,6 +56,24 @@ class WorkspaceReconciler:
         # time in a status: a deadline counted from it is then the one status.idleDeadline states, not up to 1 s later
         self.started_at = clock().replace(microsecond=0)
         self.admissions = Admissions(kube, policy)
+        # (namespace, workspace) of each hold pod an older labkeeper left, as the pod watch reports them: nothing
+        # makes one now, so a pass reads one only where the watch has shown it (not a read for each pass)
+        self.hold_pods: set[tuple[str, str]] = set()
+        # each GPUUser as the user watch last delivered it, put here before the passes that event queues: what a
+        # pass reads of her is then never older than the event that made her workspaces' passes run, as a GET
+        # racing that event could not promise more (a user the watch has not shown yet is read)
+        self.watched_users: dict[str, Body] = {}
+
+    def user_seen(self, name: str, user: Body | None) -> None:
+        """The user watch delivered `user` (None: she was deleted)."""
+        if user is None:
+            self.watched_users.pop(name, None)
+        else:
+            self.watched_users[name] = user
+
+    def hold_pod_seen(self, namespace: str, workspace: str, *, present: bool) -> None:
+        """The pod watch saw a hold pod of `workspace` come or go (before the pass that event queues)."""
+        (self.hold_pods.add if present else self.hold_pods.discard)((namespace, workspace))
 
     # ---- one pass ---------------------------------------------------------------------------------------------
     def reconcile(self, ws: Body, *, lost_pod: Body | None = None, user_locked: bool = True) -> Outcome:
@@ -85,9 +103,12 @@ class WorkspaceReconciler:
         namespace, name = meta["namespace"], meta["name"]
         policy = self.policy.current
         username = username_of(namespace)
-        user = self.kube.get("GPUUser", username) if username else None
+        user = None
+        if username:
+            user = self.watched_users[username] if username in self.watched_users \
+                else self.kube.get("GPUUser", username)
         pod = self.kube.get("Pod", pod_name(name), namespace)
-        hold = self.kube.get("Pod", hold_name(name), namespace)
+        hold = self.kube.get("Pod", hold_name(name), namespace) if (namespace, name) in self.hold_pods else None
         entitlement = None
         if username and user is not None and (user.get("status") or {}).get("uid"):
             entitlement = self.policy.entitlement(username, user.get("spec") or {}, policy)
@@ -107,6 +128,17 @@ class WorkspaceReconciler:
         return self.liveness.sight(node, watched[1] if watched is not None and since and watched[0] == since
                                    else None)
 
+    def sweep(self) -> list[tuple[str, str]]:
+        """Admission decided for the whole lab with no pass asking: the waiters it lets start, the holders whose
+        hold it finds lost and the waiters whose place moved, (namespace, name) each, for a pass of their own. What
+        a device that came free, or a waiter that left the queue, asks of the lab: one decision, not a pass for
+        every waiter."""
+        with self.admissions.lock:
+            # read now: a kept view may be up to REUSE_FOR old and hold no statuses as they are shown
+            view = self.admissions.view(self.clock(), fresh=True)
+            decision = view.decide()
+        return sorted((owner.split("/", 1)[0], owner.split("/", 1)[1]) for owner in decisions.to_wake(view, decision))
+
     def forget(self, namespace: str, name: str) -> None:
         self._watched.pop((namespace, name), None)
 
@@ -121,9 +153,11 @@ class WorkspaceReconciler:
         if need.what == "neighbourhood":
             pods = self.kube.list("Pod", scope.namespace, label_selector=MANAGED_SELECTOR)
             workspaces = self.kube.list("Workspace", scope.namespace)
-            trees = {kind: self.kube.list(kind) for kind in TREE_KINDS}
-            near = decisions.Neighbourhood(tuple(pods), tuple(workspaces), trees)
+            near = decisions.Neighbourhood(tuple(pods), tuple(workspaces))
             return dataclasses.replace(scope, neighbourhood=near)
+        if need.what == "trees" and scope.neighbourhood is not None:
+            trees = {kind: self.kube.list(kind) for kind in TREE_KINDS}
+            return dataclasses.replace(scope, neighbourhood=dataclasses.replace(scope.neighbourhood, trees=trees))
         if need.what == "lab":
             # one decision (and the pod it admits) at a time, for the whole lab: held until the pod exists
             admission_lock.enter_context(self.admissions.lock)

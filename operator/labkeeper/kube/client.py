@@ -58,12 +58,13 @@ def list_union(kube: Any, kind: str, field_selectors: tuple[str, ...], namespace
 
 
 class Kube:
-    """One client for the whole process; counts writes by verb and kind."""
+    """One client for the whole process; counts writes, and reads, by verb and kind."""
 
     def __init__(self, api_client: k8s.ApiClient | None = None, field_manager: str = FIELD_MANAGER) -> None:
         self.api = api_client or k8s.ApiClient()
         self.field_manager = field_manager
         self.writes: Counter[str] = Counter()
+        self.reads: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     @classmethod
@@ -78,9 +79,9 @@ class Kube:
             api = k8s.ApiClient()
         return cls(api, **kwargs)
 
-    def _count(self, verb: str, kind: str) -> None:
+    def _count(self, verb: str, kind: str, counter: Counter[str] | None = None) -> None:
         with self._lock:
-            self.writes[f"{verb} {kind}"] += 1
+            (self.writes if counter is None else counter)[f"{verb} {kind}"] += 1
 
     def _call(self, method: str, path: str, body: Any = None, *, query: list[tuple[str, str]] | None = None,
               content_type: str = "application/json") -> Body:
@@ -98,6 +99,7 @@ class Kube:
 
     # ---- reads -------------------------------------------------------------------------------
     def get(self, kind: str, name: str, namespace: str | None = None) -> Body | None:
+        self._count("get", kind, self.reads)
         try:
             return self._call("GET", KINDS[kind].path(name, namespace))
         except ApiException as err:
@@ -110,6 +112,7 @@ class Kube:
         """`cached`: from the API server's watch cache as it stands (resourceVersion 0): it may be a moment behind,
         and the server neither reads etcd nor waits for its cache to catch up. For views a person reads, never for
         a decision."""
+        self._count("list", kind, self.reads)
         query = [("resourceVersion", "0")] if cached else []
         if label_selector:
             query.append(("labelSelector", label_selector))
@@ -119,6 +122,7 @@ class Kube:
 
     def count(self, kind: str, namespace: str | None = None) -> int:
         """How many there are, from a list of one: the API server reports how many more it left out."""
+        self._count("list", kind, self.reads)
         page = self._call("GET", KINDS[kind].path(namespace=namespace), query=[("limit", "1")])
         more = (page.get("metadata") or {}).get("remainingItemCount")
         if more is None and (page.get("metadata") or {}).get("continue"):
@@ -185,7 +189,7 @@ class Kube:
         reaching the API server. `if_unchanged`: only onto `obj` as it was read (its resourceVersion); a write since
         refuses it with 409."""
         current = obj.get("status") or {}
-        changed = {key: value for key, value in desired.items() if _stored(current.get(key)) != _stored(value)}
+        changed = {key: value for key, value in desired.items() if stored(current.get(key)) != stored(value)}
         if not changed:
             return None
         if kind in STATUS_MODELS:
@@ -223,13 +227,13 @@ class Kube:
             self.create(event)
 
 
-def _stored(value: Any) -> Any:
+def stored(value: Any) -> Any:
     """A value as the API server keeps it after a merge patch: a null in an object is no field at all (a
     desired `{"estimatedStart": None}` matches a status without it)."""
     if isinstance(value, dict):
-        return {key: _stored(item) for key, item in value.items() if item is not None}
+        return {key: stored(item) for key, item in value.items() if item is not None}
     if isinstance(value, list):
-        return [_stored(item) for item in value]
+        return [stored(item) for item in value]
     return value
 
 
