@@ -506,4 +506,10 @@ def as_shown(**edits: dict[str, Any]) -> dict[str, dict[str, Any]]:
 ])
 def test_the_labs_own_decision_wakes_only_those_whose_status_it_changes(queues, reused, woken):
     view = three_waiters(queues, reused=reused)
-    assert to_wake(view, view.decide()) == woken
+    now, soon = to_wake(view, view.decide(), shown=True)
+    # the one it lets start at once; those whose queue status it changes soon, a burst of changes folded
+    assert now == ({"lab-a/ws"} if not reused else set()) and now | soon == woken and not now & soon
+    # a pass's own decision wakes for a place moved, not for words: a device taken would change everyone's
+    places = {"lab-b/ws": 1, "lab-c/ws": 2}
+    moved = {o for o, place in places.items() if view.places.get(o) != place} if not reused else set()
+    assert to_wake(view, view.decide()) == (now, moved)

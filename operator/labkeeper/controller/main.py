@@ -99,6 +99,9 @@ PASS_THREADS = 16  # passes (and other blocking API calls) in flight at once
 # operator's clock): a device that came free where no watch of the lab's sees it (a pod of someone else's) is found
 SWEEP_EVERY = 30.0
 SWEEP = ("Admission", "lab")
+# a waiter whose queue place moved gets its pass within this (seconds of the operator's clock): the places a burst of
+# arrivals moves fold into one pass each, and the arrivals' own passes go first
+MOVED_WITHIN = 1.0
 
 
 class Requeue:
@@ -201,6 +204,7 @@ class Operator:
         self._accounting: set[str] = set()  # users with a fold scheduled
         self._usage_queued: set[str] = set()
         self._sweep_queued = False
+        self._soon: dict[tuple[str, str], asyncio.TimerHandle] = {}  # Workspaces with a pass due soon
         self.holds_seen = HoldSightings()
         self.requeue = Requeue(clock.wall if isinstance(clock, ScaledClock) else (lambda seconds: seconds))
         # Workspaces with a pass queued but not yet started: events that arrive meanwhile fold into it
@@ -275,8 +279,23 @@ class Operator:
             self.requeue.cancel(key)
         for namespace_, name_ in outcome.wake:
             self.workspace_changed(namespace_, name_)
+        for namespace_, name_ in outcome.moved:
+            self.workspace_soon(namespace_, name_)
         if outcome.freed:
             self.device_freed(namespace, name)
+
+    def workspace_soon(self, namespace: str, name: str) -> None:
+        """A pass within MOVED_WITHIN, unless one is queued already (it reads the Workspace afresh) or due sooner."""
+        key = (namespace, name)
+        if key in self._queued or key in self._soon:
+            return
+
+        def fire() -> None:
+            self._soon.pop(key, None)
+            self.workspace_changed(namespace, name)
+
+        self._soon[key] = asyncio.get_running_loop().call_later(self.requeue.wall(MOVED_WITHIN), fire,
+                                                                 context=contextvars.Context())
 
     async def _workspace_pass(self, namespace: str, name: str, lost_pod: dict[str, Any] | None, *,
                               user_locked: bool) -> Outcome | None:
@@ -345,6 +364,9 @@ class Operator:
     def stop(self) -> None:
         """No pass starts once kopf is stopping; it would only fail against a closed executor."""
         self.requeue.cancel_all()
+        for handle in self._soon.values():
+            handle.cancel()
+        self._soon.clear()
         for task in list(self._passes):
             task.cancel()
 
@@ -391,7 +413,7 @@ class Operator:
         async with self.requeue.lock(SWEEP):
             self._sweep_queued = False
             try:
-                wake = await asyncio.to_thread(self.workspaces.sweep)
+                wake, moved = await asyncio.to_thread(self.workspaces.sweep)
             except Exception as err:  # retried; a sweep must never kill the watch
                 log_failure(err, "admission for the lab failed: %s", err)
                 self.requeue.retry(SWEEP, self.admission_due)
@@ -403,6 +425,8 @@ class Operator:
             self.requeue.cancel(SWEEP)
         for namespace, name in wake:
             self.workspace_changed(namespace, name)
+        for namespace, name in moved:
+            self.workspace_soon(namespace, name)
 
     async def policy_changed(self, body: dict[str, Any]) -> None:
         changed = await quietly("loading the policy", self.policy.load_configmap, body)
@@ -606,18 +630,15 @@ class WritesCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
 
-        family = CounterMetricFamily("labkeeper_operator_api_writes", "API writes made by the operator",
-                                     labels=["verb", "kind"])
-        for key, value in sorted(self.kube.writes.items()):
-            verb, kind = key.split(" ", 1)
-            family.add_metric([verb, kind], value)
-        yield family
-        reads = CounterMetricFamily("labkeeper_operator_api_reads", "API reads (gets and lists) made by the operator",
-                                    labels=["verb", "kind"])
-        for key, value in sorted(self.kube.reads.items()):
-            verb, kind = key.split(" ", 1)
-            reads.add_metric([verb, kind], value)
-        yield reads
+        for name, what, counts in (("labkeeper_operator_api_writes", "API writes made by the operator",
+                                    self.kube.writes),
+                                   ("labkeeper_operator_api_reads", "API reads (gets and lists) made by the operator",
+                                    self.kube.reads)):
+            family = CounterMetricFamily(name, what, labels=["verb", "kind"])
+            for key, value in sorted(counts.items()):
+                verb, kind = key.split(" ", 1)
+                family.add_metric([verb, kind], value)
+            yield family
 
 
 class AdmissionViews:

@@ -175,7 +175,8 @@ class Decision:
     actions: tuple[Action, ...] = ()  # in order, before the status is written
     after: tuple[Action, ...] = ()  # once the status is written
     requeue_after: float | None = None
-    wake: tuple[tuple[str, str], ...] = ()  # (namespace, name) of Workspaces admission let start or moved
+    wake: tuple[tuple[str, str], ...] = ()  # (namespace, name) of Workspaces admission let start, or found lost
+    moved: tuple[tuple[str, str], ...] = ()  # ... of waiters whose queue place it moved: a pass soon, not at once
     freed: bool = False  # a device came free: whoever waits gets a pass
     # the status write and what follows it hold only on the Workspace exactly as this pass read it: a write since
     # (the agent's report of new activity) refuses them and the pass decides again from it
@@ -430,16 +431,15 @@ class _Pass:
             raise Unread("lab", my_since=since)
         admission = view.decide()
         # those ahead that may start now, and holders whose hold is gone, get a pass of their own, whoever's
-        # pass found out
-        wake = tuple((o.split("/", 1)[0], o.split("/", 1)[1]) for o in
-                     [*(o for o in admission.admitted if o not in view.pods_of),
-                      *(c.owner for c in admission.lost_holds), *view.moved(admission)]
-                     if o != me)
+        # pass found out; those whose place moved, a pass soon
+        now_owners, moved_owners = to_wake(view, admission)
+        wake = owners_to_keys(now_owners - {me})
+        moved = owners_to_keys(moved_owners - now_owners - {me})
         lost = self.lost_hold(admission, view)
         node = admission.admitted.get(me)
         if node is not None:
             decision = self.create(dataclasses.replace(self.pod_inputs(near), node_name=node))
-            return dataclasses.replace(decision, wake=wake, freed=freed)
+            return dataclasses.replace(decision, wake=wake, moved=moved, freed=freed)
         wait = admission.waiting[me]
         message = wait.message()
         if lost:
@@ -454,7 +454,7 @@ class _Pass:
         # the latest), which wakes whom it lets start or moves; this pass again refreshes what only its own status
         # shows (an estimate whose basis aged)
         decision = self.set(Phase.PENDING, Reason.WAITING_FOR_DEVICE, message, requeue=WAITER_RECHECK)
-        return dataclasses.replace(decision, wake=wake, freed=freed)
+        return dataclasses.replace(decision, wake=wake, moved=moved, freed=freed)
 
     def create(self, inputs: render_pod.PodInputs) -> Decision:
         s = self.scope
@@ -798,17 +798,24 @@ class _Pass:
         return api_accounting.next_meter(status.get("meter") or [], mark, self.scope.now)
 
 
-def to_wake(view: LabView, decision: api_admission.Admission) -> set[str]:
-    """Whom the lab's own admission decision (no pass asking) gives a pass: the waiters it lets start, the holders
-    whose hold it finds lost, the waiters whose place moved, and, where the view was read just now (so it holds the
-    statuses as shown), every waiter whose queue its pass would write otherwise: who is ahead, why, the estimate,
-    which a device freed, held or taken changes with no place moving."""
-    owners = {*(o for o in decision.admitted if o not in view.pods_of),
-              *(c.owner for c in decision.lost_holds), *view.moved(decision)}
-    if not view.reused and view.before is None:
-        owners.update(owner for owner, wait in decision.waiting.items()
-                      if stored(view.queues.get(owner)) != stored(queue_place(wait, view, wait.message())))
-    return owners
+def to_wake(view: LabView, decision: api_admission.Admission, *,
+            shown: bool = False) -> tuple[set[str], set[str]]:
+    """Whom an admission decision gives a pass, whoever's pass (or the lab's own decision) made it: at once, the
+    waiters it lets start and the holders whose hold it finds lost; soon, the waiters whose place moved. `shown`:
+    the view was read just now, so it holds the statuses as shown: soon too, every waiter whose queue its pass would
+    write otherwise (who is ahead, why, the estimate), which a device freed, held or taken changes with no place
+    moving. That is for the lab's own decision, not each pass's, as a device taken would change every waiter's."""
+    now = {*(o for o in decision.admitted if o not in view.pods_of), *(c.owner for c in decision.lost_holds)}
+    soon = set(view.moved(decision))
+    if shown and not view.reused and view.before is None:
+        soon.update(owner for owner, wait in decision.waiting.items()
+                    if stored(view.queues.get(owner)) != stored(queue_place(wait, view, wait.message())))
+    return now, soon - now
+
+
+def owners_to_keys(owners: set[str]) -> tuple[tuple[str, str], ...]:
+    """"namespace/name" owners as sorted (namespace, name) keys."""
+    return tuple(sorted((o.split("/", 1)[0], o.split("/", 1)[1]) for o in owners))
 
 
 def queue_place(wait: api_admission.Wait, view: LabView, message: str) -> Body:

@@ -39,6 +39,7 @@ class Outcome:
     wake: tuple[tuple[str, str], ...] = ()  # (namespace, name) of Workspaces admission let start
     freed: bool = False  # a device came free: whoever waits gets a pass
     needs_user_lock: bool = False  # nothing was done: the pass would create a pod, so it runs again under the lock
+    moved: tuple[tuple[str, str], ...] = ()  # (namespace, name) of waiters whose queue place moved: a pass soon
 
 
 class WorkspaceReconciler:
@@ -128,16 +129,17 @@ class WorkspaceReconciler:
         return self.liveness.sight(node, watched[1] if watched is not None and since and watched[0] == since
                                    else None)
 
-    def sweep(self) -> list[tuple[str, str]]:
-        """Admission decided for the whole lab with no pass asking: the waiters it lets start, the holders whose
-        hold it finds lost and the waiters whose place moved, (namespace, name) each, for a pass of their own. What
+    def sweep(self) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+        """Admission decided for the whole lab with no pass asking: the waiters it lets start and the holders whose
+        hold it finds lost, for a pass at once, and the waiters whose queue status it changes, for a pass soon. What
         a device that came free, or a waiter that left the queue, asks of the lab: one decision, not a pass for
         every waiter."""
         with self.admissions.lock:
             # read now: a kept view may be up to REUSE_FOR old and hold no statuses as they are shown
             view = self.admissions.view(self.clock(), fresh=True)
             decision = view.decide()
-        return sorted((owner.split("/", 1)[0], owner.split("/", 1)[1]) for owner in decisions.to_wake(view, decision))
+        now, soon = decisions.to_wake(view, decision, shown=True)
+        return decisions.owners_to_keys(now), decisions.owners_to_keys(soon)
 
     def forget(self, namespace: str, name: str) -> None:
         self._watched.pop((namespace, name), None)
@@ -225,7 +227,7 @@ class WorkspaceReconciler:
                 if not (decision.if_unchanged and is_conflict(err)):
                     raise
                 return Outcome(requeue_after=0.2)  # the status was written, then the Workspace: decide again
-        return Outcome(decision.requeue_after, decision.wake, decision.freed)
+        return Outcome(decision.requeue_after, decision.wake, decision.freed, moved=decision.moved)
 
     def act(self, ws: Body, action: object, version: str | None = None) -> None:
         """A step that follows the status write; `version`: only onto the Workspace at that resourceVersion."""
