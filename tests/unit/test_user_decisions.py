@@ -3,6 +3,7 @@ and host are there, and what suspension and offboarding leave. No API server."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from typing import Any
 
@@ -16,6 +17,7 @@ from labkeeper.controller.user_decisions import (
     UserScope,
     held,
     host_provisioned,
+    pass_input,
     quota_counted,
     requeue_after,
     user_status,
@@ -118,3 +120,39 @@ def test_a_pass_after_a_failed_one_says_it_succeeded_again():
                "lastTransitionTime": "2026-12-01T08:59:00Z"}]
     status = user_status(scope(status={"nodes": AGENT, "conditions": failed}), 20001, GRANTED, COUNTED)
     assert conditions(status)["Reconciled"] == ("True", "Reconciled")
+
+
+PASSED = {"metadata": {"name": "alice", "generation": 4, "resourceVersion": "10", "finalizers": ["f"]},
+          "spec": {"tier": "student", "state": "Active"},
+          "status": {"uid": 2001, "phase": "Ready", "conditions": [{"type": "Ready", "status": "True"}],
+                     "nodes": [{"node": "n1", "state": "Provisioned", "homeBytes": 10}],
+                     "usage": {"gpuEquivalents": 0.5}, "accounting": {"days": [{"day": "2026-12-01"}]}}}
+
+
+def edited(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    body = copy.deepcopy(PASSED)
+    *parents, leaf = path
+    target = body
+    for key in parents:
+        target = target[key] if not isinstance(target, list) else target[int(key)]
+    target[leaf] = value
+    return body
+
+
+@pytest.mark.parametrize(("path", "value", "needs_pass"), [
+    (("metadata", "resourceVersion"), "11", False),
+    (("status", "usage"), {"gpuEquivalents": 1.5}, False),
+    (("status", "accounting"), {"days": []}, False),
+    (("status", "nodes", "0", "homeBytes"), 99, False),
+    (("spec", "tier"), "faculty", True),
+    (("spec", "state"), "Suspended", True),
+    (("metadata", "generation"), 5, True),
+    (("metadata", "deletionTimestamp"), "2026-12-01T10:00:00Z", True),
+    (("metadata", "finalizers"), [], True),
+    (("status", "nodes", "0", "state"), "Failed", True),
+    (("status", "uid"), None, True),
+    (("status", "incarnation"), "ab12", True),
+    (("status", "conditions"), [], True),
+])
+def test_a_pass_over_her_is_needed_only_when_what_it_reads_changed(path, value, needs_pass):
+    assert (pass_input(edited(path, value)) != pass_input(PASSED)) is needs_pass

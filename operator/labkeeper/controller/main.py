@@ -45,6 +45,7 @@ from labkeeper.controller.nodes import NodePruner
 from labkeeper.controller.policy import POLICY_CONFIGMAP, PolicyStore
 from labkeeper.controller.uids import UidLedger, UidRange
 from labkeeper.controller.usage import HoldSightings, UsageWriter
+from labkeeper.controller.user_decisions import pass_input
 from labkeeper.controller.users import UserReconciler
 from labkeeper.controller.workspaces import Outcome, WorkspaceReconciler, clear_stale_handovers
 from labkeeper.kube.client import Kube
@@ -202,6 +203,7 @@ class Operator:
         self.accountant = Accountant(kube, self.policy, clock)
         self.nodes = NodePruner(kube, clock)
         self._accounting: set[str] = set()  # users with a fold scheduled
+        self._user_passed: dict[str, str] = {}  # user → what her last successful pass read (user_decisions.pass_input)
         self._usage_queued: set[str] = set()
         self._sweep_queued = False
         self._soon: dict[tuple[str, str], asyncio.TimerHandle] = {}  # Workspaces with a pass due soon
@@ -232,19 +234,29 @@ class Operator:
                     body = await asyncio.to_thread(self.kube.get, "GPUUser", name)
                     if body is None:
                         self.users.forget(name)
+                        self._user_passed.pop(name, None)
                         return
+                passed = pass_input(body)
                 outcome = await asyncio.to_thread(self.users.reconcile, body)
             except Exception as err:  # a failed pass is retried; it must never kill the watch
+                self._user_passed.pop(name, None)
                 log_failure(err, "GPUUser %s: reconcile failed: %s", name, err)
                 if body is not None:
                     await asyncio.to_thread(self.users.record_failure, body, err)
                 self.requeue.retry(key, lambda: asyncio.ensure_future(self.reconcile_user(name)))
                 return
+        self._user_passed[name] = passed
         self.requeue.succeeded(key)
         if outcome.requeue_after is not None:
             self.requeue.schedule(key, outcome.requeue_after, lambda: asyncio.ensure_future(self.reconcile_user(name)))
         else:
             self.requeue.cancel(key)
+
+    def user_passed(self, name: str, body: Mapping[str, Any]) -> bool:
+        """Whether her last successful pass read all that a pass would read of `body`: an event that changed only
+        her usage or accounting (the fold every flushInterval, a usage write on each of her pods' changes) costs
+        no pass (her kubeconfig Secret and quota read, her certificate parsed) and no usage pass."""
+        return self._user_passed.get(name) == pass_input(body)
 
     def workspace_changed(self, namespace: str, name: str, lost_pod: dict[str, Any] | None = None) -> None:
         """Queues one pass over the Workspace without waiting for it, so a watch event is let go at once
@@ -505,10 +517,13 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         if event.get("type") == "DELETED":
             users_seen.pop(name, None)
             operator.users.forget(name)
+            operator._user_passed.pop(name, None)
             operator.requeue.cancel(("accounting", name))
             operator._accounting.discard(name)
             return
         operator.accounting_due(name)
+        if operator.user_passed(name, body):
+            return  # only her usage or accounting changed: nothing a pass, her usage or her workspaces depend on
         await operator.reconcile_user(name, dict(body))
         operator.usage_changed(namespace_for(name))
         # suspension, a tier change or a new uid can change what each of her workspaces may do; her own status

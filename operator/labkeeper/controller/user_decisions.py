@@ -6,6 +6,7 @@ decisions ask for (uid ledger, server-side apply, certificates) and writes the s
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,24 @@ class Held:
 
     status: Body
     event: str | None
+
+
+# what others write into her status that a pass over her never reads: her usage (controller/usage.py), her
+# accounting fold (controller/accounting.py), and of each node agent's report its measure of her home
+OTHERS_STATUS = ("usage", "accounting")
+AGENT_MEASURES = ("homeBytes",)
+SERVER_METADATA = ("resourceVersion", "managedFields")
+
+
+def pass_input(user: Mapping[str, Any]) -> str:
+    """All of her object that a pass reads, as one comparable text: a watch event whose text equals the last
+    passed one's changed only what others measure of her (or the API server's bookkeeping), and needs no pass."""
+    meta = {k: v for k, v in (user.get("metadata") or {}).items() if k not in SERVER_METADATA}
+    status = {k: v for k, v in (user.get("status") or {}).items() if k not in OTHERS_STATUS}
+    if isinstance(status.get("nodes"), list):
+        status["nodes"] = [{k: v for k, v in node.items() if k not in AGENT_MEASURES} if isinstance(node, dict)
+                           else node for node in status["nodes"]]
+    return json.dumps([meta, user.get("spec"), status], sort_keys=True, default=str)
 
 
 def unknown_tier(spec: GPUUserSpec, policy: api_policy.LabPolicy) -> str | None:
