@@ -123,6 +123,7 @@ class Watcher:
         self.phase: dict[tuple[str, str], str] = {}
         self.status: dict[tuple[str, str], dict] = {}
         self.changed: Counter = Counter()  # status fields (and queue's) seen to change, for what a quiet window writes
+        self.examples: dict[str, list[str]] = {}  # of each, the first few changes seen (before -> after)
         self.last_change = time.monotonic()  # when a status field last changed
         self.started = threading.Event()
         self._stop = False
@@ -157,6 +158,12 @@ class Watcher:
             except Exception:  # the connection dropped: watch again from where it was
                 time.sleep(0.5)
 
+    def _changed(self, field: str, key: tuple[str, str], before: object, after: object) -> None:
+        self.changed[field] += 1
+        seen = self.examples.setdefault(field, [])
+        if len(seen) < 3:
+            seen.append(f"{key[0]}/{key[1]}: {str(before)[:80]} -> {str(after)[:80]}")
+
     def _see(self, obj: dict, deleted: bool = False) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         if deleted:
@@ -169,10 +176,11 @@ class Watcher:
             self.last_change = now
         for name in set(status) | set(before):
             if name == "queue" and isinstance(status.get(name), dict) and isinstance(before.get(name), dict):
-                self.changed.update(f"queue.{k}" for k in set(status[name]) | set(before[name])
-                                    if status[name].get(k) != before[name].get(k))
+                for k in set(status[name]) | set(before[name]):
+                    if status[name].get(k) != before[name].get(k):
+                        self._changed(f"queue.{k}", key, before[name].get(k), status[name].get(k))
             elif status.get(name) != before.get(name):
-                self.changed[name] += 1
+                self._changed(name, key, before.get(name), status.get(name))
         self.status[key] = status
         self.phase[key] = status.get("phase") or ""
         if status.get("phase") == "Running":
@@ -732,9 +740,11 @@ def main() -> int:
               f"{args.still:.0f} s, {figures['statuses_still_after_s']:.0f} s after the GPU phase", flush=True)
         before = operator_writes(port)
         watcher.changed.clear()
+        watcher.examples.clear()
         time.sleep(args.quiet)
         after = operator_writes(port)
         figures["quiet_changed_status_fields"] = dict(watcher.changed.most_common())
+        figures["quiet_change_examples"] = dict(watcher.examples)
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
         quiet = sum(v for k, v in delta.items() if k.startswith("labkeeper_operator_api_writes") and 'kind="Lease"' not in k)
         rss, peak = memory_mib(lab.operator.proc.pid)
@@ -747,6 +757,8 @@ def main() -> int:
         print(f"  quiet {args.quiet:.0f} s: {figures['quiet_writes_per_min']} operator writes/min (Lease apart) "
               f"{delta}; operator RSS {rss:.0f} MiB (peak {peak:.0f} MiB); Workspace status fields that changed "
               f"{figures['quiet_changed_status_fields']}", flush=True)
+        for field, seen in watcher.examples.items():
+            print(f"    {field}: {'; '.join(seen)}", flush=True)
 
         # bulk free: devices come free at once, the queue takes them
         running_gpu = [k for k in applied if watcher.phase.get(k) == "Running"][:args.free]

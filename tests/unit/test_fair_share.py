@@ -266,3 +266,41 @@ def test_a_wait_given_up_is_waiting_time_but_not_a_wait_to_a_start():
     ws = {"metadata": {"name": "ws", "namespace": "lab-ann"}, "status": {"meter": meter}}
     [day] = acc.fold_user({"metadata": {"name": "ann"}}, [ws], at(30), DAY)["days"]
     assert day["waitingSeconds"] == 1200 and not day.get("waits") and not day.get("stops")
+
+
+def test_a_fold_onto_the_watched_user_that_the_api_refuses_as_stale_is_made_again_on_a_fresh_read():
+    """The operator folds onto her GPUUser as the watch last showed it; when a write the watch has not delivered
+    yet changed her, the patch (under the watched resourceVersion) is refused and the fold is made once more onto
+    what is stored, so it neither waits a whole flush interval nor counts a stretch twice."""
+    from kubernetes.client.exceptions import ApiException
+
+    from labkeeper.api.policy import LabPolicy
+    from labkeeper.controller.accounting import Accountant
+
+    ws = {"metadata": {"name": "ws", "namespace": "lab-ann"}, "status": {"meter": scripted_day()}}
+    stored = {"metadata": {"name": "ann", "resourceVersion": "8"}, "status": {"usage": {"gpuEquivalents": 1}}}
+    watched = {"metadata": {"name": "ann", "resourceVersion": "7"}, "status": {}}
+
+    class Kube:
+        patches: list[str] = []  # the resourceVersion each patch was made under, and each read
+
+        def get(self, kind: str, name: str) -> dict:
+            self.patches.append("read")
+            return stored
+
+        def list(self, kind: str, namespace: str | None = None) -> list[dict]:
+            return [ws]
+
+        def patch(self, kind: str, name: str, patch: dict, subresource: str | None = None) -> dict:
+            self.patches.append(patch["metadata"]["resourceVersion"])
+            if patch["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"]:
+                raise ApiException(status=409, reason="Conflict")
+            return stored
+
+    kube = Kube()
+    policy = type("Store", (), {"current": LabPolicy()})()
+    assert Accountant(kube, policy, lambda: at(200)).flush("ann", watched)  # type: ignore[arg-type]
+    assert kube.patches == ["7", "read", "8"]
+    kube.patches.clear()
+    assert Accountant(kube, policy, lambda: at(200)).flush("ann", stored)  # type: ignore[arg-type]
+    assert kube.patches == ["8"]  # a watch that is current costs no read

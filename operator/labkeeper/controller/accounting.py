@@ -25,10 +25,20 @@ REPORT_WINDOW = dt.timedelta(days=7)  # what the metrics' waiting percentiles an
 
 
 class Accountant(UserStatusWriter):
-    def flush(self, username: str) -> bool:
-        """Folds her meters up to now into her status; returns whether a write was made."""
+    def flush(self, username: str, watched: dict[str, Any] | None = None) -> bool:
+        """Folds her meters up to now into her status; returns whether a write was made. `watched`: her GPUUser
+        as the watch last showed it, folded onto instead of a read; if she changed since (the watch behind), the
+        patch is refused and the fold is made once more on a fresh read."""
+        if watched is not None:
+            written = self._fold(username, watched)
+            if written is not None:
+                return written
         user = self.staying_user(username)
-        if user is None:
+        return bool(user is not None and self._fold(username, user))
+
+    def _fold(self, username: str, user: dict[str, Any]) -> bool | None:
+        """Whether the fold onto `user` wrote; None when she changed since `user` was read."""
+        if user["metadata"].get("deletionTimestamp"):
             return False
         workspaces = self.kube.list("Workspace", namespace_for(username))
         now = self.clock()
@@ -44,8 +54,10 @@ class Accountant(UserStatusWriter):
         try:
             self.kube.patch("GPUUser", username, patch, subresource="status")
         except ApiException as err:
-            if err.status == 404 or is_conflict(err):
-                return False  # gone, or written meanwhile: the next fold starts from what is there
+            if is_conflict(err):
+                return None  # written meanwhile: fold again onto what is there
+            if err.status == 404:
+                return False  # gone
             raise
         return True
 

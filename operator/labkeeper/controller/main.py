@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -39,6 +38,7 @@ from labkeeper.api.names import (
 from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES, WorkspacePhase
 from labkeeper.controller.accounting import Accountant
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
+from labkeeper.controller.executor import URGENT, UrgentFirstExecutor
 from labkeeper.controller.leader import LeaderLease
 from labkeeper.controller.liveness import DEFAULT_SETTLE, NODE_LEASE_NAMESPACE, KubeletLiveness
 from labkeeper.controller.nodes import NodePruner
@@ -209,8 +209,12 @@ class Operator:
         self._soon: dict[tuple[str, str], asyncio.TimerHandle] = {}  # Workspaces with a pass due soon
         self.holds_seen = HoldSightings()
         self.requeue = Requeue(clock.wall if isinstance(clock, ScaledClock) else (lambda seconds: seconds))
-        # Workspaces with a pass queued but not yet started: events that arrive meanwhile fold into it
-        self._queued: set[tuple[str, str]] = set()
+        # Workspaces with a pass queued but not yet started, with that pass's context: events that arrive meanwhile
+        # fold into it (and one that makes it urgent makes it so)
+        self._queued: dict[tuple[str, str], contextvars.Context] = {}
+        # (namespace, name) of the Workspaces whose status the watch last showed lagging what was asked of them (a
+        # new generation not yet observed, no phase yet, a pod on its way): their passes go first (executor.py)
+        self.settling: set[tuple[str, str]] = set()
         self._lost_pods: dict[tuple[str, str], dict[str, Any]] = {}
         self._passes: set[asyncio.Task[None]] = set()
         # (namespace, name) of the Workspaces last seen in a waiting phase
@@ -260,14 +264,19 @@ class Operator:
 
     def workspace_changed(self, namespace: str, name: str, lost_pod: dict[str, Any] | None = None) -> None:
         """Queues one pass over the Workspace without waiting for it, so a watch event is let go at once
-        instead of waiting with its whole body for the user's lock."""
+        instead of waiting with its whole body for the user's lock. The pass of one still settling is urgent."""
+        key = (namespace, name)
         if lost_pod is not None:
-            self._lost_pods[(namespace, name)] = lost_pod
-        if (namespace, name) in self._queued:
+            self._lost_pods[key] = lost_pod
+        urgent = key in self.settling
+        if key in self._queued:
+            if urgent:
+                self._queued[key].run(URGENT.set, True)
             return
-        self._queued.add((namespace, name))
-        task = asyncio.get_running_loop().create_task(self.reconcile_workspace(namespace, name),
-                                                      context=contextvars.Context())
+        context = self._queued[key] = contextvars.Context()
+        if urgent:
+            context.run(URGENT.set, True)
+        task = asyncio.get_running_loop().create_task(self.reconcile_workspace(namespace, name), context=context)
         self._passes.add(task)
         task.add_done_callback(self._passes.discard)
 
@@ -276,7 +285,7 @@ class Operator:
         # one pass at a time per Workspace; the user's lock only for a pass that creates a pod (workspaces.py)
         async with self.requeue.lock(key):
             # from here on an event needs a pass of its own: this one may already have read past it
-            self._queued.discard((namespace, name))
+            self._queued.pop((namespace, name), None)
             lost_pod = self._lost_pods.pop((namespace, name), None)
             outcome = await self._workspace_pass(namespace, name, lost_pod, user_locked=False)
             if outcome is not None and outcome.needs_user_lock:
@@ -366,11 +375,11 @@ class Operator:
 
     async def fold_accounting(self, username: str) -> None:
         try:
-            await asyncio.to_thread(self.accountant.flush, username)
+            await asyncio.to_thread(self.accountant.flush, username, self.workspaces.watched_users.get(username))
         except Exception as err:  # retried at the next interval; nothing is lost meanwhile
             log_failure(err, "GPUUser %s: accounting failed: %s", username, err)
         self._accounting.discard(username)
-        if await quietly("reading the user", self.kube.get, "GPUUser", username) is not None:
+        if username in self.workspaces.watched_users:  # the watch has not shown her deleted
             self.accounting_due(username)
 
     def stop(self) -> None:
@@ -382,8 +391,11 @@ class Operator:
         for task in list(self._passes):
             task.cancel()
 
-    def workspace_seen(self, namespace: str, name: str, phase: str | None, queued: bool | None = None) -> None:
-        """`queued`: whether its status says it waits for a device (None: not known from this sighting)."""
+    def workspace_seen(self, namespace: str, name: str, phase: str | None, queued: bool | None = None, *,
+                       settling: bool = False) -> None:
+        """`queued`: whether its status says it waits for a device (None: not known from this sighting);
+        `settling`: whether its status lags what was asked of it."""
+        (self.settling.add if settling else self.settling.discard)((namespace, name))
         if phase in WAITING_PHASES:
             self.waiting.add((namespace, name))
         else:
@@ -500,7 +512,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         # a pass mostly waits on the API server: with the default pool (cores + 4 threads) a burst of passes, as
         # when every workspace idle since a boot meets its deadline at once, was served six at a time
         asyncio.get_running_loop().set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(PASS_THREADS, thread_name_prefix="pass"))
+            UrgentFirstExecutor(PASS_THREADS, thread_name_prefix="pass"))
         await asyncio.to_thread(operator.policy.apply_priority_classes)
         await asyncio.to_thread(clear_stale_handovers, operator.kube)
         await operator.prune_gone_nodes()  # nodes deleted while no operator watched
@@ -556,7 +568,10 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
                 operator.device_freed(namespace, name)  # its hold went with it
             return
         status = body.get("status") or {}
-        operator.workspace_seen(namespace, name, status.get("phase"), bool(status.get("waitingSince")))
+        settling = status.get("phase") in (None, WorkspacePhase.STARTING) \
+            or status.get("observedGeneration") != body.get("metadata", {}).get("generation")
+        operator.workspace_seen(namespace, name, status.get("phase"), bool(status.get("waitingSince")),
+                                settling=settling)
         operator.workspace_changed(namespace, name)
         if operator.holds_seen.changed(namespace, name, status):
             operator.usage_changed(namespace)  # a hold after a stop is recorded in the Workspace's status
