@@ -91,7 +91,7 @@ def operator_writes(port: int) -> dict[str, float]:
     writes = {}
     for line in text.splitlines():
         if line.startswith(("labkeeper_operator_api_writes_total{", "labkeeper_operator_api_reads_total{",
-                            "labkeeper_admission_views_total{")):
+                            "labkeeper_admission_views_total{", "labkeeper_admission_reads_total{")):
             labels, value = line.rsplit(" ", 1)
             writes[labels] = float(value)
     return writes
@@ -601,8 +601,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="GPU workspaces applied per second")
     parser.add_argument("--quiet", type=float, default=60.0, help="seconds of the quiet window")
     parser.add_argument("--free", type=int, default=200, help="running GPU workspaces deleted at once")
-    parser.add_argument("--still", type=float, default=15.0,
-                        help="seconds without a Workspace status change before the quiet window opens")
+    parser.add_argument("--still", type=float, default=45.0,
+                        help="seconds without a Workspace status change before the quiet window opens; longer than "
+                             "the operator's lab-wide admission sweep (30 s), which takes a preemption wave further")
     parser.add_argument("--still-cap", type=float, default=600.0,
                         help="the most seconds to wait for that; the window then opens anyway and says so")
     parser.add_argument("--settle", type=float, default=900.0,
@@ -680,19 +681,21 @@ def main() -> int:
             print(f"    after {time.monotonic() - began:.0f} s: {dict(phases)}", flush=True)
         figures["gpu_settled"] = settled() >= len(applied)
         counters = operator_writes(port)
-        views = {k: v - views_before.get(k, 0) for k, v in counters.items() if "admission_views" in k}
+        views = {k: v - views_before.get(k, 0) for k, v in counters.items() if k.startswith("labkeeper_admission_")}
         figures["admission_views_gpu_phase"] = views
         calls = {k.split("{", 1)[1].rstrip("}").replace('"', ""): v - views_before.get(k, 0)
                  for k, v in counters.items() if k.startswith("labkeeper_operator_api_")}
         figures["api_calls_gpu_phase"] = dict(sorted(calls.items(), key=lambda kv: -kv[1]))
         print(f"  the operator's API calls in the GPU phase: {sum(calls.values()):.0f}, most "
               f"{dict(list(figures['api_calls_gpu_phase'].items())[:12])}", flush=True)
-        reader = Admissions(kube, SimpleNamespace(current=load_policy(yaml.safe_dump(policy))))  # type: ignore[arg-type]
+        # as the operator reads it: its users from its watch, not listed
+        watched = {u["metadata"]["name"]: u for u in kube.list("GPUUser")}
+        reader = Admissions(kube, SimpleNamespace(current=load_policy(yaml.safe_dump(policy))), watched)  # type: ignore[arg-type]
         read_started = time.monotonic()
         reader.read(dt.datetime.now(dt.UTC))
         figures["one_lab_read_s"] = round(time.monotonic() - read_started, 2)
-        print(f"  admission's views of the whole lab in the GPU phase: {views}; one read of the lab (every node, pod, "
-              f"user and workspace) takes {figures['one_lab_read_s']} s", flush=True)
+        print(f"  admission's views of the whole lab in the GPU phase: {views}; one read of the lab (every node, pod "
+              f"but a CPU workspace's, live workspace; users from the watch) takes {figures['one_lab_read_s']} s", flush=True)
         gpu_seconds = time.monotonic() - began
         admitted = [watcher.running[k] - applied[k] for k in applied if k in watcher.running]
         # admitted on a device free when it came, never shown waiting: the operator's own latency (the rest also

@@ -91,6 +91,7 @@ def test_a_change_a_newcomer_other_devices_or_time_make_the_next_pass_read_the_l
     admissions.view(T0 + REUSE_FOR, me=other, my_since=since(other))
     assert admissions.views_read == 5
     assert admissions.views_reused == 0
+    assert admissions.read_why == {"none kept": 1, "changed": 1, "expired": 1, "asker": 2}
 
 
 def member(name: str, tier: str = "student") -> dict:
@@ -168,3 +169,30 @@ def test_a_newcomer_counts_its_own_hold_as_its_status_says_now_not_as_the_read_f
     decision = ext.decide()
     assert admissions.views_extended == 1 and decision.lost_holds == []
     assert decision.admitted == {"lab-bob/ws": "h100"} and decision.waiting["lab-cy/slice"].ahead == 0
+
+
+def test_a_read_of_the_lab_takes_users_from_the_watch_and_lists_them_only_for_a_waiter_the_watch_has_not_shown():
+    class Counting(Lists):
+        def __init__(self, **items: list[dict]) -> None:
+            super().__init__(**items)
+            self.kinds: list[tuple[str, str | None]] = []
+
+        def list(self, kind: str, *args, **kwargs) -> list[dict]:
+            self.kinds.append((kind, kwargs.get("label_selector")))
+            return super().list(kind, *args, **kwargs)
+
+    bob, cy = waiting("bob", 1), waiting("cy", 2)
+    users = {"bob": member("bob"), "cy": member("cy", "faculty")}
+    kube = Counting(Node=[node()], Pod=[], GPUUser=list(users.values()), Workspace=[bob, cy])
+    watched: dict[str, dict] = dict(users)
+    admissions = Admissions(kube, SimpleNamespace(current=POLICY), watched)  # type: ignore[arg-type]
+    view = admissions.view(T0, fresh=True)
+    assert "GPUUser" not in [kind for kind, _ in kube.kinds]
+    assert {w.owner: w.priority for w in view.waiters} == {"lab-bob/ws": 10000, "lab-cy/ws": 30000}
+    # only a pod labelled as a CPU workspace's is left out of the read: it holds no device
+    assert ("Pod", "labkeeper.io/gpu!=none") in kube.kinds
+    del watched["cy"]  # the watch has not shown her yet: her tier is read, not taken as unknown
+    kube.kinds.clear()
+    view = admissions.view(T0, fresh=True)
+    assert [kind for kind, _ in kube.kinds].count("GPUUser") == 1
+    assert {w.owner: w.priority for w in view.waiters}["lab-cy/ws"] == 30000

@@ -304,3 +304,14 @@ def test_a_fold_onto_the_watched_user_that_the_api_refuses_as_stale_is_made_agai
     kube.patches.clear()
     assert Accountant(kube, policy, lambda: at(200)).flush("ann", stored)  # type: ignore[arg-type]
     assert kube.patches == ["8"]  # a watch that is current costs no read
+
+
+def test_users_seen_at_once_have_their_first_folds_spread_over_the_flush_interval():
+    from labkeeper.controller.accounting import first_fold_after
+
+    delays = sorted(first_fold_after(f"s{i:04d}", 300.0) for i in range(1000))
+    assert delays[0] >= 150.0 and delays[-1] < 300.0
+    # about as many in each tenth of the second half of the interval: no burst
+    per_tenth = [sum(1 for d in delays if 150 + 15 * k <= d < 165 + 15 * k) for k in range(10)]
+    assert min(per_tenth) > 60 and max(per_tenth) < 140
+    assert first_fold_after("ann", 300.0) == first_fold_after("ann", 300.0)  # hers, at every start

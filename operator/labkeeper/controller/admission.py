@@ -29,12 +29,14 @@ import dataclasses
 import datetime as dt
 import functools
 import threading
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api import admission as api_admission
-from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY, username_of
+from labkeeper.api.names import LABEL_GPU, LABEL_MANAGED, MANAGED_BY, username_of
 from labkeeper.api.policy import LabPolicy
 from labkeeper.controller.policy import PolicyStore
 from labkeeper.kube.client import Kube, list_union
@@ -100,6 +102,8 @@ class LabView:
         return self.decision
 
 
+NOT_CPU_ONLY = f"{LABEL_GPU}!=none"  # every pod but a CPU workspace's (a pod without the label is in)
+
 # how long a view of the lab may be handed to later passes when nothing that frees a device has happened
 REUSE_FOR = dt.timedelta(seconds=10)
 
@@ -117,14 +121,19 @@ def owner_key(ws: dict[str, Any]) -> str:
 
 
 class Admissions:
-    def __init__(self, kube: Kube, policy: PolicyStore) -> None:
+    def __init__(self, kube: Kube, policy: PolicyStore, watched_users: Mapping[str, dict[str, Any]] | None = None) -> None:
+        """`watched_users`: every GPUUser as the operator's watch last showed her, read instead of a list of them
+        (at a department's size megabytes of accounting buckets on each read of the lab); the list is made only
+        while a waiter's user is not in it yet."""
         self.kube = kube
         self.policy = policy
+        self.watched_users = watched_users
         # one decision (and the pod it admits) at a time, for the whole lab
         self.lock = threading.Lock()
         self.epoch = 0  # moved on by changed(): a kept view from an older epoch is read afresh
         self._kept: _Kept | None = None
         self.views_read = 0
+        self.read_why: Counter[str] = Counter()  # why each read was made (`why_read`)
         self.views_reused = 0
         self.views_extended = 0
 
@@ -145,11 +154,27 @@ class Admissions:
         if extended is not None:
             self.views_extended += 1
             return extended
+        self.read_why[self.why_read(now, policy, fresh=fresh)] += 1
         epoch = self.epoch  # before the lists: a change while they run makes the next pass read again
         view = self.read(now, me=me, my_since=my_since, policy=policy)
         self.views_read += 1
         self._kept = _Kept(view, epoch, now, policy)
         return view
+
+    def why_read(self, now: dt.datetime, policy: LabPolicy, *, fresh: bool) -> str:
+        """Why a view is read rather than handed again or extended (the metric's `why`)."""
+        kept = self._kept
+        if fresh:
+            return "asked"  # the lab-wide sweep
+        if kept is None:
+            return "none kept"
+        if kept.epoch != self.epoch:
+            return "changed"
+        if policy is not kept.policy:
+            return "policy"
+        if not kept.at <= now < kept.at + REUSE_FOR:
+            return "expired"
+        return "asker"  # a newcomer that may preempt, asks for other devices, or whose user the read did not see
 
     def _reusable(self, now: dt.datetime, me: dict[str, Any] | None, my_since: dt.datetime | None,
                   policy: LabPolicy) -> LabView | None:
@@ -224,13 +249,17 @@ class Admissions:
         capacity, closed = api_admission.capacity_of(self.kube.list("Node"))
         # every pod, not only the lab's: a device taken by anyone else (an operator's validator, an admin's
         # test pod) is not free, and a hold it took is reported lost rather than promised on
-        pods = self.kube.list("Pod")
+        # (only a CPU workspace's pod, labelled so, is left out: it holds no device and its workspace waits for none)
+        pods = self.kube.list("Pod", label_selector=NOT_CPU_ONLY)
         claims = api_admission.pod_claims(pods)
         pods_of = frozenset(api_admission.owner_of(p) for p in pods
                             if (p["metadata"].get("labels") or {}).get(LABEL_MANAGED) == MANAGED_BY
                             and (p["metadata"].get("labels") or {}).get(api_admission.LABEL_ROLE) == "workspace")
-        users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
         workspaces = list_union(self.kube, "Workspace", api_admission.LIVE_WORKSPACES)
+        users = dict(self.watched_users or {})
+        asking = [ws for ws in workspaces if api_admission.waiting_since(ws) is not None] + ([me] if me else [])
+        if any(name not in users for name in (username_of(ws["metadata"]["namespace"]) for ws in asking) if name):
+            users = {u["metadata"]["name"]: u for u in self.kube.list("GPUUser")}
         policy = policy or self.policy.current
         usages = api_accounting.relative_usages(users.values(), now, policy.fair_share.half_life, policy.share)
         waiters = []

@@ -36,7 +36,7 @@ from labkeeper.api.names import (
     username_of,
 )
 from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES, WorkspacePhase
-from labkeeper.controller.accounting import Accountant
+from labkeeper.controller.accounting import Accountant, first_fold_after
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.executor import URGENT, UrgentFirstExecutor
 from labkeeper.controller.leader import LeaderLease
@@ -363,13 +363,14 @@ class Operator:
                 return
             self.requeue.succeeded(key)
 
-    def accounting_due(self, username: str) -> None:
-        """Her next fold, one flush interval from now, unless one is scheduled already (her own status writes
-        must not push it ever further away)."""
+    def accounting_due(self, username: str, *, first: bool = True) -> None:
+        """Her next fold, one flush interval from now (her first at her own point in one: first_fold_after), unless
+        one is scheduled already (her own status writes must not push it ever further away)."""
         if username in self._accounting:
             return
         self._accounting.add(username)
-        delay = self.policy.current.fair_share.flush_interval.total_seconds()
+        interval = self.policy.current.fair_share.flush_interval.total_seconds()
+        delay = first_fold_after(username, interval) if first else interval
         self.requeue.schedule(("accounting", username), delay,
                               lambda: asyncio.ensure_future(self.fold_accounting(username)))
 
@@ -380,7 +381,7 @@ class Operator:
             log_failure(err, "GPUUser %s: accounting failed: %s", username, err)
         self._accounting.discard(username)
         if username in self.workspaces.watched_users:  # the watch has not shown her deleted
-            self.accounting_due(username)
+            self.accounting_due(username, first=False)
 
     def stop(self) -> None:
         """No pass starts once kopf is stopping; it would only fail against a closed executor."""
@@ -686,6 +687,11 @@ class AdmissionViews:
         family.add_metric(["reused"], self.admissions.views_reused)
         family.add_metric(["extended"], self.admissions.views_extended)
         yield family
+        reads = CounterMetricFamily("labkeeper_admission_reads", "Reads of the whole lab by admission, by why",
+                                    labels=["why"])
+        for why, count in sorted(self.admissions.read_why.items()):
+            reads.add_metric([why], count)
+        yield reads
 
 
 def serve_metrics(kube: Kube, port: int) -> None:

@@ -56,14 +56,14 @@ class WorkspaceReconciler:
         # idle clocks never start before this process did: no mass culling after a restart. Whole seconds, as every
         # time in a status: a deadline counted from it is then the one status.idleDeadline states, not up to 1 s later
         self.started_at = clock().replace(microsecond=0)
-        self.admissions = Admissions(kube, policy)
-        # (namespace, workspace) of each hold pod an older labkeeper left, as the pod watch reports them: nothing
-        # makes one now, so a pass reads one only where the watch has shown it (not a read for each pass)
-        self.hold_pods: set[tuple[str, str]] = set()
         # each GPUUser as the user watch last delivered it, put here before the passes that event queues: what a
         # pass reads of her is then never older than the event that made her workspaces' passes run, as a GET
         # racing that event could not promise more (a user the watch has not shown yet is read)
         self.watched_users: dict[str, Body] = {}
+        self.admissions = Admissions(kube, policy, self.watched_users)
+        # (namespace, workspace) of each hold pod an older labkeeper left, as the pod watch reports them: nothing
+        # makes one now, so a pass reads one only where the watch has shown it (not a read for each pass)
+        self.hold_pods: set[tuple[str, str]] = set()
 
     def user_seen(self, name: str, user: Body | None) -> None:
         """The user watch delivered `user` (None: she was deleted)."""
