@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -276,9 +276,7 @@ class Operator:
         context = self._queued[key] = contextvars.Context()
         if urgent:
             context.run(URGENT.set, True)
-        task = asyncio.get_running_loop().create_task(self.reconcile_workspace(namespace, name), context=context)
-        self._passes.add(task)
-        task.add_done_callback(self._passes.discard)
+        self._spawn(self.reconcile_workspace(namespace, name), context)
 
     async def reconcile_workspace(self, namespace: str, name: str) -> None:
         key = ("Workspace", f"{namespace}/{name}")
@@ -304,6 +302,13 @@ class Operator:
             self.workspace_soon(namespace_, name_)
         if outcome.freed:
             self.device_freed(namespace, name)
+
+    def _spawn(self, pass_: Coroutine[Any, Any, None], context: contextvars.Context | None = None) -> None:
+        """Runs a pass as a task of its own, in `context` (an empty one: not the event's, which holds kopf's cause
+        and body until the pass ends), kept until done so that stop() can cancel it."""
+        task = asyncio.get_running_loop().create_task(pass_, context=context if context is not None else contextvars.Context())
+        self._passes.add(task)
+        task.add_done_callback(self._passes.discard)
 
     def workspace_soon(self, namespace: str, name: str) -> None:
         """A pass within MOVED_WITHIN, unless one is queued already (it reads the Workspace afresh) or due sooner."""
@@ -347,9 +352,7 @@ class Operator:
         if username in self._usage_queued:
             return
         self._usage_queued.add(username)
-        task = asyncio.get_running_loop().create_task(self.refresh_usage(username), context=contextvars.Context())
-        self._passes.add(task)
-        task.add_done_callback(self._passes.discard)
+        self._spawn(self.refresh_usage(username))
 
     async def refresh_usage(self, username: str) -> None:
         key = ("usage", username)
@@ -430,9 +433,7 @@ class Operator:
         if self._sweep_queued:
             return
         self._sweep_queued = True
-        task = asyncio.get_running_loop().create_task(self.sweep_admission(), context=contextvars.Context())
-        self._passes.add(task)
-        task.add_done_callback(self._passes.discard)
+        self._spawn(self.sweep_admission())
 
     async def sweep_admission(self) -> None:
         async with self.requeue.lock(SWEEP):
