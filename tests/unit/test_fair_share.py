@@ -315,3 +315,14 @@ def test_users_seen_at_once_have_their_first_folds_spread_over_the_flush_interva
     per_tenth = [sum(1 for d in delays if 150 + 15 * k <= d < 165 + 15 * k) for k in range(10)]
     assert min(per_tenth) > 60 and max(per_tenth) < 140
     assert first_fold_after("ann", 300.0) == first_fold_after("ann", 300.0)  # hers, at every start
+
+
+@pytest.mark.parametrize(("ran_late_by", "next_in"), [
+    (0, 300), (10, 290), (299, 1), (300, 300), (301, 299), (1000, 200),
+])
+def test_a_fold_that_ran_late_keeps_her_beat_and_the_next_comes_on_it(ran_late_by, next_in):
+    from labkeeper.controller.accounting import next_fold_due
+
+    due = T0
+    now = T0 + dt.timedelta(seconds=ran_late_by)
+    assert next_fold_due(due, dt.timedelta(seconds=300), now) == now + dt.timedelta(seconds=next_in)

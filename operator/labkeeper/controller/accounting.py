@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,12 @@ def first_fold_after(username: str, interval: float) -> float:
     all of it, from her name. A thousand users seen at once (each operator start, a lab imported) are then folded
     spread over the interval, not in one burst of a read, a list and a write each, and keep that spread."""
     return interval * (0.5 + 0.5 * zlib.crc32(username.encode()) / 2**32)
+
+
+def next_fold_due(after: dt.datetime, interval: dt.timedelta, now: dt.datetime) -> dt.datetime:
+    """Her next fold after the one due at `after`: the first moment after now on her own beat (`after` plus whole
+    flush intervals), however late that one ran; her place in the interval is kept."""
+    return after + interval * (math.floor((now - after) / interval) + 1)
 
 
 class Accountant(UserStatusWriter):

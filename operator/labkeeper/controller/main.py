@@ -36,7 +36,7 @@ from labkeeper.api.names import (
     username_of,
 )
 from labkeeper.api.phases import RUNNING_PHASES, WAITING_PHASES, WorkspacePhase
-from labkeeper.controller.accounting import Accountant, first_fold_after
+from labkeeper.controller.accounting import Accountant, first_fold_after, next_fold_due
 from labkeeper.controller.credentials import ClusterEndpoint, Credentials
 from labkeeper.controller.executor import URGENT, UrgentFirstExecutor
 from labkeeper.controller.leader import LeaderLease
@@ -202,7 +202,7 @@ class Operator:
         self.usage = UsageWriter(kube, self.policy, clock)
         self.accountant = Accountant(kube, self.policy, clock)
         self.nodes = NodePruner(kube, clock)
-        self._accounting: set[str] = set()  # users with a fold scheduled
+        self._accounting: dict[str, dt.datetime] = {}  # users with a fold scheduled → when it is due
         self._user_passed: dict[str, str] = {}  # user → what her last successful pass read (user_decisions.pass_input)
         self._usage_queued: set[str] = set()
         self._sweep_queued = False
@@ -366,14 +366,19 @@ class Operator:
                 return
             self.requeue.succeeded(key)
 
-    def accounting_due(self, username: str, *, first: bool = True) -> None:
-        """Her next fold, one flush interval from now (her first at her own point in one: first_fold_after), unless
-        one is scheduled already (her own status writes must not push it ever further away)."""
+    def accounting_due(self, username: str, after: dt.datetime | None = None) -> None:
+        """Her next fold, unless one is scheduled already (her own status writes must not push it ever further
+        away): her first at her own point in a flush interval (first_fold_after); each next one a flush interval
+        after the one before was due (`after`), not after it ended, so that folds held up behind a burst of passes
+        do not end together and stay bunched from then on."""
         if username in self._accounting:
             return
-        self._accounting.add(username)
-        interval = self.policy.current.fair_share.flush_interval.total_seconds()
-        delay = first_fold_after(username, interval) if first else interval
+        interval = self.policy.current.fair_share.flush_interval
+        now = self.clock()
+        due = now + dt.timedelta(seconds=first_fold_after(username, interval.total_seconds())) if after is None \
+            else next_fold_due(after, interval, now)
+        self._accounting[username] = due
+        delay = (due - now).total_seconds()
         self.requeue.schedule(("accounting", username), delay,
                               lambda: asyncio.ensure_future(self.fold_accounting(username)))
 
@@ -382,9 +387,9 @@ class Operator:
             await asyncio.to_thread(self.accountant.flush, username, self.workspaces.watched_users.get(username))
         except Exception as err:  # retried at the next interval; nothing is lost meanwhile
             log_failure(err, "GPUUser %s: accounting failed: %s", username, err)
-        self._accounting.discard(username)
+        due = self._accounting.pop(username, None)
         if username in self.workspaces.watched_users:  # the watch has not shown her deleted
-            self.accounting_due(username, first=False)
+            self.accounting_due(username, after=due)
 
     def stop(self) -> None:
         """No pass starts once kopf is stopping; it would only fail against a closed executor."""
@@ -533,7 +538,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             operator.users.forget(name)
             operator._user_passed.pop(name, None)
             operator.requeue.cancel(("accounting", name))
-            operator._accounting.discard(name)
+            operator._accounting.pop(name, None)
             return
         operator.accounting_due(name)
         if operator.user_passed(name, body):
