@@ -7,7 +7,10 @@ import asyncio
 import contextvars
 import threading
 
+import pytest
+
 from labkeeper.controller.executor import URGENT, UrgentFirstExecutor
+from labkeeper.controller.workspaces import lags
 
 
 def test_urgent_calls_go_before_those_asked_earlier_and_each_kind_keeps_its_order():
@@ -53,3 +56,18 @@ def test_asyncio_to_thread_reads_the_urgency_of_the_task_that_asks():
         return ran
 
     assert asyncio.run(main()) == ["new workspace", "sweep"]
+
+
+@pytest.mark.parametrize(("spec", "status", "generation", "urgent"), [
+    ({"state": "Running"}, {}, 1, True),  # applied, never looked at
+    ({"state": "Running"}, {"phase": "Starting", "observedGeneration": 1}, 1, True),  # its pod on the way
+    ({"state": "Running"}, {"phase": "Running", "observedGeneration": 1}, 1, False),
+    ({"state": "Running"}, {"phase": "Pending", "observedGeneration": 1}, 1, False),  # waiting, as last told
+    ({"state": "Stopped"}, {"phase": "Running", "observedGeneration": 1}, 2, True),  # a stop: frees a device
+    ({"state": "Stopped"}, {}, 1, False),  # applied Stopped: its first pass only writes Stopped
+    ({"state": "Stopped"}, {"phase": "Stopped", "observedGeneration": 1}, 2, False),
+    ({"state": "Running"}, {"phase": "Stopped", "observedGeneration": 1}, 2, True),  # started again
+])
+def test_a_workspace_whose_status_lags_what_someone_waits_on_is_urgent(spec, status, generation, urgent):
+    ws = {"metadata": {"name": "ws", "namespace": "lab-ann", "generation": generation}, "spec": spec, "status": status}
+    assert lags(ws) is urgent

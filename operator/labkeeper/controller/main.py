@@ -47,7 +47,7 @@ from labkeeper.controller.uids import UidLedger, UidRange
 from labkeeper.controller.usage import HoldSightings, UsageWriter
 from labkeeper.controller.user_decisions import pass_input
 from labkeeper.controller.users import UserReconciler
-from labkeeper.controller.workspaces import Outcome, WorkspaceReconciler, clear_stale_handovers
+from labkeeper.controller.workspaces import Outcome, WorkspaceReconciler, clear_stale_handovers, lags
 from labkeeper.kube.client import Kube
 
 log = logging.getLogger("labkeeper.operator")
@@ -575,10 +575,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
                 operator.device_freed(namespace, name)  # its hold went with it
             return
         status = body.get("status") or {}
-        settling = status.get("phase") in (None, WorkspacePhase.STARTING) \
-            or status.get("observedGeneration") != body.get("metadata", {}).get("generation")
         operator.workspace_seen(namespace, name, status.get("phase"), bool(status.get("waitingSince")),
-                                settling=settling)
+                                settling=lags(dict(body)))
         operator.workspace_changed(namespace, name)
         if operator.holds_seen.changed(namespace, name, status):
             operator.usage_changed(namespace)  # a hold after a stop is recorded in the Workspace's status

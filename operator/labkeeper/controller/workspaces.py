@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from labkeeper.api.names import MANAGED_SELECTOR, hold_name, pod_name, username_of
-from labkeeper.api.phases import ENDED_PHASES, RUNNING_PHASES
+from labkeeper.api.phases import ENDED_PHASES, RUNNING_PHASES, WorkspacePhase
 from labkeeper.api.resources import WorkspaceSpec
 from labkeeper.api.trees import TREE_KINDS
 from labkeeper.controller import workspace_decisions as decisions
@@ -252,6 +252,18 @@ def may_start(ws: Body) -> bool:
     """A Workspace that wants to run and is not running yet: its pass is likely to create a pod."""
     spec, status = ws.get("spec") or {}, ws.get("status") or {}
     return spec.get("state") != "Stopped" and status.get("phase") not in (*RUNNING_PHASES, *ENDED_PHASES)
+
+
+def lags(ws: Body) -> bool:
+    """Whether its status lags what was asked of it where someone waits on it: a workspace that should run with no
+    phase yet, its pod on the way (Starting), a spec change not yet observed (a stop frees a device). Its passes go
+    first (controller/executor.py). One that is Stopped, or applied Stopped and never looked at, waits on nothing."""
+    spec, status = ws.get("spec") or {}, ws.get("status") or {}
+    phase = status.get("phase")
+    if spec.get("state") == "Stopped" and phase in (None, WorkspacePhase.STOPPED):
+        return False
+    return phase in (None, WorkspacePhase.STARTING) \
+        or status.get("observedGeneration") != (ws.get("metadata") or {}).get("generation")
 
 
 HANDOVER_PREFIX = "handover.labkeeper.io/"
