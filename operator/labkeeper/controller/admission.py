@@ -163,9 +163,14 @@ class Admissions:
 
     def why_read(self, now: dt.datetime, policy: LabPolicy, *, fresh: bool) -> str:
         """Why a view is read rather than handed again or extended (the metric's `why`)."""
-        kept = self._kept
         if fresh:
             return "asked"  # the lab-wide sweep
+        # else a newcomer that may preempt, asks for other devices, or whose user the read did not see
+        return self._unusable(now, policy) or "asker"
+
+    def _unusable(self, now: dt.datetime, policy: LabPolicy) -> str | None:
+        """Why the kept view may not be handed to anyone now; None while it may."""
+        kept = self._kept
         if kept is None:
             return "none kept"
         if kept.epoch != self.epoch:
@@ -174,13 +179,12 @@ class Admissions:
             return "policy"
         if not kept.at <= now < kept.at + REUSE_FOR:
             return "expired"
-        return "asker"  # a newcomer that may preempt, asks for other devices, or whose user the read did not see
+        return None
 
     def _reusable(self, now: dt.datetime, me: dict[str, Any] | None, my_since: dt.datetime | None,
                   policy: LabPolicy) -> LabView | None:
         kept = self._kept
-        if kept is None or kept.epoch != self.epoch or policy is not kept.policy \
-                or not kept.at <= now < kept.at + REUSE_FOR:
+        if kept is None or self._unusable(now, policy) is not None:
             return None
         if me is not None:
             if my_since is None:
@@ -212,8 +216,8 @@ class Admissions:
                    my_user: dict[str, Any] | None, policy: LabPolicy) -> LabView | None:
         """The kept view extended with `me`, a newcomer to the queue, kept in its place; None where it must be read."""
         kept = self._kept
-        if kept is None or me is None or my_since is None or my_user is None or kept.epoch != self.epoch \
-                or policy is not kept.policy or not kept.at <= now < kept.at + REUSE_FOR:
+        if kept is None or me is None or my_since is None or my_user is None \
+                or self._unusable(now, policy) is not None:
             return None
         username = username_of(me["metadata"]["namespace"]) or ""
         if username not in kept.view.usages or any(w.owner == owner_key(me) for w in kept.view.waiters):

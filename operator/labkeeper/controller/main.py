@@ -576,7 +576,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             return
         status = body.get("status") or {}
         operator.workspace_seen(namespace, name, status.get("phase"), bool(status.get("waitingSince")),
-                                settling=lags(dict(body)))
+                                settling=lags(body))
         operator.workspace_changed(namespace, name)
         if operator.holds_seen.changed(namespace, name, status):
             operator.usage_changed(namespace)  # a hold after a stop is recorded in the Workspace's status

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,7 +254,7 @@ def may_start(ws: Body) -> bool:
     return spec.get("state") != "Stopped" and status.get("phase") not in (*RUNNING_PHASES, *ENDED_PHASES)
 
 
-def lags(ws: Body) -> bool:
+def lags(ws: Mapping[str, Any]) -> bool:
     """Whether its status lags what was asked of it where someone waits on it: a workspace that should run with no
     phase yet, its pod on the way (Starting), a spec change not yet observed (a stop frees a device). Its passes go
     first (controller/executor.py). One that is Stopped, or applied Stopped and never looked at, waits on nothing."""
