@@ -51,11 +51,10 @@ import yaml
 from kubernetes import client, config, watch
 
 from labkeeper.api import accounting as api_accounting
-from labkeeper.api.admission import device_words
+from labkeeper.api.admission import QUEUE_AHEAD_LISTED, device_words
 from labkeeper.api.conditions import condition
 from labkeeper.api.names import LABEL_MANAGED, MANAGED_BY, MANAGED_SELECTOR
 from labkeeper.api.policy import load_policy
-from labkeeper.api.resources import QUEUE_AHEAD_LISTED
 from labkeeper.api.units import format_time
 from labkeeper.controller.admission import Admissions
 from labkeeper.kube.client import Kube, owner_reference

@@ -152,3 +152,40 @@ def test_a_slice_given_to_the_first_in_line_counts_as_in_use_for_the_next_before
     decision = decide(BALANCED, [pod("a")], [waiter("first", since=0), waiter("second", since=1)])
     assert decision.admitted == {"lab-first/ws": "h100"}
     assert decision.waiting["lab-second/ws"].message() == "no free 1g.10gb slice (2 in use); you are next"
+
+
+def test_a_deep_queue_names_only_the_first_few_ahead_of_each_waiter_and_counts_the_rest():
+    # each Wait once carried every owner ahead of it: a thousand waiters made half a million names per decision
+    from labkeeper.api.admission import QUEUE_AHEAD_LISTED
+
+    waiters = [waiter(f"u{i:04d}", since=i) for i in range(1000)] + [waiter("big", since=0, resource=MIG3)]
+    decision = decide(BALANCED, [pod("a"), pod("b"), pod("c", resource=MIG3)], waiters)
+    assert decision.admitted == {}
+    for i in range(1000):
+        wait = decision.waiting[f"lab-u{i:04d}/ws"]
+        assert wait.ahead == i
+        assert wait.ahead_owners == tuple(f"lab-u{j:04d}/ws" for j in range(min(i, QUEUE_AHEAD_LISTED)))
+        assert (wait.offered, wait.in_use) == (2, 2)
+    assert decision.waiting["lab-big/ws"].ahead == 0 and decision.waiting["lab-big/ws"].in_use == 1
+
+
+@pytest.mark.parametrize(("ahead", "count", "closed", "expected"), [
+    (0, 1, frozenset(), 5),      # the soonest release of its kind, another kind's sooner one not counted
+    (1, 1, frozenset(), 20),     # one set for the one ahead, then its own
+    (0, 2, frozenset(), 20),     # two devices: the second release
+    (0, 1, frozenset({"b"}), 20),  # a release on a closed node frees nothing it may take
+    (2, 1, frozenset(), 40),
+    (3, 1, frozenset(), None),   # too few releases known
+])
+def test_the_estimated_start_from_releases_sorted_once_is_the_same_as_sorting_for_each_waiter(ahead, count, closed,
+                                                                                              expected):
+    from labkeeper.api.admission import Release, Wait, estimated_start, release_order, start_from
+
+    at = lambda m: T0 + dt.timedelta(minutes=m)  # noqa: E731
+    releases = [Release(at(40), "a", MIG1, 1, "c"), Release(at(1), "a", MIG3, 1, "other kind"),
+                Release(at(20), "a", MIG1, 1, "b"), Release(at(5), "b", MIG1, 1, "a")]
+    wait = Wait("lab-x/ws", MIG1, count, offered=3, in_use=3, held_until=(), ahead=ahead)
+    direct = estimated_start(wait, releases, closed)
+    once = start_from(wait, release_order(releases, closed).get(MIG1, ()))
+    assert direct == once
+    assert (direct.at if direct else None) == (at(expected) if expected is not None else None)

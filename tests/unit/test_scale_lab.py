@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import scale
 
+from labkeeper.api.admission import QUEUE_AHEAD_LISTED
 from labkeeper.api.policy import DEFAULT_WEIGHTS
-from labkeeper.api.resources import QUEUE_AHEAD_LISTED
 from labkeeper.cli import board
 from labkeeper.render.pod import PodInputs, workspace_pod
 from labkeeper.testing.cluster import NODE_PROFILES

@@ -460,7 +460,7 @@ def test_a_pod_the_node_rejected_at_admission_is_replaced_not_failed(mode):
 
 
 def test_a_queue_place_names_the_first_few_ahead_and_counts_them_all():
-    from labkeeper.api.resources import QUEUE_AHEAD_LISTED
+    from labkeeper.api.admission import QUEUE_AHEAD_LISTED
     from labkeeper.controller.admission import LabView
     from labkeeper.controller.workspace_decisions import queue_place
 

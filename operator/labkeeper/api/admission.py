@@ -19,6 +19,9 @@ from labkeeper.api.names import username_of
 from labkeeper.api.phases import RUNNING_PHASES
 from labkeeper.api.units import parse_time
 
+QUEUE_AHEAD_LISTED = 5  # those ahead a waiter is told of by name; the rest are counted (a list of all grew with the
+# square of the queue, in each decision and in each status)
+
 Slot = tuple[str, str]  # (node, resource)
 
 
@@ -81,7 +84,7 @@ class Wait:
     in_use: int
     held_until: tuple[dt.datetime, ...]
     ahead: int
-    ahead_owners: tuple[str, ...] = ()  # "namespace/name" of those ahead of it in the queue for this device
+    ahead_owners: tuple[str, ...] = ()  # "namespace/name" of the first QUEUE_AHEAD_LISTED ahead of it for this device
 
     def message(self) -> str:
         what = device_words(self.resource, self.count)
@@ -174,8 +177,10 @@ def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Itera
     held_slots = {(c.node, c.resource) for c in holds.values()}
     ordered = sorted(waiters, key=lambda w: w.key)
     blocked: set[str] = set()
-    behind: dict[str, list[str]] = {}
+    behind: dict[str, list[str]] = {}  # resource → the first QUEUE_AHEAD_LISTED waiting for it
+    waiting_for: dict[str, int] = {}  # resource → how many wait for it
     granted: dict[Slot, int] = {}  # devices given in this decision to waiters whose pods are not there yet
+    facts: dict[str, tuple[int, int, tuple[dt.datetime, ...]]] = {}  # resource → offered, in use, held until
     for waiter in ordered:
         own = holds.get(waiter.owner)
         if own is not None and own.resource == waiter.resource and own.count >= waiter.count \
@@ -198,18 +203,29 @@ def decide(capacity: Mapping[Slot, int], claims: Iterable[Claim], waiters: Itera
             granted[(node, waiter.resource)] = granted.get((node, waiter.resource), 0) + waiter.count
             continue
         blocked.add(waiter.resource)
-        ahead_owners = tuple(behind.get(waiter.resource, ()))
-        ahead = len(ahead_owners)
-        behind[waiter.resource] = [*ahead_owners, waiter.owner]
-        open_slots = [s for s in capacity if s[1] == waiter.resource and s[0] not in closed]
-        held = tuple(sorted(c.held_until for c in holds.values() if (c.node, c.resource) in open_slots
-                            and c.held_until is not None
-                            for _ in range(taken.extra[c.owner])))
+        if waiter.resource not in facts:
+            # nothing more of a blocked kind is granted in this decision: what its waiters are told is the same
+            facts[waiter.resource] = _wait_facts(waiter.resource, capacity, closed, taken, granted)
+        offered, in_use, held = facts[waiter.resource]
+        ahead = waiting_for.get(waiter.resource, 0)
+        waiting_for[waiter.resource] = ahead + 1
+        first = behind.setdefault(waiter.resource, [])
         result.waiting[waiter.owner] = Wait(
-            waiter.owner, waiter.resource, waiter.count, offered=sum(capacity[s] for s in open_slots),
-            in_use=sum(taken.pods.get(s, 0) + granted.get(s, 0) for s in open_slots), held_until=held, ahead=ahead,
-            ahead_owners=ahead_owners)
+            waiter.owner, waiter.resource, waiter.count, offered=offered, in_use=in_use, held_until=held,
+            ahead=ahead, ahead_owners=tuple(first))
+        if len(first) < QUEUE_AHEAD_LISTED:
+            first.append(waiter.owner)
     return result
+
+
+def _wait_facts(resource: str, capacity: Mapping[Slot, int], closed: frozenset[str], taken: Usage,
+                granted: Mapping[Slot, int]) -> tuple[int, int, tuple[dt.datetime, ...]]:
+    """Devices of `resource` on open nodes: offered, in use (pods and those just granted), held until when."""
+    open_slots = {s for s in capacity if s[1] == resource and s[0] not in closed}
+    held = tuple(sorted(c.held_until for c in taken.holds.values() if (c.node, c.resource) in open_slots
+                        and c.held_until is not None for _ in range(taken.extra[c.owner])))
+    return (sum(capacity[s] for s in open_slots),
+            sum(taken.pods.get(s, 0) + granted.get(s, 0) for s in open_slots), held)
 
 
 @dataclass(frozen=True)
@@ -227,8 +243,20 @@ def estimated_start(wait: Wait, releases: Iterable[Release], closed: frozenset[s
     """When a waiting workspace can start at the earliest, if the lab knows: it needs the devices of the releases
     that come first, one set for each of those ahead of it and then its own (an idle deadline may move later
     with activity, so this is an estimate). None when too few releases are known."""
-    known = sorted((r for r in releases if r.resource == wait.resource and r.node not in closed),
-                   key=lambda r: (r.at, r.node))
+    return start_from(wait, release_order(releases, closed).get(wait.resource, ()))
+
+
+def release_order(releases: Iterable[Release], closed: frozenset[str] = frozenset()) -> dict[str, tuple[Release, ...]]:
+    """resource → its releases on open nodes, soonest first: sorted once for a decision's every waiter."""
+    order: dict[str, list[Release]] = {}
+    for release in sorted(releases, key=lambda r: (r.at, r.node)):
+        if release.node not in closed:
+            order.setdefault(release.resource, []).append(release)
+    return {resource: tuple(known) for resource, known in order.items()}
+
+
+def start_from(wait: Wait, known: Iterable[Release]) -> Release | None:
+    """estimated_start from the releases of its kind, soonest first (release_order)."""
     needed = wait.count * (wait.ahead + 1)
     freed = 0
     for release in known:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from labkeeper.api.admission import QUEUE_AHEAD_LISTED
 from labkeeper.api.kinds import API_VERSION
 from labkeeper.api.names import (
     CACHE_ENV_NAMES,
@@ -546,7 +547,6 @@ class MeterMark(Status):
     reason: str | None = Field(default=None, description="the stop that began this state")
 
 
-QUEUE_AHEAD_LISTED = 5  # the rest are counted by position: a list of all grew with the square of the queue
 
 
 class QueuePlace(Status):

@@ -71,6 +71,14 @@ class LabView:
         return [o for o, wait in decision.waiting.items() if self.places.get(o) != wait.ahead + 1]
 
     @functools.cached_property
+    def waiter_of(self) -> dict[str, api_admission.Waiter]:
+        return {w.owner: w for w in self.waiters}
+
+    @functools.cached_property
+    def releases_of(self) -> dict[str, tuple[api_admission.Release, ...]]:
+        return api_admission.release_order(self.releases, self.closed)
+
+    @functools.cached_property
     def decision(self) -> api_admission.Admission:
         decided = api_admission.decide(self.capacity, self.claims, self.waiters, self.closed)
         if self.carried:
@@ -84,7 +92,7 @@ class LabView:
         decision = self.decision
         if decision.preempting:
             return None  # a preemption's devices are the scheduler's to free: they are no plain claim
-        by_owner = {w.owner: w for w in self.waiters}
+        by_owner = self.waiter_of
         claims = [c for c in self.claims if not (c.is_hold and c.owner == newcomer.owner)]
         if own_hold is not None:
             claims.append(own_hold)

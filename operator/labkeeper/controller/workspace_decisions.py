@@ -20,6 +20,7 @@ from labkeeper.api import admission as api_admission
 from labkeeper.api import devices as api_devices
 from labkeeper.api import policy as api_policy
 from labkeeper.api import runs as api_runs
+from labkeeper.api.admission import QUEUE_AHEAD_LISTED
 from labkeeper.api.conditions import (
     KEEP_ALIVE_CAPPED,
     READY,
@@ -31,7 +32,7 @@ from labkeeper.api.conditions import (
 )
 from labkeeper.api.names import LABEL_ROLE, LABEL_WORKSPACE, NAMESPACE_PREFIX, pod_name
 from labkeeper.api.phases import ENDED_PHASES, UserState, WorkspaceEvent, WorkspacePhase, WorkspaceReason
-from labkeeper.api.resources import QUEUE_AHEAD_LISTED, WorkspaceSpec
+from labkeeper.api.resources import WorkspaceSpec
 from labkeeper.api.trees import TREE_KINDS, tree_conflicts
 from labkeeper.api.units import format_time, parse_time
 from labkeeper.controller.admission import LabView, owner_key
@@ -820,8 +821,8 @@ def owners_to_keys(owners: set[str]) -> tuple[tuple[str, str], ...]:
 
 def queue_place(wait: api_admission.Wait, view: LabView, message: str) -> Body:
     """Where it stands in the queue, who is ahead and why, and when it may start if the lab knows."""
-    mine = next((w for w in view.waiters if w.owner == wait.owner), None)
-    release = api_admission.estimated_start(wait, view.releases, view.closed)
+    mine = view.waiter_of.get(wait.owner)
+    release = api_admission.start_from(wait, view.releases_of.get(wait.resource, ()))
     return {"position": wait.ahead + 1,
             "ahead": [o.removeprefix(NAMESPACE_PREFIX) for o in wait.ahead_owners[:QUEUE_AHEAD_LISTED]],
             "reason": message,
