@@ -715,6 +715,12 @@ def endpoint_from(kube: Kube) -> ClusterEndpoint:
     return ClusterEndpoint(server, ca_pem)
 
 
+def operator_client(kubeconfig: str | None) -> Kube:
+    """The process's one client: every pass thread, and the event loop's own calls beside them, on a connection
+    kept open."""
+    return Kube.from_kubeconfig(kubeconfig, connections=PASS_THREADS + 4, field_manager="labkeeper-operator")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkeeper operator")
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
@@ -738,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kube = Kube.from_kubeconfig(args.kubeconfig, field_manager="labkeeper-operator")
+    kube = operator_client(args.kubeconfig)
     if args.metrics_port:
         serve_metrics(kube, args.metrics_port)
     lease = None

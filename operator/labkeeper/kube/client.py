@@ -68,16 +68,22 @@ class Kube:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | None = None, **kwargs: Any) -> Kube:
+    def from_kubeconfig(cls, kubeconfig: str | None = None, *, connections: int | None = None, **kwargs: Any) -> Kube:
+        """`connections`: requests in flight at once that each keep their connection (the client's default is five
+        for each CPU; a request beyond the pool opens a connection of its own and drops it after one use)."""
         if kubeconfig:
-            api = k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            configuration = k8s.Configuration()
+            k8s_config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
+                                        client_configuration=configuration)
         else:
             try:
                 k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
             except k8s_config.ConfigException:
                 k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
-            api = k8s.ApiClient()
-        return cls(api, **kwargs)
+            configuration = k8s.Configuration.get_default_copy()
+        if connections is not None:
+            configuration.connection_pool_maxsize = connections
+        return cls(k8s.ApiClient(configuration), **kwargs)
 
     def _count(self, verb: str, kind: str, counter: Counter[str] | None = None) -> None:
         with self._lock:
