@@ -196,3 +196,65 @@ def test_a_read_of_the_lab_takes_users_from_the_watch_and_lists_them_only_for_a_
     view = admissions.view(T0, fresh=True)
     assert [kind for kind, _ in kube.kinds].count("GPUUser") == 1
     assert {w.owner: w.priority for w in view.waiters}["lab-cy/ws"] == 30000
+
+
+def test_a_read_of_the_lab_holds_no_pass_back_and_counts_the_pod_a_kept_view_admitted_while_it_ran():
+    import contextlib
+    import threading
+
+    class Slow(Lists):
+        """Lists as the API answers them; while `gate` is set up, a pod list is answered as it was when asked,
+        after the gate opens (a read of the lab that takes seconds at a department's size)."""
+
+        def __init__(self, **items: list[dict]) -> None:
+            super().__init__(**items)
+            self.asked = threading.Event()
+            self.gate: threading.Event | None = None
+
+        def list(self, kind: str, *args, **kwargs) -> list[dict]:
+            answer = list(super().list(kind, *args, **kwargs))
+            if kind == "Pod" and self.gate is not None:
+                self.asked.set()
+                self.gate.wait(10)
+            return answer
+
+    users = [member(n) for n in ("ann", "bob", "cy")]
+    bob, cy, big = waiting("bob", 1), waiting("cy", 2), newcomer("cy", "big", 3, profile="3g.40gb")
+    kube = Slow(Node=[node()], Pod=[pod("ann")], GPUUser=users, Workspace=[bob, cy, big])
+    admissions = Admissions(kube, SimpleNamespace(current=POLICY))  # type: ignore[arg-type]
+    first = admissions.view(T0, me=bob, my_since=since(bob))
+    assert first.decide().admitted == {"lab-cy/big": "h100"}  # the one 3g.40gb slice
+    # bob asks for the 3g.40gb slice now: another kind than the kept view has him waiting for, so a read
+    other = waiting("bob", 1, profile="3g.40gb")
+    kube.gate = threading.Event()
+    seen: dict[str, object] = {}
+    reader = threading.Thread(target=lambda: seen.update(view=admissions.view(
+        T0 + dt.timedelta(seconds=1), me=other, my_since=since(other))))
+    reader.start()
+    assert kube.asked.wait(10)
+    # while it reads, big's pass is handed the kept view, finds itself admitted and creates its pod
+    served: dict[str, object] = {}
+
+    def big_pass() -> None:
+        with contextlib.ExitStack() as held:
+            served["view"] = admissions.view(T0 + dt.timedelta(seconds=2), me=big, my_since=since(big), held=held)
+            created = pod("cy") | {"metadata": {**pod("cy")["metadata"], "labels": {
+                **pod("cy")["metadata"]["labels"], "labkeeper.io/workspace": "big"}}}
+            created["spec"] = {"nodeName": "h100", "containers": [{"resources": {"limits": {
+                "nvidia.com/mig-3g.40gb": "1"}}}]}
+            admissions.created(created)
+
+    passing = threading.Thread(target=big_pass)
+    passing.start()
+    passing.join(5)
+    assert not passing.is_alive(), "a pass the kept view serves waited for a read of the lab"
+    assert served["view"].decide().admitted["lab-cy/big"] == "h100"  # type: ignore[attr-defined]
+    kube.gate.set()
+    reader.join(10)
+    view = seen["view"]
+    decision = view.decide()  # type: ignore[attr-defined]
+    # the read's pod list was taken before big's pod existed; the pod is counted all the same
+    assert "lab-cy/big" in view.pods_of and "lab-cy/big" not in decision.admitted  # type: ignore[attr-defined]
+    assert decision.waiting["lab-bob/ws"].resource == "nvidia.com/mig-3g.40gb"
+    assert decision.waiting["lab-bob/ws"].in_use == 1
+    assert admissions.read_why["asker"] == 1 and admissions.views_read == 2

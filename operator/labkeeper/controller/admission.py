@@ -4,7 +4,9 @@ the pure decision in api/admission.py who may have which device now.
 Everything it decides from lives in the API — pods, Workspace status (waitingSince, the hold record)
 and the policy — so an operator that restarts decides exactly as the one before it. One lock serializes
 every decision together with the pod creation it allows, so two passes can never count the same free
-device: the next pass reads the pod the previous one created.
+device: the next pass reads the pod the previous one created. A read of the lab is made without that lock (one
+read at a time): passes a kept view serves go on while it runs, and a pod one of them creates meanwhile is counted
+into what the read found (`created()`), whether or not its lists caught it.
 
 Reading the whole lab costs a list of every pod, workspace and user; at a department's size that is seconds,
 and a wake-up gives every waiting workspace a pass. So a view is kept and handed again, under the lock, to the
@@ -25,6 +27,7 @@ pass. A decision that admitted anyone by preemption, or a newcomer whose user th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -109,6 +112,17 @@ class LabView:
     def decide(self) -> api_admission.Admission:
         return self.decision
 
+    def with_created(self, claims: list[api_admission.Claim]) -> LabView:
+        """This view with the pods created while it was read counted, each once (a list may have caught it):
+        their owners hold devices and wait no more."""
+        listed = {c.owner for c in self.claims if not c.is_hold}
+        new = [c for c in claims if c.owner not in listed]
+        if not new:
+            return self
+        owners = frozenset(c.owner for c in new)
+        return dataclasses.replace(self, claims=[*self.claims, *new], pods_of=self.pods_of | owners,
+                                   waiters=[w for w in self.waiters if w.owner not in owners])
+
 
 NOT_CPU_ONLY = f"{LABEL_GPU}!=none"  # every pod but a CPU workspace's (a pod without the label is in)
 
@@ -138,6 +152,9 @@ class Admissions:
         self.watched_users = watched_users
         # one decision (and the pod it admits) at a time, for the whole lab
         self.lock = threading.Lock()
+        # one read of the lab at a time, made without `lock`: the passes a kept view serves go on meanwhile
+        self.reading = threading.Lock()
+        self._created_meanwhile: list[api_admission.Claim] | None = None  # pods created while a read is under way
         self.epoch = 0  # moved on by changed(): a kept view from an older epoch is read afresh
         self._kept: _Kept | None = None
         self.views_read = 0
@@ -150,24 +167,71 @@ class Admissions:
         self.epoch += 1
 
     def view(self, now: dt.datetime, *, me: dict[str, Any] | None = None, my_since: dt.datetime | None = None,
-             my_user: dict[str, Any] | None = None, policy: LabPolicy | None = None, fresh: bool = False) -> LabView:
-        """The whole lab as admission sees it (see the module's words on a view kept); under the lock. `my_user`:
-        the GPUUser of `me`, as its pass read her; `fresh`: read now, whatever is kept (then kept in its place)."""
+             my_user: dict[str, Any] | None = None, policy: LabPolicy | None = None, fresh: bool = False,
+             held: contextlib.ExitStack | None = None) -> LabView:
+        """The whole lab as admission sees it (see the module's words on a view kept). `my_user`: the GPUUser of
+        `me`, as its pass read her; `fresh`: read now, whatever is kept (then kept in its place). Returns with the
+        lock taken into `held`, the pass's, which keeps it until the pod it admits exists; without `held`, let go.
+        A read of the lab is made without the lock, so that a kept view goes on serving passes for its seconds."""
         policy = policy or self.policy.current
-        kept = None if fresh else self._reusable(now, me, my_since, policy)
+        self.lock.acquire()
+        locked = True
+        try:
+            view = None if fresh else self._kept_for(now, me, my_since, my_user, policy)
+            if view is None:
+                self.lock.release()
+                locked = False
+                with self.reading:
+                    self.lock.acquire()
+                    locked = True
+                    # read by the pass before this one, while it waited for its turn
+                    view = None if fresh else self._kept_for(now, me, my_since, my_user, policy)
+                    if view is None:  # it lets the lock go while it reads, and holds it again when it ends
+                        view = self._read_and_keep(now, me, my_since, policy, fresh)
+        except BaseException:
+            if locked:
+                self.lock.release()
+            raise
+        if held is not None:
+            held.callback(self.lock.release)
+        else:
+            self.lock.release()
+        return view
+
+    def _kept_for(self, now: dt.datetime, me: dict[str, Any] | None, my_since: dt.datetime | None,
+                  my_user: dict[str, Any] | None, policy: LabPolicy) -> LabView | None:
+        """The kept view, handed again or extended with `me`; None where the lab must be read. Under the lock."""
+        kept = self._reusable(now, me, my_since, policy)
         if kept is not None:
             self.views_reused += 1
             return kept
-        extended = None if fresh else self._extension(now, me, my_since, my_user, policy)
+        extended = self._extension(now, me, my_since, my_user, policy)
         if extended is not None:
             self.views_extended += 1
-            return extended
+        return extended
+
+    def _read_and_keep(self, now: dt.datetime, me: dict[str, Any] | None, my_since: dt.datetime | None,
+                       policy: LabPolicy, fresh: bool) -> LabView:
+        """Reads the lab with the lock let go, and keeps what it read; entered and left with the lock held (and
+        `reading`). A pod a kept view admitted meanwhile is counted though the lists may have missed it."""
         self.read_why[self.why_read(now, policy, fresh=fresh)] += 1
         epoch = self.epoch  # before the lists: a change while they run makes the next pass read again
-        view = self.read(now, me=me, my_since=my_since, policy=policy)
+        self._created_meanwhile = []
+        self.lock.release()
+        try:
+            view = self.read(now, me=me, my_since=my_since, policy=policy)
+        finally:
+            self.lock.acquire()
+            created, self._created_meanwhile = self._created_meanwhile or [], None
+        view = view.with_created(created)
         self.views_read += 1
         self._kept = _Kept(view, epoch, now, policy)
         return view
+
+    def created(self, pod: dict[str, Any]) -> None:
+        """A pod a decision admitted was created (under the lock): a read under way counts it."""
+        if self._created_meanwhile is not None:
+            self._created_meanwhile.extend(api_admission.pod_claims([pod]))
 
     def why_read(self, now: dt.datetime, policy: LabPolicy, *, fresh: bool) -> str:
         """Why a view is read rather than handed again or extended (the metric's `why`)."""
@@ -185,7 +249,8 @@ class Admissions:
             return "changed"
         if policy is not kept.policy:
             return "policy"
-        if not kept.at <= now < kept.at + REUSE_FOR:
+        if not kept.at - REUSE_FOR <= now < kept.at + REUSE_FOR:
+            # (a pass that began a moment before the read, and waited for it, takes it: it is newer than its own)
             return "expired"
         return None
 

@@ -134,9 +134,9 @@ class WorkspaceReconciler:
         hold it finds lost, for a pass at once, and the waiters whose queue status it changes, for a pass soon. What
         a device that came free, or a waiter that left the queue, asks of the lab: one decision, not a pass for
         every waiter."""
-        with self.admissions.lock:
+        with contextlib.ExitStack() as held:
             # read now: a kept view may be up to REUSE_FOR old and hold no statuses as they are shown
-            view = self.admissions.view(self.clock(), fresh=True)
+            view = self.admissions.view(self.clock(), fresh=True, held=held)
             decision = view.decide()
         now, soon = decisions.to_wake(view, decision, shown=True)
         return decisions.owners_to_keys(now), decisions.owners_to_keys(soon)
@@ -162,9 +162,9 @@ class WorkspaceReconciler:
             return dataclasses.replace(scope, neighbourhood=dataclasses.replace(scope.neighbourhood, trees=trees))
         if need.what == "lab":
             # one decision (and the pod it admits) at a time, for the whole lab: held until the pod exists
-            admission_lock.enter_context(self.admissions.lock)
             view = self.admissions.view(scope.now, me=scope.body if need.my_since else None,
-                                        my_since=need.my_since, my_user=scope.user, policy=scope.policy)
+                                        my_since=need.my_since, my_user=scope.user, policy=scope.policy,
+                                        held=admission_lock)
             return dataclasses.replace(scope, lab=view)
         raise RuntimeError(f"a decision asked for {need.what!r}, which no read provides")
 
@@ -194,6 +194,7 @@ class WorkspaceReconciler:
                         scope, create_failed=decisions.CreateFailed(err.status or 0, api_error_message(err))))
                     decision, status = refused, refused.status
                     break
+                self.admissions.created(pod)  # a read of the lab under way may not have listed it
                 status = {**(status or {}), "podUID": pod["metadata"]["uid"]}
                 created = True
             elif isinstance(action, decisions.DeleteWorkspace):
