@@ -115,10 +115,12 @@ def user_docs(count: int) -> list[dict]:
 class Watcher:
     """The moments (monotonic) each Workspace was first seen Running and first seen waiting for a device."""
 
+    PLURAL = "workspaces"
+
     def __init__(self, lab: Lab) -> None:
         self.api = client.CustomObjectsApi(lab.cluster.api_client())
         self.running: dict[tuple[str, str], float] = {}  # when each was first seen Running
-        self.started: dict[tuple[str, str], float] = {}  # when each was last seen to become Running
+        self.became_running: dict[tuple[str, str], float] = {}  # when each was last seen to become Running
         self.waiting: dict[tuple[str, str], float] = {}
         self.phase: dict[tuple[str, str], str] = {}
         self.status: dict[tuple[str, str], dict] = {}
@@ -140,13 +142,13 @@ class Watcher:
             stream = watch.Watch()
             try:
                 if version is None:
-                    listed = self.api.list_cluster_custom_object("labkeeper.io", "v1alpha1", "workspaces")
+                    listed = self.api.list_cluster_custom_object("labkeeper.io", "v1alpha1", self.PLURAL)
                     version = listed["metadata"]["resourceVersion"]
                     for obj in listed["items"]:
                         self._see(obj)
                     self.started.set()
                 for event in stream.stream(self.api.list_cluster_custom_object, "labkeeper.io", "v1alpha1",
-                                           "workspaces", resource_version=version, timeout_seconds=120,
+                                           self.PLURAL, resource_version=version, timeout_seconds=120,
                                            allow_watch_bookmarks=True):
                     obj = event["object"]
                     version = obj["metadata"].get("resourceVersion", version)
@@ -185,13 +187,35 @@ class Watcher:
         if status.get("phase") == "Running":
             self.running.setdefault(key, now)
             if self.phase.get(key) != "Running":
-                self.started[key] = now
+                self.became_running[key] = now
         self.phase[key] = status.get("phase") or ""
         if status.get("reason") == "WaitingForDevice":
             self.waiting.setdefault(key, now)
 
     def count(self, phase: str) -> int:
         return sum(1 for p in list(self.phase.values()) if p == phase)
+
+
+class UserWatcher(Watcher):
+    """What changes in each GPUUser (metadata but the server's bookkeeping, spec, each status field): a quiet
+    window's user passes and writes, attributed."""
+
+    PLURAL = "gpuusers"
+
+    def _see(self, obj: dict, deleted: bool = False) -> None:
+        key = ("", obj["metadata"]["name"])
+        if deleted:
+            self.status.pop(key, None)
+            return
+        meta = {k: v for k, v in obj["metadata"].items() if k not in ("resourceVersion", "managedFields")}
+        fields = {**{f"metadata.{k}": v for k, v in meta.items()}, "spec": obj.get("spec"),
+                  **{f"status.{k}": v for k, v in (obj.get("status") or {}).items()}}
+        before = self.status.get(key)
+        if before is not None:
+            for name in set(fields) | set(before):
+                if fields.get(name) != before.get(name):
+                    self._changed(name, key, before.get(name), fields.get(name))
+        self.status[key] = fields
 
 
 def timed(what: str, func, *args):
@@ -643,6 +667,7 @@ def main() -> int:
                                               >= args.users, timeout=1800, interval=5, what="users Ready")))
         names = [u["metadata"]["name"] for u in users]
         watcher = Watcher(lab).start()
+        user_watcher = UserWatcher(lab).start()
         stopped = [workspace(f"old{j}", names[j % len(names)], state="Stopped", cpu="10m", memory="16Mi")
                    for j in range(args.stopped)]
         cpu = [workspace(f"cpu{j}", names[(j * 7) % len(names)], cpu="10m", memory="16Mi") for j in range(args.cpu)]
@@ -746,8 +771,9 @@ def main() -> int:
         print(f"  Workspace statuses {'unchanged' if figures['statuses_still'] else 'STILL CHANGING'} for "
               f"{args.still:.0f} s, {figures['statuses_still_after_s']:.0f} s after the GPU phase", flush=True)
         before = operator_writes(port)
-        watcher.changed.clear()
-        watcher.examples.clear()
+        for each in (watcher, user_watcher):
+            each.changed.clear()
+            each.examples.clear()
         time.sleep(args.quiet)
         after = operator_writes(port)
         figures["quiet_changed_status_fields"] = dict(watcher.changed.most_common())
@@ -766,6 +792,10 @@ def main() -> int:
               f"{figures['quiet_changed_status_fields']}", flush=True)
         for field, seen in watcher.examples.items():
             print(f"    {field}: {'; '.join(seen)}", flush=True)
+        figures["quiet_changed_user_fields"] = dict(user_watcher.changed.most_common())
+        print(f"  GPUUser fields that changed in it {figures['quiet_changed_user_fields']}", flush=True)
+        for field, seen in user_watcher.examples.items():
+            print(f"    GPUUser {field}: {'; '.join(seen)}", flush=True)
 
         # bulk free: devices come free at once, the queue takes them
         running_gpu = [k for k in applied if watcher.phase.get(k) == "Running"][:args.free]
@@ -780,14 +810,14 @@ def main() -> int:
         freed_kinds = Counter(profile_of[k] for k in running_gpu)
         waiting_kinds = Counter(profile_of[k] for k in waiting_before)
         target = sum(min(n, waiting_kinds[kind]) for kind, n in freed_kinds.items())
-        newly = lambda: [k for k in waiting_before if watcher.started.get(k, -math.inf) >= freed_at]  # noqa: E731
+        newly = lambda: [k for k in waiting_before if watcher.became_running.get(k, -math.inf) >= freed_at]  # noqa: E731
         try:
             wait_for(lambda: len(newly()) >= target, timeout=1200, interval=0.5,
                      what=lambda: f"{target} waiting workspaces admitted ({len(newly())})")
         except AssertionError as err:
             print(f"  {err}", flush=True)
         admitted_after = newly()
-        elapsed = (max(watcher.started[k] for k in admitted_after) - freed_at) if admitted_after else float("nan")
+        elapsed = (max(watcher.became_running[k] for k in admitted_after) - freed_at) if admitted_after else float("nan")
         figures.update({
             "freed": len(running_gpu), "takeable": target, "admitted_after_free": len(admitted_after),
             "admission_after_free_s": round(elapsed, 1),

@@ -258,3 +258,20 @@ def test_a_read_of_the_lab_holds_no_pass_back_and_counts_the_pod_a_kept_view_adm
     assert decision.waiting["lab-bob/ws"].resource == "nvidia.com/mig-3g.40gb"
     assert decision.waiting["lab-bob/ws"].in_use == 1
     assert admissions.read_why["asker"] == 1 and admissions.views_read == 2
+
+
+def test_a_pod_created_during_a_read_is_counted_once_whether_or_not_the_lists_caught_it():
+    from labkeeper.api.admission import Claim, Waiter
+    from labkeeper.controller.admission import LabView
+
+    mig = "nvidia.com/mig-1g.10gb"
+    listed = Claim("lab-a/ws", "n1", mig, 1, priority=10, terminating=True)  # an old hold pod of hers, going
+    view = LabView({("n1", mig): 1, ("n2", mig): 1}, frozenset(), [listed],
+                   [Waiter("lab-a/ws", mig, 1, 10, T0), Waiter("lab-b/ws", mig, 1, 10, T0)], frozenset())
+    caught = view.with_created([listed])  # the list had it already
+    assert caught is view
+    new = Claim("lab-a/ws", "n2", mig, 1, priority=10)  # her new pod, on the other node, not listed
+    counted = view.with_created([new])
+    assert counted.claims == [listed, new] and "lab-a/ws" in counted.pods_of
+    assert [w.owner for w in counted.waiters] == ["lab-b/ws"]
+    assert counted.decide().admitted == {}  # both slices taken: b waits

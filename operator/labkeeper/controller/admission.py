@@ -115,8 +115,8 @@ class LabView:
     def with_created(self, claims: list[api_admission.Claim]) -> LabView:
         """This view with the pods created while it was read counted, each once (a list may have caught it):
         their owners hold devices and wait no more."""
-        listed = {c.owner for c in self.claims if not c.is_hold}
-        new = [c for c in claims if c.owner not in listed]
+        listed = {(c.owner, c.node, c.resource) for c in self.claims if not c.is_hold}
+        new = [c for c in claims if (c.owner, c.node, c.resource) not in listed]
         if not new:
             return self
         owners = frozenset(c.owner for c in new)
@@ -201,6 +201,8 @@ class Admissions:
     def _kept_for(self, now: dt.datetime, me: dict[str, Any] | None, my_since: dt.datetime | None,
                   my_user: dict[str, Any] | None, policy: LabPolicy) -> LabView | None:
         """The kept view, handed again or extended with `me`; None where the lab must be read. Under the lock."""
+        if self._kept is not None:
+            now = max(now, self._kept.at)  # a pass that began before the read was made takes the read's moment
         kept = self._reusable(now, me, my_since, policy)
         if kept is not None:
             self.views_reused += 1
@@ -230,8 +232,9 @@ class Admissions:
 
     def created(self, pod: dict[str, Any]) -> None:
         """A pod a decision admitted was created (under the lock): a read under way counts it."""
-        if self._created_meanwhile is not None:
-            self._created_meanwhile.extend(api_admission.pod_claims([pod]))
+        meanwhile = self._created_meanwhile  # (a pod without a device, made without the lock, counts nothing)
+        if meanwhile is not None:
+            meanwhile.extend(api_admission.pod_claims([pod]))
 
     def why_read(self, now: dt.datetime, policy: LabPolicy, *, fresh: bool) -> str:
         """Why a view is read rather than handed again or extended (the metric's `why`)."""
