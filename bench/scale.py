@@ -120,7 +120,6 @@ class Watcher:
     def __init__(self, lab: Lab) -> None:
         self.api = client.CustomObjectsApi(lab.cluster.api_client())
         self.running: dict[tuple[str, str], float] = {}  # when each was first seen Running
-        self.became_running: dict[tuple[str, str], float] = {}  # when each was last seen to become Running
         self.waiting: dict[tuple[str, str], float] = {}
         self.phase: dict[tuple[str, str], str] = {}
         self.status: dict[tuple[str, str], dict] = {}
@@ -186,8 +185,6 @@ class Watcher:
         self.status[key] = status
         if status.get("phase") == "Running":
             self.running.setdefault(key, now)
-            if self.phase.get(key) != "Running":
-                self.became_running[key] = now
         self.phase[key] = status.get("phase") or ""
         if status.get("reason") == "WaitingForDevice":
             self.waiting.setdefault(key, now)
@@ -797,35 +794,41 @@ def main() -> int:
         for field, seen in user_watcher.examples.items():
             print(f"    GPUUser {field}: {'; '.join(seen)}", flush=True)
 
-        # bulk free: devices come free at once, the queue takes them
+        # bulk free: devices come free at once, the queue takes them. Counted as devices in use again, kind by
+        # kind (a GPU workspace Running holds one): a preemption under way meanwhile moves a device from its victim
+        # to its preemptor and counts nothing, and the victim, waiting again, takes a freed device as any waiter
         running_gpu = [k for k in applied if watcher.phase.get(k) == "Running"][:args.free]
-        # everyone waiting for a device: Pending, and a preempted run waiting to start again (it takes a freed
-        # device as any waiter does)
-        waiting_before = {k for k in applied if watcher.phase.get(k) != "Running"
-                          and (watcher.status.get(k) or {}).get("waitingSince")}
+        waiting_kinds = Counter(profile_of[k] for k in applied if watcher.phase.get(k) != "Running"
+                                and (watcher.status.get(k) or {}).get("waitingSince"))
+
+        def in_use() -> Counter:
+            return Counter(profile_of[k] for k in applied if watcher.phase.get(k) == "Running")
+
+        used_before = in_use()
+        freed_kinds = Counter(profile_of[k] for k in running_gpu)
+        # of each kind freed, as many as wait for it can be taken
+        takeable = {kind: min(n, waiting_kinds[kind]) for kind, n in freed_kinds.items()}
+        floor = {kind: used_before[kind] - n for kind, n in freed_kinds.items()}
+        retaken = lambda: sum(max(0, in_use()[kind] - floor[kind]) for kind in freed_kinds)  # noqa: E731
         freed_at = time.monotonic()
         for namespace, name in running_gpu:
             kube.delete("Workspace", name, namespace)
-        # what the waiters can take: of each kind freed, as many as wait for that kind
-        freed_kinds = Counter(profile_of[k] for k in running_gpu)
-        waiting_kinds = Counter(profile_of[k] for k in waiting_before)
-        target = sum(min(n, waiting_kinds[kind]) for kind, n in freed_kinds.items())
-        newly = lambda: [k for k in waiting_before if watcher.became_running.get(k, -math.inf) >= freed_at]  # noqa: E731
+        target = sum(takeable.values())
+        done_at = math.nan
         try:
-            wait_for(lambda: len(newly()) >= target, timeout=1200, interval=0.5,
-                     what=lambda: f"{target} waiting workspaces admitted ({len(newly())})")
+            wait_for(lambda: all(in_use()[kind] >= floor[kind] + n for kind, n in takeable.items()), timeout=1200,
+                     interval=0.5, what=lambda: f"{target} freed devices in use again ({retaken()})")
+            done_at = time.monotonic()
         except AssertionError as err:
             print(f"  {err}", flush=True)
-        admitted_after = newly()
-        elapsed = (max(watcher.became_running[k] for k in admitted_after) - freed_at) if admitted_after else float("nan")
+        elapsed = done_at - freed_at
         figures.update({
-            "freed": len(running_gpu), "takeable": target, "admitted_after_free": len(admitted_after),
+            "freed": len(running_gpu), "takeable": target, "retaken": retaken(),
             "admission_after_free_s": round(elapsed, 1),
-            "admissions_per_s": round(len(admitted_after) / elapsed, 2) if admitted_after else None,
+            "admissions_per_s": round(target / elapsed, 2) if not math.isnan(elapsed) else None,
         })
-        print(f"  {len(running_gpu)} devices freed at once ({target} of kinds someone waits for): "
-              f"{len(admitted_after)} waiting workspaces Running in {elapsed:.1f} s "
-              f"= {figures['admissions_per_s']} admissions/s", flush=True)
+        print(f"  {len(running_gpu)} devices freed at once ({target} of kinds someone waits for): all in use again "
+              f"in {elapsed:.1f} s = {figures['admissions_per_s']} admissions/s", flush=True)
 
         figures["board_once_s"] = round(labctl(lab.cluster.kubeconfig, "admin", "board", "--once"), 2)
         figures["report_s"] = round(labctl(lab.cluster.kubeconfig, "admin", "report", "--since", "7d"), 2)
