@@ -48,7 +48,7 @@ from resource import RUSAGE_CHILDREN, getrusage
 from types import SimpleNamespace
 
 import yaml
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
 from labkeeper.api import accounting as api_accounting
 from labkeeper.api.admission import QUEUE_AHEAD_LISTED, device_words
@@ -497,10 +497,7 @@ def write_workspace(kube: Kube, doc: dict, uids: dict[str, int], lab_gid: int) -
 
 
 def fast_kube(kubeconfig: Path, connections: int) -> Kube:
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    configuration.connection_pool_maxsize = connections
-    return Kube(client.ApiClient(configuration), field_manager="bench")
+    return Kube.from_kubeconfig(str(kubeconfig), connections=connections, field_manager="bench")
 
 
 def labctl_run(kubeconfig: Path, source: Path | None, *args: str) -> tuple[float, float, str]:

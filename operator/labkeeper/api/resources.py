@@ -547,8 +547,6 @@ class MeterMark(Status):
     reason: str | None = Field(default=None, description="the stop that began this state")
 
 
-
-
 class QueuePlace(Status):
     """A waiting workspace's place in the lab's queue for its device, as admission last decided it."""
 
